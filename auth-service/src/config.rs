@@ -1,0 +1,148 @@
+//! Command-line flags, environment fallbacks and the signing secret.
+
+use crate::tokens::MIN_SECRET_LEN;
+use clap::{Args, Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+Environment only (never a flag, so it cannot leak through the process list):
+  JWT_SECRET_KEY   HS256 signing secret, at least 32 bytes. Required unless --dev.
+
+Every flag above also reads the environment variable shown in brackets.";
+
+#[derive(Debug, Parser)]
+#[command(name = "auth-service", version, about = "Portcullis auth service", after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Creates an admin account, or promotes (and re-activates) an existing
+    /// one. The password is read from the first line of standard input.
+    CreateAdmin {
+        #[arg(long)]
+        email: String,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "AUTH_LISTEN", default_value = "127.0.0.1:9001")]
+    pub listen: String,
+
+    /// sqlite:PATH (created on first run) or postgres://USER@HOST:PORT/DB.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/auth.db",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Maximum database connections in the pool.
+    #[arg(long, env = "AUTH_DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub db_max_connections: u32,
+
+    /// Generate a random signing secret when JWT_SECRET_KEY is unset. Tokens
+    /// then stop verifying when the process restarts. Never use in production.
+    #[arg(long)]
+    pub dev: bool,
+
+    /// Lifetime of access tokens, in seconds.
+    #[arg(long, env = "JWT_ACCESS_TTL", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub access_ttl: u64,
+
+    /// Lifetime of refresh tokens, in seconds.
+    #[arg(long, env = "JWT_REFRESH_TTL", default_value_t = 7 * 86400, value_parser = clap::value_parser!(u64).range(1..))]
+    pub refresh_ttl: u64,
+
+    /// Failed logins for one email, within the window, before 429.
+    #[arg(long, env = "AUTH_LOGIN_MAX_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_max_failures: u32,
+
+    /// The login throttling window, in seconds.
+    #[arg(long, env = "AUTH_LOGIN_WINDOW", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
+    pub login_window: u64,
+
+    /// Password hashes computed at once (default: cores - 1, at least 1).
+    #[arg(long, env = "AUTH_HASH_CONCURRENCY", value_parser = clap::value_parser!(u64).range(1..))]
+    pub hash_concurrency: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SecretError {
+    #[error(
+        "JWT_SECRET_KEY is not set: set it to a random string of at least {MIN_SECRET_LEN} bytes \
+         (for example `openssl rand -hex 32`), or pass --dev to use a throw-away secret"
+    )]
+    Missing,
+    #[error(
+        "JWT_SECRET_KEY is {0} bytes long; at least {MIN_SECRET_LEN} are required \
+         (for example `openssl rand -hex 32`)"
+    )]
+    TooShort(usize),
+}
+
+/// Where the signing secret came from.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Secret {
+    FromEnvironment(Vec<u8>),
+    Generated(Vec<u8>),
+}
+
+impl Secret {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Secret::FromEnvironment(bytes) | Secret::Generated(bytes) => bytes,
+        }
+    }
+}
+
+/// Resolves the signing secret from `JWT_SECRET_KEY`'s value.
+pub fn resolve_secret(value: Option<String>, dev: bool) -> Result<Secret, SecretError> {
+    match value.filter(|v| !v.is_empty()) {
+        Some(value) if value.len() >= MIN_SECRET_LEN => {
+            Ok(Secret::FromEnvironment(value.into_bytes()))
+        }
+        Some(value) => Err(SecretError::TooShort(value.len())),
+        None if dev => Ok(Secret::Generated(crate::random_hex(32).into_bytes())),
+        None => Err(SecretError::Missing),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_rules() {
+        assert_eq!(resolve_secret(None, false), Err(SecretError::Missing));
+        assert_eq!(
+            resolve_secret(Some(String::new()), false),
+            Err(SecretError::Missing)
+        );
+        assert_eq!(
+            resolve_secret(Some("short".into()), true),
+            Err(SecretError::TooShort(5))
+        );
+        let long = "k".repeat(32);
+        assert_eq!(
+            resolve_secret(Some(long.clone()), false),
+            Ok(Secret::FromEnvironment(long.into_bytes()))
+        );
+        let Ok(Secret::Generated(generated)) = resolve_secret(None, true) else {
+            panic!("--dev generates a secret");
+        };
+        assert!(generated.len() >= MIN_SECRET_LEN);
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,168 @@
+//! Portcullis auth service: accounts, passwords, tokens and verification.
+//!
+//! The gateway asks [`verify`] about every protected request it has not
+//! cached; everything else here is the account lifecycle behind it. The
+//! service is a library with a thin `main.rs`: [`build_state`] opens the
+//! database and keys, [`app`] is the router, [`run`] serves it.
+
+pub mod admin;
+pub mod config;
+pub mod create_admin;
+pub mod error;
+pub mod login;
+pub mod logout;
+pub mod me;
+pub mod passwords;
+pub mod refresh;
+pub mod register;
+pub mod sessions;
+pub mod throttle;
+pub mod tokens;
+pub mod users;
+pub mod verify;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, patch, post};
+use service_kit::{ApiError, Db, Json};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+
+pub static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+pub static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub keys: Arc<tokens::Keys>,
+    pub passwords: passwords::Passwords,
+    pub throttle: Arc<throttle::LoginThrottle>,
+}
+
+/// Opens (and migrates) the database.
+pub async fn open_database(settings: &config::Settings) -> anyhow::Result<Db> {
+    let db = Db::connect(&settings.database_url, settings.db_max_connections).await?;
+    db.migrate(&SQLITE_MIGRATIONS, &POSTGRES_MIGRATIONS).await?;
+    Ok(db)
+}
+
+/// Everything the handlers need, from settings and a resolved secret.
+pub async fn build_state(
+    settings: &config::Settings,
+    db: Db,
+    secret: &[u8],
+) -> anyhow::Result<AppState> {
+    let concurrency = settings
+        .hash_concurrency
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or_else(passwords::default_concurrency);
+    Ok(AppState {
+        db,
+        keys: Arc::new(tokens::Keys::new(
+            secret,
+            settings.access_ttl,
+            settings.refresh_ttl,
+        )),
+        passwords: passwords::Passwords::new(concurrency).await?,
+        throttle: Arc::new(throttle::LoginThrottle::new(
+            settings.login_max_failures,
+            Duration::from_secs(settings.login_window),
+        )),
+    })
+}
+
+pub fn app(state: AppState) -> Router {
+    let routes = Router::new()
+        .route("/api/register", post(register::register))
+        .route("/api/login", post(login::login))
+        .route("/api/refresh", post(refresh::refresh))
+        .route("/api/verify", post(verify::verify))
+        .route("/api/logout", post(logout::logout))
+        .route("/api/me", get(me::me))
+        .route("/api/admin/users", get(admin::list))
+        .route(
+            "/api/admin/users/{id}",
+            patch(admin::update).delete(admin::delete),
+        )
+        .route("/healthz", get(healthz))
+        .with_state(state);
+    service_kit::server::harden(routes)
+}
+
+/// Serves the auth service on `listener` until `shutdown` resolves. A
+/// background task prunes expired refresh tokens hourly.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let db = state.db.clone();
+    let pruner = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            every.tick().await;
+            match sessions::prune_expired(&db).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "pruned expired refresh tokens"),
+                Err(e) => tracing::warn!(error = %e, "pruning expired refresh tokens failed"),
+            }
+        }
+    });
+    let served = service_kit::server::serve(listener, app(state), shutdown).await;
+    pruner.abort();
+    served
+}
+
+async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    state.db.ping().await.map_err(|e| {
+        tracing::warn!(error = %e, "health check: database unreachable");
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the database is unreachable",
+        )
+    })?;
+    Ok(Json(
+        serde_json::json!({"status": "ok", "database": state.db.kind()}),
+    ))
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Now, truncated to whole seconds so that both engines store and return the
+/// same value.
+pub fn now_timestamp() -> time::OffsetDateTime {
+    i64::try_from(now_unix())
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// `len` random bytes from the operating system, as hex.
+pub fn random_hex(len: usize) -> String {
+    let mut bytes = vec![0u8; len];
+    // The OS random source failing is unrecoverable for a token issuer;
+    // continuing with predictable identifiers would be worse than stopping.
+    #[allow(clippy::expect_used)]
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    hex(&bytes)
+}

@@ -1,0 +1,17 @@
+//! `POST /api/logout`: revokes the refresh token's whole family.
+
+use crate::AppState;
+use crate::error::Result;
+use crate::refresh::RefreshBody;
+use crate::sessions;
+use axum::extract::State;
+use axum::http::StatusCode;
+use service_kit::Json;
+
+pub async fn logout(
+    State(state): State<AppState>,
+    Json(body): Json<RefreshBody>,
+) -> Result<StatusCode> {
+    sessions::revoke(&state.db, &state.keys, &body.refresh).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,49 @@
+use anyhow::Context;
+use auth_service::config::{Cli, Command, Secret, resolve_secret};
+use clap::Parser;
+use service_kit::server::{bind, shutdown_signal};
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    service_kit::telemetry::init();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("auth-service: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = cli.settings;
+    if let Some(Command::CreateAdmin { email }) = cli.command {
+        let password = auth_service::create_admin::read_password(std::io::stdin().lock())?;
+        let db = auth_service::open_database(&settings).await?;
+        println!(
+            "{}",
+            auth_service::create_admin::create_admin(&db, &email, password).await?
+        );
+        db.close().await;
+        return Ok(());
+    }
+
+    let secret = resolve_secret(std::env::var("JWT_SECRET_KEY").ok(), settings.dev)?;
+    if let Secret::Generated(_) = secret {
+        tracing::warn!(
+            "JWT_SECRET_KEY is unset: using a random development secret (--dev); \
+             tokens will stop verifying when this process restarts"
+        );
+    }
+    let db = auth_service::open_database(&settings).await?;
+    tracing::info!(database = db.kind(), "database ready");
+    let state = auth_service::build_state(&settings, db.clone(), secret.bytes()).await?;
+    let listener = bind(&settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    auth_service::run(listener, state, shutdown_signal()).await?;
+    db.close().await;
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! An in-process auth service on a fresh database, driven through its
+//! router without a socket.
+
+#![allow(dead_code)]
+
+use auth_service::config::Cli;
+use auth_service::{AppState, app, build_state, open_database};
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use clap::Parser;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use service_kit::testing::TestDatabase;
+use tower::ServiceExt;
+
+pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
+pub const PASSWORD: &str = "correct horse battery";
+
+pub struct TestApp {
+    pub state: AppState,
+    router: Router,
+    _db: TestDatabase,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The error code of an envelope answer.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not an error envelope: {} {}", self.status, self.body))
+    }
+
+    pub fn str(&self, field: &str) -> String {
+        self.body[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("no string {field} in {}", self.body))
+            .to_owned()
+    }
+}
+
+impl TestApp {
+    pub async fn new() -> Self {
+        Self::with_args(&[]).await
+    }
+
+    pub async fn with_args(extra: &[&str]) -> Self {
+        let db = TestDatabase::new().await;
+        let mut args = vec!["auth-service", "--database-url", &db.url];
+        args.extend_from_slice(extra);
+        let cli = Cli::parse_from(args);
+        let database = open_database(&cli.settings).await.expect("database");
+        let state = build_state(&cli.settings, database, SECRET.as_bytes())
+            .await
+            .expect("state");
+        TestApp {
+            router: app(state.clone()),
+            state,
+            _db: db,
+        }
+    }
+
+    pub async fn send(&self, request: Request<Body>) -> Reply {
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                panic!(
+                    "non-JSON body for {status}: {:?}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.send(
+            Request::post(path)
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .expect("request"),
+        )
+        .await
+    }
+
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Body>,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.send(request.body(body.into()).expect("request")).await
+    }
+
+    /// A request made on behalf of `user_id`, as the gateway would send it.
+    pub async fn as_user(
+        &self,
+        user_id: i64,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Reply {
+        let id = user_id.to_string();
+        let mut headers = vec![("x-user-id", id.as_str())];
+        if body.is_some() {
+            headers.push(("content-type", "application/json"));
+        }
+        let body = body
+            .map(|b| Body::from(b.to_string()))
+            .unwrap_or_else(Body::empty);
+        self.raw(method, path, &headers, body).await
+    }
+
+    pub async fn register(&self, email: &str) -> Reply {
+        let reply = self
+            .post(
+                "/api/register",
+                json!({"email": email, "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "register {email}: {}",
+            reply.body
+        );
+        reply
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Reply {
+        self.post("/api/login", json!({"email": email, "password": password}))
+            .await
+    }
+
+    pub async fn verify(&self, access: &str) -> Reply {
+        self.post("/api/verify", json!({"access": access})).await
+    }
+
+    pub async fn refresh(&self, refresh: &str) -> Reply {
+        self.post("/api/refresh", json!({"refresh": refresh})).await
+    }
+
+    /// Creates an admin directly, as `auth-service create-admin` does.
+    pub async fn admin(&self, email: &str) -> i64 {
+        auth_service::create_admin::create_admin(&self.state.db, email, PASSWORD.into())
+            .await
+            .expect("create admin");
+        let reply = self.login(email, PASSWORD).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        reply.body["user_id"].as_i64().expect("user_id")
+    }
+}
+
+pub fn assert_envelope(reply: &Reply, status: StatusCode, code: &str) {
+    assert_eq!(reply.status, status, "{}", reply.body);
+    assert_eq!(reply.code(), code, "{}", reply.body);
+    assert!(
+        reply.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "envelope without message: {}",
+        reply.body
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        assert_eq!(
+            reply
+                .headers
+                .get("www-authenticate")
+                .map(|v| v.to_str().expect("ascii")),
+            Some("Bearer"),
+            "every 401 carries WWW-Authenticate"
+        );
+    }
+}

@@ -1,0 +1,21 @@
+//! What every Portcullis service shares.
+//!
+//! The auth service and the backends all speak the same error envelope
+//! (`{"error": {"code", "message"}}`), refuse malformed input the same way,
+//! read the caller's identity from the one header the gateway sets, and run on
+//! either SQLite or PostgreSQL. Keeping those rules here means a fix to one of
+//! them reaches every service at once.
+
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod identity;
+pub mod server;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use db::Db;
+pub use error::ApiError;
+pub use extract::{Json, Path, Query};
+pub use identity::{UserId, UserRole};

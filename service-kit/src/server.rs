@@ -1,0 +1,95 @@
+//! Binding, hardening and serving a router.
+
+use crate::ApiError;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use std::future::Future;
+use std::io;
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+
+/// Request bodies above this size are refused with 413 before any handler
+/// runs. Every JSON body the services accept is far smaller.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+async fn not_found() -> ApiError {
+    ApiError::not_found()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this method is not allowed on this path",
+    )
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::internal(&"handler panicked").into_response()
+}
+
+/// Adds what every service needs around its routes: the envelope for unknown
+/// paths and methods, the body limit, a panic guard that still answers in the
+/// envelope, and request tracing (method, path and status; never headers,
+/// which carry tokens).
+pub fn harden(router: Router) -> Router {
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(
+            TraceLayer::new_for_http()
+                .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG)),
+        )
+}
+
+/// Binds `addr` and prints `listening on ADDR` with the address actually
+/// bound, so that callers passing port 0 learn the port.
+pub async fn bind(addr: &str) -> io::Result<TcpListener> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    println!("listening on {local}");
+    tracing::info!(addr = %local, "listening");
+    Ok(listener)
+}
+
+/// Serves `router` until `shutdown` resolves, then lets in-flight requests
+/// finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,232 @@
+//! A fresh, isolated database for each test.
+//!
+//! Without `TEST_DATABASE_URL` a test gets an SQLite file in its own
+//! temporary directory. With `TEST_DATABASE_URL=postgres://…` it gets a new
+//! schema in that database, selected through the connection's
+//! `search_path`, so concurrent tests and repeated runs never see each
+//! other's rows; the schema is dropped when the test ends.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub const TEST_DATABASE_URL: &str = "TEST_DATABASE_URL";
+
+pub struct TestDatabase {
+    /// The URL to give the service under test.
+    pub url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Directory(#[allow(dead_code)] tempfile::TempDir),
+    Schema { admin_url: String, schema: String },
+}
+
+fn unique_name() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "t_{}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000,
+        n
+    )
+}
+
+impl TestDatabase {
+    /// Whether tests run against PostgreSQL in this process.
+    pub fn is_postgres() -> bool {
+        std::env::var(TEST_DATABASE_URL).is_ok_and(|u| u.starts_with("postgres"))
+    }
+
+    pub async fn new() -> Self {
+        match std::env::var(TEST_DATABASE_URL) {
+            Ok(admin_url) if admin_url.starts_with("postgres") => {
+                use sqlx::Connection;
+                let schema = unique_name();
+                let mut conn = sqlx::PgConnection::connect(&admin_url)
+                    .await
+                    .unwrap_or_else(|e| panic!("{TEST_DATABASE_URL} is set but unreachable: {e}"));
+                sqlx::query(&format!("CREATE SCHEMA {schema}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test schema");
+                let _ = conn.close().await;
+                let separator = if admin_url.contains('?') { '&' } else { '?' };
+                let url = format!("{admin_url}{separator}options=-c%20search_path%3D{schema}");
+                TestDatabase {
+                    url,
+                    cleanup: Cleanup::Schema { admin_url, schema },
+                }
+            }
+            _ => {
+                let dir = tempfile::tempdir().expect("temporary directory");
+                let url = format!("sqlite://{}", dir.path().join("test.db").display());
+                TestDatabase {
+                    url,
+                    cleanup: Cleanup::Directory(dir),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Cleanup::Schema { admin_url, schema } = &self.cleanup {
+            let (admin_url, schema) = (admin_url.clone(), schema.clone());
+            // Drop runs inside the test's runtime, which cannot be blocked on;
+            // a short-lived thread with its own runtime does the clean-up.
+            let _ = std::thread::spawn(move || {
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                runtime.block_on(async {
+                    use sqlx::Connection;
+                    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
+                        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                            .execute(&mut conn)
+                            .await;
+                        let _ = conn.close().await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+/// A service binary running as a child process for a test.
+///
+/// Started with `--listen 127.0.0.1:0`, it is ready once it prints
+/// `listening on ADDR`; the harness waits for that line rather than
+/// sleeping. The child is killed when this is dropped, and its output is
+/// printed if the test is failing, so a red test shows what the service said.
+pub struct ChildService {
+    name: String,
+    child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    logs: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+/// How long a service may take to print its `listening on` line.
+const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn collect(
+    name: String,
+    stream: impl std::io::Read + Send + 'static,
+    logs: std::sync::Arc<std::sync::Mutex<String>>,
+    ready: Option<std::sync::mpsc::Sender<std::net::SocketAddr>>,
+) {
+    use std::io::BufRead;
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stream)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let (Some(tx), Some(addr)) = (&ready, line.strip_prefix("listening on "))
+                && let Ok(addr) = addr.trim().parse()
+            {
+                let _ = tx.send(addr);
+            }
+            if let Ok(mut logs) = logs.lock() {
+                logs.push_str(&format!("[{name}] {line}\n"));
+            }
+        }
+    });
+}
+
+impl ChildService {
+    /// Spawns `command` (stdout and stderr are captured) and waits for its
+    /// `listening on` line. Panics with the child's output if it exits or
+    /// stays silent instead.
+    pub fn start(name: &str, mut command: std::process::Command) -> Self {
+        use std::process::Stdio;
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        if let Some(stdout) = child.stdout.take() {
+            collect(name.to_owned(), stdout, logs.clone(), Some(tx));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            collect(name.to_owned(), stderr, logs.clone(), None);
+        }
+        let addr = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                let output = logs.lock().map(|l| l.clone()).unwrap_or_default();
+                panic!("{name} did not start (exit: {status:?}); its output:\n{output}");
+            }
+        };
+        ChildService {
+            name: name.to_owned(),
+            child,
+            addr,
+            logs,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. "TERM", "HUP") to the child.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits up to `timeout` for the child to exit, returning its status.
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the child now.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildService {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("----- output of {} -----\n{}", self.name, self.logs());
+        }
+    }
+}
