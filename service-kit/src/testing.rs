@@ -230,3 +230,53 @@ impl Drop for ChildService {
         }
     }
 }
+
+/// A binary of this workspace, from the target directory the running test
+/// was built into. `cargo test --workspace` builds every binary first.
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p {name}` (`cargo test --workspace` does)",
+        path.display()
+    );
+    path
+}
+
+impl ChildService {
+    /// The rest of the first output line that starts with `prefix`.
+    pub fn output_line(&self, prefix: &str) -> Option<String> {
+        let tag = format!("[{}] {prefix}", self.name);
+        self.logs()
+            .lines()
+            .find_map(|line| line.strip_prefix(&tag).map(str::to_owned))
+    }
+
+    /// Waits until the child accepts TCP connections on `addr` (some servers
+    /// announce their address just before they bind it).
+    pub fn wait_accepting(&mut self, addr: std::net::SocketAddr) {
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        while std::net::TcpStream::connect(addr).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({status}) before accepting connections:\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never accepted connections on {addr}:\n{}",
+                self.name,
+                self.logs()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}

@@ -1,0 +1,468 @@
+//! Token checks for protected routes: the shape of the `Authorization`
+//! header, a cache of verdicts keyed by a hash of the exact token, and the
+//! call to the auth service (or a local HS256 check) on a miss.
+//!
+//! Rules, in the order they apply:
+//! - a missing or malformed header is refused here, with no network call;
+//! - a token whose `exp` has passed is refused here, whatever the cache
+//!   holds (the claim is read, not trusted: it can only shorten a token's
+//!   life at the gateway, never lengthen it);
+//! - a positive verdict is cached for min(`cache_ttl`, `exp` − now), a
+//!   refusal for `negative_ttl`; failures to get an answer are never cached;
+//! - concurrent misses for one token share a single verification.
+
+use crate::config::{Auth, AuthMode};
+use base64::Engine;
+use moka::future::Cache;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Tokens longer than this are refused without being looked at further.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Clock skew the local verifier tolerates on `nbf` (as the auth service).
+pub const LEEWAY_SECS: u64 = 15;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BearerError {
+    Missing,
+    Malformed,
+}
+
+fn is_base64url(part: &str) -> bool {
+    !part.is_empty()
+        && part
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Extracts the token from `Authorization` values: exactly one header,
+/// scheme `Bearer` in any case, then one token of three base64url parts.
+pub fn bearer<'a>(values: &[&'a [u8]]) -> Result<&'a str, BearerError> {
+    let value = match values {
+        [] => return Err(BearerError::Missing),
+        [one] => *one,
+        _ => return Err(BearerError::Malformed),
+    };
+    if value.len() > MAX_TOKEN_BYTES + 16 {
+        return Err(BearerError::Malformed);
+    }
+    let value = std::str::from_utf8(value).map_err(|_| BearerError::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(BearerError::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(BearerError::Malformed);
+    }
+    let token = token.trim_start_matches(' ').trim_end_matches([' ', '\t']);
+    if token.is_empty() || token.len() > MAX_TOKEN_BYTES || token.contains([' ', '\t']) {
+        return Err(BearerError::Malformed);
+    }
+    let mut parts = token.split('.');
+    let shape_ok =
+        parts.by_ref().take(3).filter(|p| is_base64url(p)).count() == 3 && parts.next().is_none();
+    if !shape_ok {
+        return Err(BearerError::Malformed);
+    }
+    Ok(token)
+}
+
+/// The `exp` claim of a JWT, read without checking the signature.
+pub fn peek_exp(token: &str) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Exp {
+        exp: u64,
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    serde_json::from_slice::<Exp>(&bytes).ok().map(|c| c.exp)
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Who a verified token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// A positive decimal integer, ready to be sent as `x-user-id`.
+    pub user_id: Box<str>,
+    pub role: Box<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed(Arc<Identity>),
+    Denied,
+}
+
+/// Where an answer came from, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Served from the cache.
+    Hit,
+    /// This request asked the verifier.
+    Miss,
+    /// Another request for the same token was already asking; this one waited.
+    Coalesced,
+    /// Refused before any lookup (`exp` in the past).
+    Expired,
+}
+
+/// The verifier could not give an answer. Never cached; answered 503.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    #[error("the auth service did not answer in time")]
+    Timeout,
+    #[error("the auth service is unreachable: {0}")]
+    Unreachable(String),
+    #[error("the auth service gave an unusable answer: {0}")]
+    BadAnswer(String),
+}
+
+impl Unavailable {
+    /// A short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Unavailable::Timeout => "timeout",
+            Unavailable::Unreachable(_) => "unreachable",
+            Unavailable::BadAnswer(_) => "bad_answer",
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Entry {
+    verdict: Verdict,
+    ttl: Duration,
+}
+
+struct PerEntryTtl;
+
+impl moka::Expiry<[u8; 32], Entry> for PerEntryTtl {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        entry: &Entry,
+        _now: Instant,
+    ) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+}
+
+enum Source {
+    Remote {
+        client: reqwest::Client,
+        url: String,
+    },
+    Local {
+        key: Box<jsonwebtoken::DecodingKey>,
+        validation: Box<jsonwebtoken::Validation>,
+    },
+}
+
+pub struct Verifier {
+    cache: Cache<[u8; 32], Entry>,
+    source: Source,
+    ttl: Duration,
+    negative_ttl: Duration,
+}
+
+#[derive(Serialize)]
+struct VerifyRequest<'a> {
+    access: &'a str,
+}
+
+#[derive(Deserialize)]
+struct VerifyAnswer {
+    user_id: serde_json::Value,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct LocalClaims {
+    sub: String,
+    #[serde(rename = "type")]
+    token_type: String,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+/// Builds an identity from untrusted parts, refusing anything that could
+/// not be sent safely as a header value.
+fn identity(user_id: &str, role: Option<&str>) -> Option<Identity> {
+    let id = service_kit::identity::parse_user_id(user_id)?;
+    let role = role.unwrap_or("user");
+    let role_ok = !role.is_empty()
+        && role.len() <= 64
+        && role
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    role_ok.then(|| Identity {
+        user_id: id.to_string().into(),
+        role: role.into(),
+    })
+}
+
+impl Verifier {
+    /// A verifier for `auth`. Local mode needs the signing secret.
+    pub fn new(auth: &Auth, secret: Option<&[u8]>) -> Result<Self, String> {
+        let source = match auth.mode {
+            AuthMode::Remote => {
+                let url = auth
+                    .verify_url
+                    .clone()
+                    .ok_or("auth.verify_url is required in remote mode")?;
+                let client = reqwest::Client::builder()
+                    .timeout(auth.timeout.0)
+                    .connect_timeout(auth.timeout.0)
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .pool_max_idle_per_host(256)
+                    .tcp_nodelay(true)
+                    .http1_only()
+                    .build()
+                    .map_err(|e| format!("cannot build the verify client: {e}"))?;
+                Source::Remote { client, url }
+            }
+            AuthMode::Local => {
+                let secret = secret.ok_or(
+                    "auth.mode local needs JWT_SECRET_KEY (the auth service's signing secret)",
+                )?;
+                if secret.len() < 32 {
+                    return Err("JWT_SECRET_KEY must be at least 32 bytes".into());
+                }
+                let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+                validation.algorithms = vec![jsonwebtoken::Algorithm::HS256];
+                validation.leeway = LEEWAY_SECS;
+                validation.validate_exp = true;
+                validation.validate_nbf = true;
+                validation.set_required_spec_claims(&["exp", "nbf", "iat", "sub"]);
+                Source::Local {
+                    key: Box::new(jsonwebtoken::DecodingKey::from_secret(secret)),
+                    validation: Box::new(validation),
+                }
+            }
+        };
+        let cache = Cache::builder()
+            .max_capacity(auth.cache_capacity)
+            .expire_after(PerEntryTtl)
+            .build();
+        Ok(Verifier {
+            cache,
+            source,
+            ttl: auth.cache_ttl.0,
+            negative_ttl: auth.negative_ttl.0,
+        })
+    }
+
+    /// The verdict for `token` (already shape-checked by [`bearer`]).
+    pub async fn verify(&self, token: &str) -> (Result<Verdict, Unavailable>, Outcome) {
+        let exp = peek_exp(token);
+        let now = now_unix();
+        if exp.is_some_and(|exp| exp <= now) {
+            return (Ok(Verdict::Denied), Outcome::Expired);
+        }
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(entry) = self.cache.get(&key).await {
+            return (Ok(entry.verdict), Outcome::Hit);
+        }
+        let asked = AtomicBool::new(false);
+        let result = self
+            .cache
+            .entry(key)
+            .or_try_insert_with(async {
+                asked.store(true, Ordering::Relaxed);
+                let verdict = self.ask(token).await?;
+                let ttl = match &verdict {
+                    Verdict::Allowed(_) => {
+                        let left = exp.map_or(self.ttl, |exp| {
+                            Duration::from_secs(exp.saturating_sub(now_unix()))
+                        });
+                        self.ttl.min(left)
+                    }
+                    Verdict::Denied => self.negative_ttl,
+                };
+                Ok::<_, Unavailable>(Entry { verdict, ttl })
+            })
+            .await;
+        let outcome = if asked.load(Ordering::Relaxed) {
+            Outcome::Miss
+        } else {
+            Outcome::Coalesced
+        };
+        match result {
+            Ok(entry) => (Ok(entry.into_value().verdict), outcome),
+            Err(error) => (Err((*error).clone()), outcome),
+        }
+    }
+
+    /// Drops every cached verdict.
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
+    }
+
+    /// Cached verdicts (approximate; for metrics and tests).
+    pub fn cached(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    async fn ask(&self, token: &str) -> Result<Verdict, Unavailable> {
+        match &self.source {
+            Source::Remote { client, url } => {
+                let body = serde_json::to_vec(&VerifyRequest { access: token })
+                    .map_err(|e| Unavailable::BadAnswer(e.to_string()))?;
+                let response = client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        if e.is_timeout() {
+                            Unavailable::Timeout
+                        } else {
+                            Unavailable::Unreachable(e.to_string())
+                        }
+                    })?;
+                match response.status().as_u16() {
+                    200 => {
+                        let answer: VerifyAnswer = response.json().await.map_err(|e| {
+                            if e.is_timeout() {
+                                Unavailable::Timeout
+                            } else {
+                                Unavailable::BadAnswer(e.to_string())
+                            }
+                        })?;
+                        let user_id = match &answer.user_id {
+                            serde_json::Value::Number(n) => n.to_string(),
+                            serde_json::Value::String(s) => s.clone(),
+                            _ => String::new(),
+                        };
+                        identity(&user_id, answer.role.as_deref())
+                            .map(|id| Verdict::Allowed(Arc::new(id)))
+                            .ok_or_else(|| {
+                                Unavailable::BadAnswer("200 without a valid user_id".into())
+                            })
+                    }
+                    401 => Ok(Verdict::Denied),
+                    status => Err(Unavailable::BadAnswer(format!("status {status}"))),
+                }
+            }
+            Source::Local { key, validation } => {
+                let Ok(data) = jsonwebtoken::decode::<LocalClaims>(token, key, validation) else {
+                    return Ok(Verdict::Denied);
+                };
+                if data.claims.token_type != "access" {
+                    return Ok(Verdict::Denied);
+                }
+                Ok(identity(&data.claims.sub, data.claims.role.as_deref())
+                    .map_or(Verdict::Denied, |id| Verdict::Allowed(Arc::new(id))))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(json: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    #[test]
+    fn bearer_shapes() {
+        let good = format!("{}.{}.sig", b64("{}"), b64("{}"));
+        let with = |v: &str| v.as_bytes().to_vec();
+        type Case = (Vec<Vec<u8>>, Result<(), BearerError>);
+        let cases: Vec<Case> = vec![
+            (vec![], Err(BearerError::Missing)),
+            (vec![with(&format!("Bearer {good}"))], Ok(())),
+            (vec![with(&format!("bearer {good}"))], Ok(())),
+            (vec![with(&format!("BEARER  {good}"))], Ok(())),
+            (
+                vec![with(&format!("Basic {good}"))],
+                Err(BearerError::Malformed),
+            ),
+            (
+                vec![with(&format!("Bearer{good}"))],
+                Err(BearerError::Malformed),
+            ),
+            (vec![with("Bearer ")], Err(BearerError::Malformed)),
+            (
+                vec![with(&format!("Bearer {good} extra"))],
+                Err(BearerError::Malformed),
+            ),
+            (vec![with("Bearer a.b")], Err(BearerError::Malformed)),
+            (vec![with("Bearer a.b.c.d")], Err(BearerError::Malformed)),
+            (vec![with("Bearer a..c")], Err(BearerError::Malformed)),
+            (vec![with("Bearer a.b.")], Err(BearerError::Malformed)),
+            (vec![with("Bearer a+b.c.d")], Err(BearerError::Malformed)),
+            (vec![with("Bearer a=.b.c")], Err(BearerError::Malformed)),
+            (
+                vec![with(&format!("Bearer {}.b.c", "a".repeat(MAX_TOKEN_BYTES)))],
+                Err(BearerError::Malformed),
+            ),
+            (
+                vec![
+                    with(&format!("Bearer {good}")),
+                    with(&format!("Bearer {good}")),
+                ],
+                Err(BearerError::Malformed),
+            ),
+            (vec![vec![0xff, 0xfe]], Err(BearerError::Malformed)),
+        ];
+        for (values, expected) in cases {
+            let slices: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+            assert_eq!(bearer(&slices).map(drop), expected, "{values:?}");
+        }
+    }
+
+    #[test]
+    fn exp_is_read_without_verification() {
+        let token = format!(
+            "{}.{}.sig",
+            b64(r#"{"alg":"HS256"}"#),
+            b64(r#"{"exp":1700000000,"sub":"1"}"#)
+        );
+        assert_eq!(peek_exp(&token), Some(1_700_000_000));
+        assert_eq!(
+            peek_exp(&format!("{}.{}.sig", b64("{}"), b64(r#"{"sub":"1"}"#))),
+            None
+        );
+        assert_eq!(peek_exp("a.!!!.c"), None);
+    }
+
+    #[test]
+    fn identities_must_be_header_safe() {
+        assert!(identity("7", Some("admin")).is_some());
+        assert_eq!(identity("7", None).map(|i| i.role), Some("user".into()));
+        for (id, role) in [
+            ("0", None),
+            ("-1", None),
+            ("7\r\nx: y", None),
+            ("7", Some("ad min")),
+            ("7", Some("a\r\n")),
+        ] {
+            assert!(identity(id, role).is_none(), "{id:?} {role:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn expired_tokens_are_refused_before_any_lookup() {
+        let auth: Auth =
+            serde_yaml::from_str("verify_url: http://127.0.0.1:9/api/verify").expect("auth");
+        let verifier = Verifier::new(&auth, None).expect("verifier");
+        let token = format!("{}.{}.sig", b64("{}"), b64(r#"{"exp":1000}"#));
+        let (verdict, outcome) = verifier.verify(&token).await;
+        assert_eq!(verdict, Ok(Verdict::Denied));
+        assert_eq!(outcome, Outcome::Expired);
+        assert_eq!(verifier.cached(), 0);
+    }
+}

@@ -1,0 +1,855 @@
+//! `routes.yaml`: the schema, its parsing, and every check that can be made
+//! before anything starts.
+//!
+//! Parsing is strict: unknown keys are errors, and values are parsed into
+//! newtypes (durations, sizes, prefixes, addresses) while deserialising, so
+//! a mistake is reported with its key path and line. Checks that need the
+//! whole file (a route naming an undefined upstream, two routes claiming the
+//! same prefix and method) run afterwards and report every problem at once.
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Key path, e.g. `routes[3].upstream`; empty for file-level problems.
+    pub path: String,
+    pub message: String,
+    pub line: Option<usize>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        write!(f, "{}", self.message)?;
+        if let Some(line) = self.line {
+            write!(f, " at line {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+// ---------------------------------------------------------------------------
+// Value types, validated while parsing.
+
+/// A duration written as `250ms`, `2s`, `5m` or `1h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        let split = raw
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("{raw:?} has no unit: write e.g. 500ms, 2s, 1m"))?;
+        let (number, unit) = raw.split_at(split);
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("{raw:?} is not a duration like 500ms, 2s or 1m"))?;
+        let duration = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            _ => return Err(format!("{raw:?} has an unknown unit: use ms, s, m or h")),
+        };
+        Ok(Dur(duration))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Dur::parse(&raw).map_err(de::Error::custom)
+    }
+}
+
+/// A size in bytes written as `512`, `16KiB`, `1MiB` or `1GiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bytes(pub u64);
+
+impl Bytes {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+        let (number, unit) = raw.split_at(split);
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("{raw:?} is not a size like 512, 16KiB or 1MiB"))?;
+        let factor = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" | "K" | "KB" => 1024,
+            "MiB" | "M" | "MB" => 1024 * 1024,
+            "GiB" | "G" | "GB" => 1024 * 1024 * 1024,
+            _ => return Err(format!("{raw:?} has an unknown unit: use KiB, MiB or GiB")),
+        };
+        n.checked_mul(factor)
+            .map(Bytes)
+            .ok_or_else(|| format!("{raw:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(Bytes(n)),
+            Raw::Text(text) => Bytes::parse(&text).map_err(de::Error::custom),
+        }
+    }
+}
+
+/// A path prefix: absolute, already in normal form (no empty, `.` or `..`
+/// segments, no percent-encoding, no trailing slash except for `/` itself),
+/// so that it can be compared with normalised request paths byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Prefix(pub String);
+
+impl Prefix {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if !raw.starts_with('/') {
+            return Err(format!("prefix {raw:?} must start with /"));
+        }
+        if raw == "/" {
+            return Ok(Prefix(raw.into()));
+        }
+        let trimmed = raw.strip_suffix('/').unwrap_or(raw);
+        for segment in trimmed[1..].split('/') {
+            if segment.is_empty() || segment == "." || segment == ".." {
+                return Err(format!(
+                    "prefix {raw:?} has an empty, \".\" or \"..\" segment"
+                ));
+            }
+            if segment
+                .bytes()
+                .any(|b| b == b'%' || b == b'\\' || b == b'?' || b == b'#' || !b.is_ascii_graphic())
+            {
+                return Err(format!(
+                    "prefix {raw:?} may only hold printable ASCII without %, \\, ? or #"
+                ));
+            }
+        }
+        Ok(Prefix(trimmed.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Prefix {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Prefix::parse(&raw).map_err(de::Error::custom)
+    }
+}
+
+/// An HTTP method token, upper-cased.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Method(pub String);
+
+impl<'de> Deserialize<'de> for Method {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        const KNOWN: [&str; 9] = [
+            "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+        ];
+        let upper = raw.to_ascii_uppercase();
+        if KNOWN.contains(&upper.as_str()) {
+            Ok(Method(upper))
+        } else {
+            Err(de::Error::custom(format!(
+                "unknown method {raw:?}: expected one of {}",
+                KNOWN.join(", ")
+            )))
+        }
+    }
+}
+
+/// An upstream server, `host:port`. Names are resolved when the table is
+/// built, never per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl HostPort {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let (host, port) = raw
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{raw:?} must be host:port"))?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("{raw:?} has an invalid port"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains(['/', ' ', '@']) {
+            return Err(format!("{raw:?} has an invalid host"));
+        }
+        Ok(HostPort {
+            host: host.into(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HostPort {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        HostPort::parse(&raw).map_err(de::Error::custom)
+    }
+}
+
+/// An address or network (`10.0.0.0/8`, `::1`), for trusted proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    pub addr: IpAddr,
+    pub bits: u8,
+}
+
+impl Network {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let (addr, bits) = match raw.split_once('/') {
+            Some((addr, bits)) => (addr, Some(bits)),
+            None => (raw, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{raw:?} is not an IP address or network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            Some(bits) => bits
+                .parse::<u8>()
+                .ok()
+                .filter(|b| *b <= max)
+                .ok_or_else(|| format!("{raw:?} has an invalid prefix length"))?,
+            None => max,
+        };
+        Ok(Network { addr, bits })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match (self.addr, ip) {
+            (IpAddr::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            _ => ip,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.bits)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.bits))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Network {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Network::parse(&raw).map_err(de::Error::custom)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The schema.
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the proxy listens on.
+    #[serde(default = "defaults::listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub server: Server,
+    pub auth: Auth,
+    pub upstreams: BTreeMap<String, Upstream>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// Worker threads for the proxy; default: the number of cores.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// How long in-flight requests may finish after SIGTERM.
+    #[serde(default = "defaults::grace_period")]
+    pub grace_period: Dur,
+    /// How long an idle client connection is kept open.
+    #[serde(default = "defaults::keepalive_timeout")]
+    pub keepalive_timeout: Dur,
+    /// Request line plus headers above this size are answered 431.
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: Bytes,
+    /// Default request body limit for routes that set none.
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: Bytes,
+    /// Idle upstream connections kept per worker thread.
+    #[serde(default = "defaults::upstream_keepalive_pool")]
+    pub upstream_keepalive_pool: usize,
+    /// Peers whose `X-Forwarded-*` headers are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Network>,
+    /// Where Prometheus metrics are served; none when unset.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+    /// Unix socket used to hand listeners to a new process on upgrade.
+    #[serde(default = "defaults::upgrade_sock")]
+    pub upgrade_sock: String,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            threads: None,
+            grace_period: defaults::grace_period(),
+            keepalive_timeout: defaults::keepalive_timeout(),
+            max_header_bytes: defaults::max_header_bytes(),
+            max_body_bytes: defaults::max_body_bytes(),
+            upstream_keepalive_pool: defaults::upstream_keepalive_pool(),
+            trusted_proxies: Vec::new(),
+            metrics_listen: None,
+            upgrade_sock: defaults::upgrade_sock(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Ask the auth service's verify endpoint (the default).
+    Remote,
+    /// Check HS256 signatures here with `JWT_SECRET_KEY`.
+    Local,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    #[serde(default = "defaults::auth_mode")]
+    pub mode: AuthMode,
+    /// `POST {"access": token}` endpoint; required in remote mode.
+    #[serde(default)]
+    pub verify_url: Option<String>,
+    #[serde(default = "defaults::verify_timeout")]
+    pub timeout: Dur,
+    /// Upper bound on how long a positive answer is reused.
+    #[serde(default = "defaults::cache_ttl")]
+    pub cache_ttl: Dur,
+    /// How long a refusal (401) is reused.
+    #[serde(default = "defaults::negative_ttl")]
+    pub negative_ttl: Dur,
+    #[serde(default = "defaults::cache_capacity")]
+    pub cache_capacity: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    RoundRobin,
+    Random,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(rename = "type")]
+    pub kind: CheckKind,
+    /// Path requested by HTTP checks; any 2xx answer is healthy.
+    #[serde(default = "defaults::health_path")]
+    pub path: Prefix,
+    #[serde(default = "defaults::health_interval")]
+    pub interval: Dur,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub servers: Vec<HostPort>,
+    #[serde(default = "defaults::balance")]
+    pub balance: Balance,
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Longest wait for each read from the upstream (headers or body).
+    #[serde(default = "defaults::read_timeout")]
+    pub read_timeout: Dur,
+    #[serde(default = "defaults::write_timeout")]
+    pub write_timeout: Dur,
+    /// How long an idle pooled upstream connection is kept.
+    #[serde(default = "defaults::idle_timeout")]
+    pub idle_timeout: Dur,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    Public,
+    Protected,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub prefix: Prefix,
+    /// Name of an entry under `upstreams`.
+    pub upstream: String,
+    pub access: Access,
+    /// Roles allowed on a protected route; empty means any authenticated user.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Replaces the matched prefix before forwarding.
+    #[serde(default)]
+    pub rewrite: Option<Prefix>,
+    /// Methods the route accepts; empty means all.
+    #[serde(default)]
+    pub methods: Vec<Method>,
+    /// Whether the client's `Authorization` header reaches the upstream.
+    #[serde(default)]
+    pub forward_authorization: bool,
+    /// Whether WebSocket upgrades are allowed.
+    #[serde(default)]
+    pub websocket: bool,
+    /// Request body limit for this route.
+    #[serde(default)]
+    pub max_body_bytes: Option<Bytes>,
+}
+
+mod defaults {
+    use super::*;
+    pub fn listen() -> String {
+        "127.0.0.1:8080".into()
+    }
+    pub fn grace_period() -> Dur {
+        Dur(Duration::from_secs(5))
+    }
+    pub fn keepalive_timeout() -> Dur {
+        Dur(Duration::from_secs(60))
+    }
+    pub fn max_header_bytes() -> Bytes {
+        Bytes(16 * 1024)
+    }
+    pub fn max_body_bytes() -> Bytes {
+        Bytes(1024 * 1024)
+    }
+    pub fn upstream_keepalive_pool() -> usize {
+        256
+    }
+    pub fn upgrade_sock() -> String {
+        "/tmp/portcullis-gateway-upgrade.sock".into()
+    }
+    pub fn auth_mode() -> AuthMode {
+        AuthMode::Remote
+    }
+    pub fn verify_timeout() -> Dur {
+        Dur(Duration::from_secs(2))
+    }
+    pub fn cache_ttl() -> Dur {
+        Dur(Duration::from_secs(30))
+    }
+    pub fn negative_ttl() -> Dur {
+        Dur(Duration::from_secs(5))
+    }
+    pub fn cache_capacity() -> u64 {
+        100_000
+    }
+    pub fn balance() -> Balance {
+        Balance::RoundRobin
+    }
+    pub fn health_path() -> Prefix {
+        Prefix("/healthz".into())
+    }
+    pub fn health_interval() -> Dur {
+        Dur(Duration::from_secs(2))
+    }
+    pub fn connect_timeout() -> Dur {
+        Dur(Duration::from_secs(1))
+    }
+    pub fn read_timeout() -> Dur {
+        Dur(Duration::from_secs(30))
+    }
+    pub fn write_timeout() -> Dur {
+        Dur(Duration::from_secs(30))
+    }
+    pub fn idle_timeout() -> Dur {
+        Dur(Duration::from_secs(60))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Parsing and checking.
+
+impl Config {
+    /// Parses and checks `source`. On failure, every problem found is
+    /// returned, each with its key path and, where known, its line.
+    pub fn parse(source: &str) -> Result<Config, ConfigErrors> {
+        let config: Config = serde_yaml::from_str(source).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                message: e.to_string(),
+                line: None,
+            }])
+        })?;
+        let lines = crate::yaml_lines::KeyLines::index(source);
+        let errors = config.check(&lines);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigErrors> {
+        let source = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                message: format!("cannot read {}: {e}", path.display()),
+                line: None,
+            }])
+        })?;
+        Config::parse(&source)
+    }
+
+    fn check(&self, lines: &crate::yaml_lines::KeyLines) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut error = |path: String, message: String| {
+            let line = lines.line(&path);
+            errors.push(ConfigError {
+                path,
+                message,
+                line,
+            });
+        };
+
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            error(
+                "listen".into(),
+                format!("{:?} is not an IP:port address", self.listen),
+            );
+        }
+        if let Some(metrics) = &self.server.metrics_listen
+            && metrics.parse::<std::net::SocketAddr>().is_err()
+        {
+            error(
+                "server.metrics_listen".into(),
+                format!("{metrics:?} is not an IP:port address"),
+            );
+        }
+        if self.server.threads == Some(0) {
+            error("server.threads".into(), "must be at least 1".into());
+        }
+        if self.server.max_header_bytes.0 < 1024 {
+            error(
+                "server.max_header_bytes".into(),
+                "must be at least 1KiB".into(),
+            );
+        }
+
+        let protected = self.routes.iter().any(|r| r.access == Access::Protected);
+        match (&self.auth.mode, &self.auth.verify_url) {
+            (AuthMode::Remote, None) if protected => error(
+                "auth.verify_url".into(),
+                "is required for protected routes in remote mode".into(),
+            ),
+            (AuthMode::Remote, Some(url))
+                if !url.starts_with("http://") || url.parse::<http::Uri>().is_err() =>
+            {
+                error(
+                    "auth.verify_url".into(),
+                    format!("{url:?} must be an http:// URL"),
+                );
+            }
+            _ => {}
+        }
+        if self.auth.timeout.0.is_zero() {
+            error("auth.timeout".into(), "must be greater than zero".into());
+        }
+        if self.auth.cache_capacity == 0 {
+            error(
+                "auth.cache_capacity".into(),
+                "must be at least 1 (use a short cache_ttl to limit reuse)".into(),
+            );
+        }
+
+        for (name, upstream) in &self.upstreams {
+            let at = format!("upstreams.{name}");
+            if upstream.servers.is_empty() {
+                error(
+                    format!("{at}.servers"),
+                    "needs at least one host:port".into(),
+                );
+            }
+            if let Some(check) = &upstream.health_check
+                && check.interval.0 < Duration::from_millis(100)
+            {
+                error(
+                    format!("{at}.health_check.interval"),
+                    "must be at least 100ms".into(),
+                );
+            }
+            for (key, value) in [
+                ("connect_timeout", upstream.connect_timeout),
+                ("read_timeout", upstream.read_timeout),
+                ("write_timeout", upstream.write_timeout),
+            ] {
+                if value.0.is_zero() {
+                    error(format!("{at}.{key}"), "must be greater than zero".into());
+                }
+            }
+        }
+
+        let mut claimed: HashSet<(&str, Option<&str>)> = HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let at = format!("routes[{i}]");
+            if !self.upstreams.contains_key(&route.upstream) {
+                error(
+                    format!("{at}.upstream"),
+                    format!("unknown upstream {:?}", route.upstream),
+                );
+            }
+            if route.access == Access::Public && !route.roles.is_empty() {
+                error(format!("{at}.roles"), "roles need access: protected".into());
+            }
+            for role in &route.roles {
+                if role.is_empty() || !role.bytes().all(|b| b.is_ascii_graphic()) {
+                    error(format!("{at}.roles"), format!("invalid role {role:?}"));
+                }
+            }
+            let methods: Vec<Option<&str>> = if route.methods.is_empty() {
+                vec![None]
+            } else {
+                route.methods.iter().map(|m| Some(m.0.as_str())).collect()
+            };
+            for method in methods {
+                let overlaps = claimed.contains(&(route.prefix.as_str(), method))
+                    || (method.is_none()
+                        && claimed.iter().any(|(p, _)| *p == route.prefix.as_str()))
+                    || claimed.contains(&(route.prefix.as_str(), None));
+                if overlaps {
+                    error(
+                        format!("{at}.prefix"),
+                        format!(
+                            "{:?} is already routed{}",
+                            route.prefix.as_str(),
+                            method.map(|m| format!(" for {m}")).unwrap_or_default()
+                        ),
+                    );
+                    break;
+                }
+                claimed.insert((route.prefix.as_str(), method));
+            }
+        }
+        errors
+    }
+
+    /// The request body limit of `route`.
+    pub fn body_limit(&self, route: &Route) -> u64 {
+        route.max_body_bytes.unwrap_or(self.server.max_body_bytes).0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+auth:
+  verify_url: http://127.0.0.1:9001/api/verify
+upstreams:
+  tasks:
+    servers: ["127.0.0.1:9101"]
+routes:
+  - prefix: /api/tasks
+    upstream: tasks
+    access: protected
+"#;
+
+    #[test]
+    fn minimal_file_gets_the_documented_defaults() {
+        let config = Config::parse(MINIMAL).expect("valid");
+        assert_eq!(config.listen, "127.0.0.1:8080");
+        assert_eq!(config.auth.mode, AuthMode::Remote);
+        assert_eq!(config.auth.cache_ttl, Dur(Duration::from_secs(30)));
+        assert_eq!(config.server.grace_period, Dur(Duration::from_secs(5)));
+        let tasks = &config.upstreams["tasks"];
+        assert_eq!(tasks.balance, Balance::RoundRobin);
+        assert_eq!(tasks.connect_timeout, Dur(Duration::from_secs(1)));
+        assert!(tasks.health_check.is_none());
+        assert_eq!(config.routes[0].prefix.as_str(), "/api/tasks");
+        assert!(!config.routes[0].forward_authorization);
+        assert_eq!(config.body_limit(&config.routes[0]), 1024 * 1024);
+    }
+
+    #[test]
+    fn value_types() {
+        assert_eq!(Dur::parse("250ms"), Ok(Dur(Duration::from_millis(250))));
+        assert_eq!(Dur::parse("2s"), Ok(Dur(Duration::from_secs(2))));
+        assert_eq!(Dur::parse("1m"), Ok(Dur(Duration::from_secs(60))));
+        assert!(Dur::parse("2").is_err());
+        assert!(Dur::parse("2 weeks").is_err());
+        assert!(Dur::parse("-1s").is_err());
+        assert_eq!(Bytes::parse("16KiB"), Ok(Bytes(16384)));
+        assert_eq!(Bytes::parse("1MiB"), Ok(Bytes(1 << 20)));
+        assert_eq!(Bytes::parse("100"), Ok(Bytes(100)));
+        assert!(Bytes::parse("1TiB").is_err());
+        for (raw, expected) in [
+            ("/api/tasks", Ok("/api/tasks")),
+            ("/api/tasks/", Ok("/api/tasks")),
+            ("/", Ok("/")),
+            ("api", Err(())),
+            ("/api//tasks", Err(())),
+            ("/api/../tasks", Err(())),
+            ("/api/%2e", Err(())),
+            ("/api/ta sks", Err(())),
+        ] {
+            assert_eq!(
+                Prefix::parse(raw).map(|p| p.0).map_err(drop),
+                expected.map(str::to_owned),
+                "{raw}"
+            );
+        }
+        assert_eq!(
+            HostPort::parse("auth:9001"),
+            Ok(HostPort {
+                host: "auth".into(),
+                port: 9001
+            })
+        );
+        assert!(HostPort::parse("auth").is_err());
+        assert!(HostPort::parse("auth:0").is_err());
+        assert!(HostPort::parse("auth:http").is_err());
+    }
+
+    #[test]
+    fn networks() {
+        let net = Network::parse("10.0.0.0/8").expect("net");
+        assert!(net.contains("10.1.2.3".parse().expect("ip")));
+        assert!(!net.contains("11.0.0.1".parse().expect("ip")));
+        assert!(net.contains("::ffff:10.0.0.1".parse().expect("ip")));
+        let one = Network::parse("::1").expect("net");
+        assert!(one.contains("::1".parse().expect("ip")));
+        assert!(!one.contains("::2".parse().expect("ip")));
+        assert!(Network::parse("10.0.0.0/33").is_err());
+        assert!(Network::parse("example.com").is_err());
+        let all = Network::parse("0.0.0.0/0").expect("net");
+        assert!(all.contains("203.0.113.9".parse().expect("ip")));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_a_line() {
+        let source = MINIMAL.replace("access: protected", "access: protected\n    acess: public");
+        let errors = Config::parse(&source).expect_err("unknown key");
+        let text = errors.to_string();
+        assert!(text.contains("unknown field `acess`"), "{text}");
+        assert!(text.contains("routes[0]"), "{text}");
+        assert!(text.contains("line 11"), "{text}");
+    }
+
+    #[test]
+    fn every_semantic_error_is_reported_with_path_and_line() {
+        let source = r#"
+auth:
+  mode: remote
+upstreams:
+  tasks:
+    servers: []
+routes:
+  - prefix: /api/tasks
+    upstream: tasks
+    access: protected
+  - prefix: /api/orders
+    upstream: ordrs
+    access: public
+    roles: [admin]
+  - prefix: /api/tasks/
+    upstream: tasks
+    access: public
+"#;
+        let errors = Config::parse(source).expect_err("invalid").0;
+        let rendered: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let expected = [
+            "auth.verify_url: is required for protected routes in remote mode at line 2",
+            "upstreams.tasks.servers: needs at least one host:port at line 6",
+            "routes[1].upstream: unknown upstream \"ordrs\" at line 12",
+            "routes[1].roles: roles need access: protected at line 14",
+            "routes[2].prefix: \"/api/tasks\" is already routed at line 15",
+        ];
+        for line in expected {
+            assert!(
+                rendered.iter().any(|r| r == line),
+                "missing {line:?} in {rendered:#?}"
+            );
+        }
+        assert_eq!(rendered.len(), expected.len(), "{rendered:#?}");
+    }
+
+    #[test]
+    fn method_specific_routes_may_share_a_prefix() {
+        let source = format!(
+            "{MINIMAL}  - prefix: /api/stock\n    upstream: tasks\n    access: public\n    methods: [get]\n  - prefix: /api/stock\n    upstream: tasks\n    access: protected\n    methods: [PUT]\n"
+        );
+        let config = Config::parse(&source).expect("valid");
+        assert_eq!(config.routes[1].methods, vec![Method("GET".into())]);
+        let clash =
+            format!("{source}  - prefix: /api/stock\n    upstream: tasks\n    access: public\n");
+        let errors = Config::parse(&clash).expect_err("clash");
+        assert!(errors.to_string().contains("routes[3].prefix"), "{errors}");
+    }
+}

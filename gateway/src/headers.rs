@@ -1,0 +1,148 @@
+//! Header rules that do not depend on the proxy engine.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const USER_ID: &str = "x-user-id";
+pub const USER_ROLE: &str = "x-user-role";
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Whether a client-sent header name is a spelling of an identity header:
+/// any case, with `-` or `_` as separators. All of them are removed, so that
+/// no backend framework can be tricked into reading a client's copy.
+pub fn is_identity_header(name: &str) -> bool {
+    let normalised = |target: &str| {
+        name.len() == target.len()
+            && name
+                .bytes()
+                .zip(target.bytes())
+                .all(|(a, b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
+    };
+    normalised(USER_ID) || normalised(USER_ROLE)
+}
+
+/// Whether a `Connection` option names a header the gateway sets itself. A
+/// client may not use `Connection` to make the gateway drop those: such
+/// options are removed before the request is forwarded, and the rest of the
+/// header stays in force.
+pub fn is_gateway_set_header(name: &str) -> bool {
+    is_identity_header(name)
+        || [
+            REQUEST_ID,
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "forwarded",
+            "host",
+        ]
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// `value` without the options that name gateway-set headers, or `None`
+/// when nothing needs removing.
+pub fn scrub_connection(value: &str) -> Option<String> {
+    let options: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .collect();
+    if !options.iter().any(|o| is_gateway_set_header(o)) {
+        return None;
+    }
+    Some(
+        options
+            .into_iter()
+            .filter(|o| !is_gateway_set_header(o))
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
+
+/// A client's `x-request-id` is kept when it is 1–128 characters of
+/// `[A-Za-z0-9._:-]`; anything else is replaced.
+pub fn is_valid_request_id(value: &[u8]) -> bool {
+    (1..=128).contains(&value.len())
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// A new request id: a random per-process prefix and a counter, unique
+/// without a system call per request.
+pub fn new_request_id() -> String {
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        let mut bytes = [0u8; 6];
+        if getrandom::fill(&mut bytes).is_err() {
+            // Without randomness ids are still unique within the process.
+            bytes = std::process::id().to_be_bytes().repeat(2)[..6]
+                .try_into()
+                .unwrap_or_default();
+        }
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{n:x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_header_spellings() {
+        for name in [
+            "x-user-id",
+            "X-User-Id",
+            "X-USER-ID",
+            "x_user_id",
+            "X_User-Id",
+            "x-user-role",
+            "X_USER_ROLE",
+        ] {
+            assert!(is_identity_header(name), "{name}");
+        }
+        for name in [
+            "x-user-ids",
+            "x-user",
+            "user-id",
+            "x-userid",
+            "authorization",
+            "x-user-id-x",
+        ] {
+            assert!(!is_identity_header(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn connection_options_naming_gateway_headers_are_dropped() {
+        let cases = [
+            ("keep-alive", None),
+            ("close, x-custom", None),
+            ("x-user-id", Some("")),
+            (
+                "keep-alive, X_User_Id, x-forwarded-for, x-custom",
+                Some("keep-alive, x-custom"),
+            ),
+            ("Host,X-Request-Id , upgrade", Some("upgrade")),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(scrub_connection(value).as_deref(), expected, "{value}");
+        }
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(is_valid_request_id(b"abc-123_x.y:z"));
+        assert!(!is_valid_request_id(b""));
+        assert!(!is_valid_request_id(&[b'a'; 129]));
+        assert!(!is_valid_request_id(b"a b"));
+        assert!(!is_valid_request_id(b"a\r\nb"));
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        assert!(is_valid_request_id(a.as_bytes()));
+    }
+}

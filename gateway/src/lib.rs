@@ -1,0 +1,134 @@
+//! Portcullis gateway.
+//!
+//! Plain modules hold the rules: [`config`] parses and checks `routes.yaml`,
+//! [`path`] normalises request paths, [`router`] picks a route, [`auth`]
+//! checks and caches tokens, [`headers`] names the identity headers. Only
+//! [`proxy`] (the request hooks) and [`upstreams`] (load balancing and
+//! health checks) know Pingora, and [`server`] assembles the process.
+
+pub mod auth;
+pub mod config;
+pub mod headers;
+pub mod metrics;
+pub mod path;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod upstreams;
+pub mod yaml_lines;
+
+use arc_swap::ArcSwap;
+use config::{Config, ConfigErrors};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// One version of the routing state, built from one read of `routes.yaml`.
+/// Requests take a reference at their start and keep it to their end, so a
+/// reload never changes the rules under a request.
+pub struct Generation {
+    pub config: Config,
+    pub routes: router::RouteTable,
+    pub pools: HashMap<String, Arc<upstreams::Pool>>,
+    pub verifier: Arc<auth::Verifier>,
+    stop: watch::Sender<bool>,
+}
+
+impl Generation {
+    /// Builds a generation, resolving upstream names. The verifier (and its
+    /// cache) of `previous` is kept when the auth settings did not change.
+    pub fn build(config: Config, previous: Option<&Generation>) -> Result<Generation, String> {
+        let mut pools = HashMap::new();
+        for (name, upstream) in &config.upstreams {
+            pools.insert(
+                name.clone(),
+                Arc::new(upstreams::Pool::build(name, upstream)?),
+            );
+        }
+        let verifier = match previous {
+            Some(previous) if previous.config.auth == config.auth => Arc::clone(&previous.verifier),
+            _ => {
+                let secret = std::env::var("JWT_SECRET_KEY").ok();
+                Arc::new(auth::Verifier::new(
+                    &config.auth,
+                    secret.as_deref().map(str::as_bytes),
+                )?)
+            }
+        };
+        let (stop, _) = watch::channel(false);
+        Ok(Generation {
+            routes: router::RouteTable::new(&config),
+            config,
+            pools,
+            verifier,
+            stop,
+        })
+    }
+
+    /// One health-check round for every pool. Pingora counts a new server
+    /// as healthy until checked, so this runs before a generation serves.
+    pub async fn check_all(&self) {
+        let checks = self.pools.values().map(|pool| pool.check_once());
+        futures::future::join_all(checks).await;
+    }
+
+    /// Starts the periodic health checks of every pool.
+    pub fn start_checks(&self) {
+        for pool in self.pools.values() {
+            pool.spawn_checks(self.stop.subscribe());
+        }
+    }
+
+    /// Stops this generation's health checks.
+    pub fn retire(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// The gateway's shared state: the current generation and where it came from.
+pub struct Gateway {
+    pub current: ArcSwap<Generation>,
+    pub config_path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Invalid(ConfigErrors),
+    #[error("{0}")]
+    Build(String),
+}
+
+impl Gateway {
+    pub fn new(first: Generation, config_path: PathBuf) -> Self {
+        Gateway {
+            current: ArcSwap::from_pointee(first),
+            config_path,
+        }
+    }
+
+    /// Re-reads the routes file. A valid file replaces the current
+    /// generation atomically, after its first health checks; an invalid one
+    /// changes nothing.
+    pub async fn reload(&self) -> Result<usize, ReloadError> {
+        let mut config = Config::load(&self.config_path).map_err(ReloadError::Invalid)?;
+        let old = self.current.load_full();
+        // The listeners belong to the running process: a changed address
+        // needs a restart, and the running one is kept meanwhile.
+        if config.listen != old.config.listen
+            || config.server.metrics_listen != old.config.server.metrics_listen
+        {
+            tracing::warn!("listen addresses in the routes file changed; they apply on restart");
+        }
+        config.listen = old.config.listen.clone();
+        config.server.metrics_listen = old.config.server.metrics_listen.clone();
+        let next = Generation::build(config, Some(&old)).map_err(ReloadError::Build)?;
+        next.check_all().await;
+        next.start_checks();
+        let routes = next.routes.len();
+        let previous = self.current.swap(Arc::new(next));
+        previous.retire();
+        Ok(routes)
+    }
+}

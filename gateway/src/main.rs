@@ -1,0 +1,96 @@
+use clap::Parser;
+use gateway::config::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Portcullis gateway: routes, authenticates and load-balances HTTP requests
+/// as `routes.yaml` says.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version, after_help = AFTER_HELP)]
+struct Cli {
+    /// The routes file.
+    #[arg(
+        long,
+        short = 'c',
+        env = "GATEWAY_CONFIG",
+        default_value = "routes.yaml"
+    )]
+    config: PathBuf,
+    /// Check the routes file, print every problem found, and exit.
+    #[arg(long)]
+    check: bool,
+    /// Listen here instead of the file's `listen` (port 0 picks a free port).
+    #[arg(long, env = "GATEWAY_LISTEN")]
+    listen: Option<String>,
+    /// Serve metrics here instead of the file's `server.metrics_listen`.
+    #[arg(long, env = "GATEWAY_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// Worker threads (default: the file's `server.threads`, else the number of cores).
+    #[arg(long, env = "GATEWAY_THREADS")]
+    threads: Option<usize>,
+    /// Reload the routes file when it changes, as on SIGHUP.
+    #[arg(long, env = "GATEWAY_WATCH")]
+    watch: bool,
+    /// Take over the listeners of a running gateway, which must then be sent
+    /// SIGQUIT within five seconds (zero-downtime upgrade).
+    #[arg(long)]
+    upgrade: bool,
+}
+
+const AFTER_HELP: &str = "\
+Signals: SIGHUP reloads the routes file (an invalid file is refused and the
+running routes stay); SIGTERM drains for server.grace_period and exits;
+SIGQUIT hands the listeners to a process started with --upgrade.
+
+Environment: JWT_SECRET_KEY is read when auth.mode is local.";
+
+fn main() -> ExitCode {
+    // Before anything else: SIGHUP would otherwise kill the process.
+    let hangups = match gateway::server::hangups() {
+        Ok(rx) => rx,
+        Err(e) => {
+            eprintln!("gateway: cannot install the SIGHUP handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse();
+    service_kit::telemetry::init();
+
+    if cli.check {
+        return match Config::load(&cli.config) {
+            Ok(config) => {
+                println!(
+                    "{}: ok ({} routes, {} upstreams)",
+                    cli.config.display(),
+                    config.routes.len(),
+                    config.upstreams.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                for error in &errors.0 {
+                    eprintln!("{}: {error}", cli.config.display());
+                }
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    let options = gateway::server::Options {
+        config_path: cli.config,
+        listen: cli.listen,
+        metrics_listen: cli.metrics_listen,
+        threads: cli.threads,
+        upgrade: cli.upgrade,
+        watch: cli.watch,
+    };
+    match gateway::server::run(options, hangups) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            for line in error.lines() {
+                eprintln!("gateway: {line}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Prometheus metrics, registered once in the default registry that the
+//! metrics listener serves.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+};
+use std::sync::OnceLock;
+
+pub struct Metrics {
+    /// Requests by route prefix (or `none`) and status.
+    pub requests: IntCounterVec,
+    /// Time from sending a request upstream to its end, by upstream pool.
+    pub upstream_latency: HistogramVec,
+    /// Verify cache lookups by result: hit, miss, coalesced, expired.
+    pub verify_cache: IntCounterVec,
+    /// Duration of calls to the verifier (misses only).
+    pub verify_latency: Histogram,
+    /// Verifications that produced no answer, by reason.
+    pub verify_failures: IntCounterVec,
+    /// Client-sent identity headers removed.
+    pub identity_stripped: IntCounter,
+    /// 1 when an upstream server passes its health check, by pool and server.
+    pub upstream_healthy: IntGaugeVec,
+    /// Reloads of routes.yaml by result: applied, rejected.
+    pub reloads: IntCounterVec,
+}
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(collector: C) -> C {
+    // A second registration (several gateways in one test process) is
+    // harmless: the first one is what the listener serves.
+    let _ = prometheus::default_registry().register(Box::new(collector.clone()));
+    collector
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        IntCounterVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|e| unreachable!("metric {name} is well-formed: {e}")),
+    )
+}
+
+pub fn get() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        Metrics {
+            requests: counter_vec(
+                "portcullis_requests_total",
+                "Requests answered, by route prefix and status.",
+                &["route", "status"],
+            ),
+            upstream_latency: register(
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "portcullis_upstream_latency_seconds",
+                        "Time spent on the upstream, by pool.",
+                    )
+                    .buckets(buckets.clone()),
+                    &["upstream"],
+                )
+                .unwrap_or_else(|e| unreachable!("well-formed: {e}")),
+            ),
+            verify_cache: counter_vec(
+                "portcullis_verify_cache_total",
+                "Token verdict lookups: hit, miss, coalesced (waited for another request's call), expired.",
+                &["result"],
+            ),
+            verify_latency: register(
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "portcullis_verify_latency_seconds",
+                        "Duration of token verifications that missed the cache.",
+                    )
+                    .buckets(buckets),
+                )
+                .unwrap_or_else(|e| unreachable!("well-formed: {e}")),
+            ),
+            verify_failures: counter_vec(
+                "portcullis_verify_failures_total",
+                "Verifications without an answer (answered 503), by reason.",
+                &["reason"],
+            ),
+            identity_stripped: register(
+                IntCounter::new(
+                    "portcullis_identity_headers_stripped_total",
+                    "Client-sent x-user-id / x-user-role headers removed.",
+                )
+                .unwrap_or_else(|e| unreachable!("well-formed: {e}")),
+            ),
+            upstream_healthy: register(
+                IntGaugeVec::new(
+                    Opts::new(
+                        "portcullis_upstream_healthy",
+                        "1 when the upstream server passes its health check.",
+                    ),
+                    &["upstream", "server"],
+                )
+                .unwrap_or_else(|e| unreachable!("well-formed: {e}")),
+            ),
+            reloads: counter_vec(
+                "portcullis_config_reloads_total",
+                "Reloads of the routes file: applied or rejected.",
+                &["result"],
+            ),
+        }
+    })
+}

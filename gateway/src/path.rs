@@ -1,0 +1,179 @@
+//! Request path normalisation.
+//!
+//! Routing decisions are made on one canonical spelling of the path, and
+//! exactly that spelling is sent upstream, so that the gateway and the
+//! backend can never disagree about which resource was asked for. Anything
+//! that cannot be normalised without guessing is refused.
+
+/// Why a path was refused (answered 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the path must start with /")]
+    NotAbsolute,
+    #[error("encoded / or \\ in the path")]
+    EncodedSeparator,
+    #[error("backslash in the path")]
+    Backslash,
+    #[error("control character or NUL in the path")]
+    ControlByte,
+    #[error("malformed percent-encoding in the path")]
+    BadEscape,
+    #[error("the path climbs above the root")]
+    AboveRoot,
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Normalises the path part of a request target (no query):
+///
+/// - percent-encoded unreserved characters are decoded (`%7E` → `~`,
+///   `%2e` → `.`), other escapes are kept with upper-case hex;
+/// - an encoded `/` or `\`, a raw `\`, NUL or any control byte is refused;
+/// - repeated slashes collapse, `.` segments vanish and `..` removes the
+///   segment before it; `..` above the root is refused.
+///
+/// A trailing slash is kept: `/a/` and `/a` may be different resources.
+pub fn normalize(raw: &str) -> Result<String, PathError> {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    // First pass: decode escapes into a byte string, segment by segment.
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let (Some(hi), Some(lo)) = (
+                    bytes.get(i + 1).copied().and_then(hex_value),
+                    bytes.get(i + 2).copied().and_then(hex_value),
+                ) else {
+                    return Err(PathError::BadEscape);
+                };
+                let value = hi * 16 + lo;
+                match value {
+                    b'/' | b'\\' => return Err(PathError::EncodedSeparator),
+                    v if v < 0x20 || v == 0x7f => return Err(PathError::ControlByte),
+                    v if is_unreserved(v) => decoded.push(v),
+                    v => {
+                        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                        decoded.extend_from_slice(&[
+                            b'%',
+                            HEX[usize::from(v >> 4)],
+                            HEX[usize::from(v & 15)],
+                        ]);
+                    }
+                }
+                i += 3;
+            }
+            b'\\' => return Err(PathError::Backslash),
+            b if b < 0x20 || b == 0x7f => return Err(PathError::ControlByte),
+            b => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    // Second pass: resolve segments. Only ASCII was produced above (raw
+    // bytes ≥ 0x80 cannot reach here through a parsed URI), so splitting on
+    // '/' is exact.
+    let text = String::from_utf8(decoded).map_err(|_| PathError::ControlByte)?;
+    let trailing_slash = text.len() > 1 && text.ends_with('/');
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in text.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                if segments.pop().is_none() {
+                    return Err(PathError::AboveRoot);
+                }
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(text.len());
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    let ends_with_dots = text
+        .rsplit('/')
+        .next()
+        .is_some_and(|last| last == "." || last == "..");
+    if out.is_empty() || ((trailing_slash || ends_with_dots) && !segments.is_empty()) {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_forms() {
+        let cases = [
+            ("/", Ok("/")),
+            ("/api/tasks", Ok("/api/tasks")),
+            ("/api/tasks/", Ok("/api/tasks/")),
+            ("//api/tasks", Ok("/api/tasks")),
+            ("/api//tasks///7", Ok("/api/tasks/7")),
+            ("/api/./tasks", Ok("/api/tasks")),
+            ("/api/auth/../tasks", Ok("/api/tasks")),
+            ("/api/auth/%2e%2e/tasks", Ok("/api/tasks")),
+            ("/api/auth/%2E%2E/tasks", Ok("/api/tasks")),
+            ("/api/auth/.%2e/tasks", Ok("/api/tasks")),
+            ("/api/tasks/..", Ok("/api/")),
+            ("/api/tasks/.", Ok("/api/tasks/")),
+            ("/api/%7euser", Ok("/api/~user")),
+            ("/api/%61bc", Ok("/api/abc")),
+            ("/api/a%20b", Ok("/api/a%20b")),
+            ("/api/a%3bb", Ok("/api/a%3Bb")),
+            ("/api/tasks;x", Ok("/api/tasks;x")),
+            ("/..", Err(PathError::AboveRoot)),
+            ("/api/../../etc", Err(PathError::AboveRoot)),
+            ("/api/%2e%2e/%2e%2e/x", Err(PathError::AboveRoot)),
+            ("/api/auth%2ftasks", Err(PathError::EncodedSeparator)),
+            ("/api/auth%2Ftasks", Err(PathError::EncodedSeparator)),
+            ("/api/auth%5ctasks", Err(PathError::EncodedSeparator)),
+            ("/api\\tasks", Err(PathError::Backslash)),
+            ("/api/%00", Err(PathError::ControlByte)),
+            ("/api/%0a", Err(PathError::ControlByte)),
+            ("/api/%7f", Err(PathError::ControlByte)),
+            ("/api/\u{1}", Err(PathError::ControlByte)),
+            ("/api/%", Err(PathError::BadEscape)),
+            ("/api/%zz", Err(PathError::BadEscape)),
+            ("/api/%2", Err(PathError::BadEscape)),
+            ("api/tasks", Err(PathError::NotAbsolute)),
+            ("*", Err(PathError::NotAbsolute)),
+            ("", Err(PathError::NotAbsolute)),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(
+                normalize(raw).as_deref().map_err(|e| *e),
+                expected,
+                "{raw:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn normalising_twice_changes_nothing() {
+        for raw in ["/a/b/../c/", "/x/%7e/%20", "//a//./b", "/a/%41"] {
+            let once = normalize(raw).expect("valid");
+            assert_eq!(normalize(&once).expect("valid"), once, "{raw}");
+        }
+    }
+}

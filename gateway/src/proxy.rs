@@ -1,0 +1,666 @@
+//! The request hooks: the only place that knows Pingora's proxy API.
+//!
+//! Per request: pin the current route-table generation, normalise the path,
+//! pick the route, authenticate if the route is protected, then forward with
+//! the identity headers replaced, on the exact path the decision was made on.
+
+use crate::auth::{self, BearerError, Outcome, Verdict};
+use crate::config::Access;
+use crate::headers::{self, REQUEST_ID, USER_ID, USER_ROLE};
+use crate::router::{Lookup, Route};
+use crate::upstreams::Pool;
+use crate::{Gateway, Generation, metrics, path};
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Proxy {
+    pub gateway: Arc<Gateway>,
+}
+
+/// What one request carries through the hooks.
+pub struct Ctx {
+    start: Instant,
+    generation: Option<Arc<Generation>>,
+    route: Option<Arc<Route>>,
+    path: String,
+    request_id: String,
+    identity: Option<Arc<auth::Identity>>,
+    pool: Option<Arc<Pool>>,
+    selected: Option<SocketAddr>,
+    tried: Vec<SocketAddr>,
+    upstream_start: Option<Instant>,
+    body_bytes: u64,
+    websocket: bool,
+}
+
+/// A refusal written by the gateway itself.
+struct Refusal {
+    status: u16,
+    code: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+    allow: Option<String>,
+}
+
+impl Refusal {
+    fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+            allow: None,
+        }
+    }
+}
+
+/// Writes a JSON envelope with a `Content-Length`, so that the client
+/// connection can be kept alive (Pingora's own error responses close it).
+async fn respond(session: &mut Session, ctx: &Ctx, refusal: &Refusal) -> Result<()> {
+    let body = Bytes::from(service_kit::error::render(refusal.code, &refusal.message));
+    let mut header = ResponseHeader::build(refusal.status, Some(6))?;
+    header.insert_header("content-type", "application/json")?;
+    header.insert_header("content-length", body.len().to_string())?;
+    header.insert_header("cache-control", "no-store")?;
+    if !ctx.request_id.is_empty() {
+        header.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+    }
+    if refusal.status == 401 {
+        header.insert_header("www-authenticate", "Bearer")?;
+    }
+    if let Some(seconds) = refusal.retry_after {
+        header.insert_header("retry-after", seconds.to_string())?;
+    }
+    if let Some(allow) = &refusal.allow {
+        header.insert_header("allow", allow.as_str())?;
+    }
+    let head = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(header), head)
+        .await?;
+    if !head {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|addr| addr.as_inet())
+        .map(|addr| addr.ip())
+}
+
+/// Removes `Connection` options that would make the gateway drop headers it
+/// sets (identity, request id, forwarding, host); the rest keep their effect.
+fn scrub_connection(session: &mut Session) -> Result<()> {
+    let values: Vec<String> = session
+        .req_header()
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    let scrubbed: Vec<Option<String>> = values
+        .iter()
+        .map(|v| headers::scrub_connection(v))
+        .collect();
+    if scrubbed.iter().all(Option::is_none) {
+        return Ok(());
+    }
+    let kept: Vec<String> = values
+        .into_iter()
+        .zip(scrubbed)
+        .map(|(value, scrubbed)| scrubbed.unwrap_or(value))
+        .filter(|v| !v.is_empty())
+        .collect();
+    let request = session.req_header_mut();
+    request.remove_header(&http::header::CONNECTION);
+    if !kept.is_empty() {
+        request.insert_header(http::header::CONNECTION, kept.join(", "))?;
+    }
+    Ok(())
+}
+
+/// Bytes of the request line and headers, as the client sent them (close
+/// enough: names, values and separators).
+fn header_bytes(request: &RequestHeader) -> usize {
+    request.raw_path().len()
+        + request
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>()
+}
+
+impl Proxy {
+    /// Decides what happens to a request: `Ok(())` to forward it, or the
+    /// refusal to send.
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> std::result::Result<(), Refusal> {
+        let generation = Arc::clone(
+            ctx.generation
+                .as_ref()
+                .ok_or_else(|| Refusal::new(500, "internal", "no route table"))?,
+        );
+        let request = session.req_header();
+        let normalised = path::normalize(request.uri.path())
+            .map_err(|e| Refusal::new(400, "bad_path", e.to_string()))?;
+        let method = request.method.as_str();
+        let route = match generation.routes.find(&normalised, method) {
+            Lookup::Found(route) => Arc::clone(route),
+            Lookup::NotFound => {
+                return Err(Refusal::new(404, "not_found", "no route for this path"));
+            }
+            Lookup::MethodNotAllowed(allow) => {
+                let mut refusal = Refusal::new(
+                    405,
+                    "method_not_allowed",
+                    "this method is not allowed on this path",
+                );
+                refusal.allow = Some(allow);
+                return Err(refusal);
+            }
+        };
+        ctx.path = normalised;
+        ctx.route = Some(Arc::clone(&route));
+
+        if session.is_upgrade_req() {
+            if !route.websocket {
+                return Err(Refusal::new(
+                    400,
+                    "upgrade_not_allowed",
+                    "protocol upgrades are not allowed on this route",
+                ));
+            }
+            ctx.websocket = true;
+        }
+
+        let request = session.req_header();
+        if let Some(length) = request.headers.get(http::header::CONTENT_LENGTH) {
+            let length = length
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| Refusal::new(400, "bad_request", "invalid Content-Length"))?;
+            if length > route.max_body_bytes {
+                return Err(Refusal::new(
+                    413,
+                    "payload_too_large",
+                    format!("the request body exceeds {} bytes", route.max_body_bytes),
+                ));
+            }
+        }
+
+        if route.access == Access::Protected {
+            let values: Vec<&[u8]> = request
+                .headers
+                .get_all(http::header::AUTHORIZATION)
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect();
+            let token = auth::bearer(&values).map_err(|e| match e {
+                BearerError::Missing => {
+                    Refusal::new(401, "unauthenticated", "a Bearer token is required")
+                }
+                BearerError::Malformed => Refusal::new(
+                    401,
+                    "invalid_token",
+                    "the Authorization header is not a well-formed Bearer token",
+                ),
+            })?;
+            let started = Instant::now();
+            let (verdict, outcome) = generation.verifier.verify(token).await;
+            let m = metrics::get();
+            let label = match outcome {
+                Outcome::Hit => "hit",
+                Outcome::Miss => "miss",
+                Outcome::Coalesced => "coalesced",
+                Outcome::Expired => "expired",
+            };
+            m.verify_cache.with_label_values(&[label]).inc();
+            if outcome == Outcome::Miss {
+                m.verify_latency.observe(started.elapsed().as_secs_f64());
+            }
+            match verdict {
+                Ok(Verdict::Allowed(identity)) => {
+                    if !route.admits(&identity.role) {
+                        return Err(Refusal::new(
+                            403,
+                            "forbidden",
+                            "your role does not allow this route",
+                        ));
+                    }
+                    ctx.identity = Some(identity);
+                }
+                Ok(Verdict::Denied) => {
+                    return Err(Refusal::new(
+                        401,
+                        "invalid_token",
+                        "invalid or expired token",
+                    ));
+                }
+                Err(error) => {
+                    m.verify_failures.with_label_values(&[error.label()]).inc();
+                    tracing::warn!(request_id = %ctx.request_id, error = %error, "token verification unavailable");
+                    let mut refusal = Refusal::new(
+                        503,
+                        "auth_unavailable",
+                        "the token could not be verified right now; retry shortly",
+                    );
+                    refusal.retry_after = Some(1);
+                    return Err(refusal);
+                }
+            }
+        }
+
+        ctx.pool = generation.pools.get(&route.upstream).cloned();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            generation: None,
+            route: None,
+            path: String::new(),
+            request_id: String::new(),
+            identity: None,
+            pool: None,
+            selected: None,
+            tried: Vec::new(),
+            upstream_start: None,
+            body_bytes: 0,
+            websocket: false,
+        }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let generation = self.gateway.current.load_full();
+        // Pingora keeps idle client connections forever after the first
+        // request unless told otherwise on every request.
+        session.set_keepalive(Some(
+            generation
+                .config
+                .server
+                .keepalive_timeout
+                .0
+                .as_secs()
+                .max(1),
+        ));
+        ctx.generation = Some(generation);
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let generation = ctx
+            .generation
+            .clone()
+            .ok_or_else(|| Error::new(ErrorType::InternalError))?;
+        let request = session.req_header();
+        ctx.request_id = match request.headers.get(REQUEST_ID) {
+            Some(value) if headers::is_valid_request_id(value.as_bytes()) => {
+                String::from_utf8_lossy(value.as_bytes()).into_owned()
+            }
+            _ => headers::new_request_id(),
+        };
+        if header_bytes(request) > generation.config.server.max_header_bytes.0 as usize {
+            session.set_keepalive(None);
+            respond(
+                session,
+                ctx,
+                &Refusal::new(
+                    431,
+                    "headers_too_large",
+                    "the request headers are too large",
+                ),
+            )
+            .await?;
+            return Ok(true);
+        }
+        if request.uri.path() == "/healthz"
+            && (request.method == http::Method::GET || request.method == http::Method::HEAD)
+        {
+            let body = Bytes::from_static(br#"{"status":"ok"}"#);
+            let mut header = ResponseHeader::build(200, Some(4))?;
+            header.insert_header("content-type", "application/json")?;
+            header.insert_header("content-length", body.len().to_string())?;
+            header.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+            let head = request.method == http::Method::HEAD;
+            session
+                .write_response_header(Box::new(header), head)
+                .await?;
+            if !head {
+                session.write_response_body(Some(body), true).await?;
+            }
+            return Ok(true);
+        }
+        scrub_connection(session)?;
+        match self.admit(session, ctx).await {
+            Ok(()) => Ok(false),
+            Err(refusal) => {
+                if refusal.status == 413 {
+                    // Do not read an oversized body just to keep the connection.
+                    session.set_keepalive(None);
+                }
+                respond(session, ctx, &refusal).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let pool = ctx.pool.clone().ok_or_else(|| {
+            Error::explain(ErrorType::HTTPStatus(503), "route has no upstream pool")
+        })?;
+        let Some(addr) = pool.select(&ctx.tried) else {
+            // After a failed connect with nowhere left to go, the failure is
+            // the upstream's (502); with nothing healthy at all, it is 503.
+            let status = if ctx.tried.is_empty() { 503 } else { 502 };
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(status),
+                "no healthy upstream",
+            ));
+        };
+        ctx.selected = Some(addr);
+        let mut peer = pool.peer(addr);
+        if ctx.websocket {
+            // An upgraded connection is idle between messages; the pool's
+            // per-read timeout would cut it.
+            peer.options.read_timeout = Some(Duration::from_secs(3600));
+            session.set_read_timeout(Some(Duration::from_secs(3600)));
+        }
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(addr) = ctx.selected.take() {
+            ctx.tried.push(addr);
+        }
+        // A failed connect sent nothing, so any method may go to the next
+        // server; stop once every server of the pool has been tried.
+        let pool_size = ctx.pool.as_ref().map_or(0, |p| p.len());
+        if ctx.tried.len() < pool_size {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let route = ctx
+            .route
+            .clone()
+            .ok_or_else(|| Error::new(ErrorType::InternalError))?;
+        let generation = ctx
+            .generation
+            .clone()
+            .ok_or_else(|| Error::new(ErrorType::InternalError))?;
+
+        // The path sent is the one the decision was made on.
+        let mut target = route.upstream_path(&ctx.path);
+        if let Some(query) = session.req_header().uri.query() {
+            target.push('?');
+            target.push_str(query);
+        }
+        let uri = target
+            .parse::<http::Uri>()
+            .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "unforwardable path"))?;
+        upstream.set_uri(uri);
+
+        // Every client-sent spelling of the identity headers goes, on every
+        // route; protected routes then get exactly one of each.
+        let spoofed: Vec<http::HeaderName> = upstream
+            .headers
+            .keys()
+            .filter(|name| headers::is_identity_header(name.as_str()))
+            .cloned()
+            .collect();
+        if !spoofed.is_empty() {
+            let mut count = 0;
+            for name in &spoofed {
+                count += upstream.headers.get_all(name).iter().count();
+                upstream.remove_header(name);
+            }
+            metrics::get().identity_stripped.inc_by(count as u64);
+        }
+        if let Some(identity) = &ctx.identity {
+            upstream.insert_header(USER_ID, &*identity.user_id)?;
+            upstream.insert_header(USER_ROLE, &*identity.role)?;
+        }
+        if !route.forward_authorization {
+            upstream.remove_header(&http::header::AUTHORIZATION);
+        }
+        upstream.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+
+        // X-Forwarded-*: the client's copies count only from trusted proxies.
+        let peer_ip = client_ip(session);
+        let trusted = peer_ip.is_some_and(|ip| {
+            generation
+                .config
+                .server
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(ip))
+        });
+        let client_forwarded_for = upstream
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let forwarded_for = match (trusted, client_forwarded_for, peer_ip) {
+            (true, Some(chain), Some(ip)) => format!("{chain}, {ip}"),
+            (_, _, Some(ip)) => ip.to_string(),
+            (_, _, None) => String::from("unknown"),
+        };
+        upstream.insert_header("x-forwarded-for", forwarded_for)?;
+        if !trusted || upstream.headers.get("x-forwarded-proto").is_none() {
+            upstream.insert_header("x-forwarded-proto", "http")?;
+        }
+        if !trusted || upstream.headers.get("x-forwarded-host").is_none() {
+            match session
+                .req_header()
+                .headers
+                .get(http::header::HOST)
+                .cloned()
+            {
+                Some(host) => upstream.insert_header("x-forwarded-host", host)?,
+                None => {
+                    upstream.remove_header("x-forwarded-host");
+                }
+            }
+        }
+        if let Some(addr) = ctx.selected {
+            upstream.insert_header(http::header::HOST, addr.to_string())?;
+        }
+        ctx.upstream_start = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(chunk), Some(route)) = (body.as_ref(), ctx.route.as_ref()) {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > route.max_body_bytes {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over the route's limit",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        response.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let status = match (e.etype(), e.esource()) {
+            (ErrorType::HTTPStatus(code), _) => *code,
+            (
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+                ErrorSource::Upstream,
+            ) => 504,
+            (_, ErrorSource::Upstream) => 502,
+            (
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+                _,
+            ) if ctx.upstream_start.is_some() => 504,
+            (
+                ErrorType::ReadError
+                | ErrorType::WriteError
+                | ErrorType::ConnectionClosed
+                | ErrorType::ReadTimedout
+                | ErrorType::WriteTimedout,
+                ErrorSource::Downstream,
+            ) => 0,
+            (_, ErrorSource::Downstream) => 400,
+            (
+                ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError,
+                _,
+            ) => 502,
+            _ => 500,
+        };
+        if status > 0 && session.response_written().is_none() {
+            let mut refusal = match status {
+                502 => Refusal::new(
+                    502,
+                    "bad_gateway",
+                    "the upstream server could not be reached",
+                ),
+                503 => {
+                    let mut r = Refusal::new(503, "unavailable", "no healthy upstream server");
+                    r.retry_after = Some(1);
+                    r
+                }
+                504 => Refusal::new(
+                    504,
+                    "gateway_timeout",
+                    "the upstream server did not answer in time",
+                ),
+                413 => Refusal::new(
+                    413,
+                    "payload_too_large",
+                    "the request body exceeds this route's limit",
+                ),
+                400 => Refusal::new(400, "bad_request", "the request could not be read"),
+                other => Refusal::new(
+                    other,
+                    "internal",
+                    "the gateway failed to handle the request",
+                ),
+            };
+            if status == 500 {
+                tracing::error!(request_id = %ctx.request_id, error = %e, "proxy error");
+                refusal.message = "internal gateway error".into();
+            }
+            session.set_keepalive(None);
+            let _ = respond(session, ctx, &refusal).await;
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map_or(0, |response| response.status.as_u16());
+        let route = ctx.route.as_ref().map_or("none", |r| r.prefix.as_str());
+        let m = metrics::get();
+        m.requests
+            .with_label_values(&[route, itoa_status(status)])
+            .inc();
+        let upstream = ctx.pool.as_ref().map_or("", |p| p.name.as_str());
+        if let Some(started) = ctx.upstream_start {
+            m.upstream_latency
+                .with_label_values(&[upstream])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        let server = ctx.selected.map(|a| a.to_string()).unwrap_or_default();
+        let user_id = ctx.identity.as_ref().map_or("", |i| &*i.user_id);
+        tracing::info!(
+            target: "access",
+            request_id = %ctx.request_id,
+            method = %session.req_header().method,
+            path = %if ctx.path.is_empty() { session.req_header().uri.path() } else { ctx.path.as_str() },
+            route,
+            status,
+            upstream,
+            server = %server,
+            user_id,
+            duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
+            error = error.map(|e| e.etype().as_str()).unwrap_or(""),
+        );
+    }
+}
+
+/// Status codes as static label strings, so the hot path does not format.
+fn itoa_status(status: u16) -> &'static str {
+    match status {
+        0 => "0",
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        409 => "409",
+        413 => "413",
+        422 => "422",
+        429 => "429",
+        431 => "431",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        s if s < 200 => "1xx",
+        s if s < 300 => "2xx",
+        s if s < 400 => "3xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
+}

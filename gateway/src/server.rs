@@ -1,0 +1,219 @@
+//! Assembling the process: Pingora's server, the proxy and metrics
+//! listeners, and the control service that reloads `routes.yaml`.
+
+use crate::config::{Config, ConfigErrors};
+use crate::proxy::Proxy;
+use crate::{Gateway, Generation, ReloadError, metrics};
+use async_trait::async_trait;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{BackgroundService, background_service};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+pub struct Options {
+    pub config_path: PathBuf,
+    pub listen: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub threads: Option<usize>,
+    /// Take the listeners over from a running gateway (zero-downtime upgrade).
+    pub upgrade: bool,
+    /// Reload when the routes file changes, as on SIGHUP.
+    pub watch: bool,
+}
+
+/// Installs the SIGHUP handler. Must run first thing: until a handler is
+/// installed, SIGHUP's default action kills the process.
+pub fn hangups() -> std::io::Result<mpsc::UnboundedReceiver<()>> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("sighup".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                if tx.send(()).is_err() {
+                    break;
+                }
+            }
+        })?;
+    Ok(rx)
+}
+
+/// Binds `addr` for a moment to learn the port (when it is 0) and to fail
+/// with one clear line if it is taken: Pingora only panics inside a worker.
+fn reserve(addr: &str, what: &str) -> Result<String, String> {
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))?;
+    Ok(bound.to_string())
+}
+
+fn one_line(errors: &ConfigErrors) -> String {
+    errors
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Loads the configuration, starts every service and serves until a signal
+/// ends the process. Returns only on a start-up error.
+pub fn run(options: Options, hangups: mpsc::UnboundedReceiver<()>) -> Result<(), String> {
+    let mut config = Config::load(&options.config_path).map_err(|e| e.to_string())?;
+    if let Some(listen) = options.listen {
+        config.listen = listen;
+    }
+    if let Some(metrics_listen) = options.metrics_listen {
+        config.server.metrics_listen = Some(metrics_listen);
+    }
+    if let Some(threads) = options.threads {
+        config.server.threads = Some(threads);
+    }
+    if !options.upgrade {
+        config.listen = reserve(&config.listen, "proxy")?;
+        if let Some(metrics_listen) = &config.server.metrics_listen {
+            config.server.metrics_listen = Some(reserve(metrics_listen, "metrics")?);
+        }
+    }
+    let threads = config.server.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let listen = config.listen.clone();
+    let metrics_listen = config.server.metrics_listen.clone();
+    let server_conf = ServerConf {
+        threads,
+        work_stealing: true,
+        grace_period_seconds: Some(config.server.grace_period.0.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(config.server.grace_period.0.as_secs().max(1)),
+        upstream_keepalive_pool_size: config.server.upstream_keepalive_pool,
+        upgrade_sock: config.server.upgrade_sock.clone(),
+        ..ServerConf::default()
+    };
+
+    let generation = Generation::build(config, None)?;
+    // Pingora treats a server as healthy until checked: check before serving.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?
+        .block_on(generation.check_all());
+    let routes = generation.routes.len();
+    let gateway = Arc::new(Gateway::new(generation, options.config_path.clone()));
+
+    let opt = Opt {
+        upgrade: options.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Proxy {
+            gateway: Arc::clone(&gateway),
+        },
+        "portcullis",
+    );
+    proxy.add_tcp(&listen);
+    server.add_service(proxy);
+
+    if let Some(metrics_listen) = &metrics_listen {
+        metrics::get();
+        let mut service = pingora_prometheus::prometheus_http_service();
+        service.add_tcp(metrics_listen);
+        service.threads = Some(1);
+        server.add_service(service);
+    }
+
+    let control = background_service(
+        "control",
+        Control {
+            gateway,
+            hangups: Mutex::new(Some(hangups)),
+            watch: options.watch,
+        },
+    );
+    server.add_service(control);
+
+    println!("listening on {listen}");
+    if let Some(metrics_listen) = &metrics_listen {
+        println!("metrics on {metrics_listen}");
+    }
+    tracing::info!(%listen, threads, routes, "gateway started");
+    server.run_forever()
+}
+
+/// Reloads on SIGHUP (and on file changes with `--watch`), and runs the
+/// health checks of the current generation.
+struct Control {
+    gateway: Arc<Gateway>,
+    hangups: Mutex<Option<mpsc::UnboundedReceiver<()>>>,
+    watch: bool,
+}
+
+fn fingerprint(path: &std::path::Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let contents = std::fs::read(path).ok()?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    contents.hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+impl Control {
+    async fn reload(&self, trigger: &str) {
+        match self.gateway.reload().await {
+            Ok(routes) => {
+                metrics::get().reloads.with_label_values(&["applied"]).inc();
+                tracing::info!(trigger, routes, "routes reloaded");
+            }
+            Err(error) => {
+                metrics::get()
+                    .reloads
+                    .with_label_values(&["rejected"])
+                    .inc();
+                let detail = match &error {
+                    ReloadError::Invalid(errors) => one_line(errors),
+                    ReloadError::Build(message) => message.clone(),
+                };
+                tracing::error!(trigger, error = %detail, "reload refused; the current routes stay in force");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Control {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        self.gateway.current.load().start_checks();
+        let mut hangups = self.hangups.lock().ok().and_then(|mut h| h.take());
+        let mut last = fingerprint(&self.gateway.config_path);
+        let mut poll = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                Some(()) = async {
+                    match hangups.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    last = fingerprint(&self.gateway.config_path);
+                    self.reload("SIGHUP").await;
+                }
+                _ = poll.tick(), if self.watch => {
+                    let now = fingerprint(&self.gateway.config_path);
+                    if now.is_some() && now != last {
+                        last = now;
+                        self.reload("file change").await;
+                    }
+                }
+            }
+        }
+        self.gateway.current.load().retire();
+    }
+}

@@ -1,0 +1,666 @@
+//! The gateway as users and attackers meet it: real gateway and auth
+//! service processes on ephemeral ports, and a recording upstream.
+
+mod support;
+
+use futures::future::join_all;
+use service_kit::testing::{ChildService, TestDatabase};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+use support::{Gateway, Upstream, auth_service, eventually, raw, register, routes};
+
+struct Stack {
+    _db: TestDatabase,
+    auth: ChildService,
+    tasks: Upstream,
+    gateway: Gateway,
+}
+
+async fn stack(auth_args: &[&str]) -> Stack {
+    let db = TestDatabase::new().await;
+    let auth = auth_service(&db, auth_args);
+    let tasks = Upstream::start().await;
+    let gateway = Gateway::start(&routes(auth.addr, &[tasks.addr], ""), &[]);
+    Stack {
+        _db: db,
+        auth,
+        tasks,
+        gateway,
+    }
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_requests_carry_the_verified_identity_and_nothing_else() {
+    let s = stack(&[]).await;
+    let gw = s.gateway.addr();
+    let (_, user_id) = register(gw, "alice@example.com").await;
+    let login = raw(
+        gw,
+        "POST",
+        "/api/auth/login",
+        &[],
+        r#"{"email":"alice@example.com","password":"a long password"}"#,
+    )
+    .await;
+    assert_eq!(login.status, 200, "{:?}", login.body);
+    let token = login.body["access"].as_str().expect("access").to_owned();
+
+    let reply = raw(
+        gw,
+        "GET",
+        "/api/tasks?page=2",
+        &[
+            ("authorization", &bearer(&token)),
+            ("x-request-id", "trace-42"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.header("x-request-id"), Some("trace-42"));
+
+    let seen = s.tasks.seen();
+    assert_eq!(seen.len(), 1);
+    let request = &seen[0];
+    assert_eq!(request.target, "/api/tasks?page=2");
+    assert_eq!(request.all("x-user-id"), vec![user_id.to_string().as_str()]);
+    assert_eq!(request.all("x-user-role"), vec!["user"]);
+    assert!(
+        request.all("authorization").is_empty(),
+        "the token was forwarded"
+    );
+    assert_eq!(request.all("x-request-id"), vec!["trace-42"]);
+    assert_eq!(request.all("x-forwarded-for"), vec!["127.0.0.1"]);
+    assert_eq!(request.all("x-forwarded-proto"), vec!["http"]);
+    assert_eq!(request.all("x-forwarded-host"), vec!["gateway.test"]);
+
+    // A generated request id when the client sends none (or a bad one).
+    let reply = raw(
+        gw,
+        "GET",
+        "/api/tasks",
+        &[
+            ("authorization", &bearer(&token)),
+            ("x-request-id", "bad id / with spaces"),
+        ],
+        "",
+    )
+    .await;
+    let generated = reply
+        .header("x-request-id")
+        .expect("generated id")
+        .to_owned();
+    assert!(!generated.is_empty() && !generated.contains(' '));
+    assert_eq!(
+        s.tasks.seen()[1].all("x-request-id"),
+        vec![generated.as_str()]
+    );
+
+    // The rewrite reaches the auth service's /api/me with the gateway's identity.
+    let me = raw(
+        gw,
+        "GET",
+        "/api/auth/me",
+        &[("authorization", &bearer(&token))],
+        "",
+    )
+    .await;
+    assert_eq!(me.status, 200, "{:?}", me.body);
+    assert_eq!(me.body["user_id"], user_id);
+    assert_eq!(me.body["email"], "alice@example.com");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_identity_headers_never_reach_the_upstream() {
+    let s = stack(&[]).await;
+    let gw = s.gateway.addr();
+    let (token, user_id) = register(gw, "mallory@example.com").await;
+    let spoofs = [
+        ("x-user-id", "9001"),
+        ("X-User-Id", "9002"),
+        ("X_USER_ID", "9003"),
+        ("x_user_id", "9004"),
+        ("x-user-id", "9005"),
+        ("x-user-role", "admin"),
+        ("X_User_Role", "admin"),
+        ("connection", "x-user-id, x-user-role, x-forwarded-for"),
+        ("x-forwarded-for", "10.9.8.7"),
+    ];
+
+    // Public route: every spelling is removed, none is added.
+    let reply = raw(gw, "GET", "/api/public/x", &spoofs, "").await;
+    assert_eq!(reply.status, 200, "{:?}\n{}", reply, s.gateway.child.logs());
+    // Protected route, with a valid token: exactly the verified identity.
+    let mut with_token = spoofs.to_vec();
+    let auth = bearer(&token);
+    with_token.push(("authorization", &auth));
+    let reply = raw(gw, "GET", "/api/tasks", &with_token, "").await;
+    assert_eq!(reply.status, 200);
+
+    let seen = s.tasks.seen();
+    assert_eq!(seen.len(), 2);
+    let identity_lines = |request: &support::Seen| -> Vec<(String, String)> {
+        request
+            .headers
+            .iter()
+            .filter(|(name, _)| {
+                let n = name.to_ascii_lowercase().replace('_', "-");
+                n == "x-user-id" || n == "x-user-role"
+            })
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    assert_eq!(
+        identity_lines(&seen[0]),
+        vec![],
+        "public route leaked identity headers"
+    );
+    assert_eq!(
+        identity_lines(&seen[1]),
+        vec![
+            ("x-user-id".to_owned(), user_id.to_string()),
+            ("x-user-role".to_owned(), "user".to_owned())
+        ]
+    );
+    for request in &seen {
+        assert_eq!(
+            request.all("x-forwarded-for"),
+            vec!["127.0.0.1"],
+            "an untrusted X-Forwarded-For was kept"
+        );
+    }
+    assert!(
+        s.gateway
+            .metric("portcullis_identity_headers_stripped_total")
+            .await
+            >= 14.0
+    );
+
+    // A client-side role header does not open admin routes.
+    let reply = raw(
+        gw,
+        "GET",
+        "/api/admin/users",
+        &[("authorization", &auth), ("x-user-role", "admin")],
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 403);
+    assert_eq!(reply.code(), "forbidden");
+    assert_eq!(s.tasks.seen().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_tricks_never_reach_a_protected_upstream_unauthenticated() {
+    let s = stack(&[]).await;
+    let gw = s.gateway.addr();
+    let cases = [
+        ("/api/auth/../tasks", 401),
+        ("/api/auth/%2e%2e/tasks", 401),
+        ("/api/public/%2E%2E/tasks", 401),
+        ("/api/public/.%2e/tasks/1", 401),
+        ("/api/auth%2ftasks", 400),
+        ("/api/public%2F..%2Ftasks", 400),
+        ("/api/public/..%5ctasks", 400),
+        ("/api/public\\..\\tasks", 400),
+        ("//api/tasks", 401),
+        ("/api//tasks", 401),
+        ("/api/./tasks", 401),
+        ("/api/tasks;x", 404),
+        ("/api/tasksx", 404),
+        ("/api/tasks%00", 400),
+        ("/api/%2e%2e/%2e%2e/api/tasks", 400),
+        ("/api/tasks?next=/api/public", 401),
+        ("/api/tasks#/api/public", 401),
+        ("/api/admin/../tasks", 401),
+    ];
+    for (path, status) in cases {
+        let reply = raw(gw, "GET", path, &[], "").await;
+        assert_eq!(reply.status, status, "{path}: {:?}", reply.body);
+        assert!(!reply.code().is_empty(), "{path}: no error envelope");
+    }
+    let leaked: Vec<String> = s
+        .tasks
+        .seen()
+        .into_iter()
+        .map(|r| r.target)
+        .filter(|t| !t.starts_with("/api/public"))
+        .collect();
+    assert_eq!(
+        leaked,
+        Vec::<String>::new(),
+        "reached the protected upstream"
+    );
+
+    // With a token, the normalised path is exactly what is sent upstream.
+    let (token, _) = register(gw, "paths@example.com").await;
+    let auth = bearer(&token);
+    for (path, sent) in [
+        ("//api/tasks", "/api/tasks"),
+        ("/api/auth/%2e%2e/tasks/%7e7", "/api/tasks/~7"),
+        ("/api/tasks/a/../b?q=%2e", "/api/tasks/b?q=%2e"),
+    ] {
+        let reply = raw(gw, "GET", path, &[("authorization", &auth)], "").await;
+        assert_eq!(reply.status, 200, "{path}");
+        assert_eq!(
+            s.tasks.seen().last().map(|r| r.target.clone()).as_deref(),
+            Some(sent),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_requests_with_a_fresh_token_make_one_verify_call() {
+    let s = stack(&[]).await;
+    let gw = s.gateway.addr();
+    let (token, _) = register(gw, "crowd@example.com").await;
+    let miss = r#"portcullis_verify_cache_total{result="miss"}"#;
+    let before = s.gateway.metric(miss).await;
+    let auth = bearer(&token);
+    let headers = [("authorization", auth.as_str())];
+    let replies = join_all((0..50).map(|_| raw(gw, "GET", "/api/tasks", &headers, ""))).await;
+    assert!(
+        replies.iter().all(|r| r.status == 200),
+        "{:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        s.gateway.metric(miss).await - before,
+        1.0,
+        "one verify call for 50 requests"
+    );
+    let hits = s
+        .gateway
+        .metric(r#"portcullis_verify_cache_total{result="hit"}"#)
+        .await;
+    let waits = s
+        .gateway
+        .metric(r#"portcullis_verify_cache_total{result="coalesced"}"#)
+        .await;
+    assert_eq!(hits + waits, 49.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_is_refused_even_when_cached() {
+    let s = stack(&["--access-ttl", "2"]).await;
+    let gw = s.gateway.addr();
+    let (token, _) = register(gw, "brief@example.com").await;
+    let auth = bearer(&token);
+    assert_eq!(
+        raw(gw, "GET", "/api/tasks", &[("authorization", &auth)], "")
+            .await
+            .status,
+        200
+    );
+    let exp = gateway::auth::peek_exp(&token).expect("exp");
+    // Waiting for the clock is the point of this test: the token must die.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    tokio::time::sleep(Duration::from_secs(exp.saturating_sub(now) + 1)).await;
+    let reply = raw(gw, "GET", "/api/tasks", &[("authorization", &auth)], "").await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(s.tasks.seen().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_service_down_means_503_and_nothing_forwarded() {
+    let mut s = stack(&[]).await;
+    let gw = s.gateway.addr();
+    let (token, _) = register(gw, "outage@example.com").await;
+    s.auth.kill();
+    let reply = raw(
+        gw,
+        "GET",
+        "/api/tasks",
+        &[("authorization", &bearer(&token))],
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 503, "{:?}", reply.body);
+    assert_eq!(reply.code(), "auth_unavailable");
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    // Malformed or missing tokens are refused without asking anyone.
+    for headers in [
+        vec![("authorization", "Bearer not-a-jwt")],
+        vec![("authorization", "Basic dXNlcjpwdw==")],
+        vec![],
+    ] {
+        let reply = raw(gw, "GET", "/api/tasks", &headers, "").await;
+        assert_eq!(reply.status, 401, "{headers:?}");
+        assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
+    }
+    assert!(
+        s.tasks.seen().is_empty(),
+        "a request was forwarded without a verdict"
+    );
+    assert!(
+        s.gateway
+            .metric(r#"portcullis_verify_failures_total{reason="unreachable"}"#)
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_upstream_gives_502_then_leaves_rotation() {
+    let s = stack(&[]).await;
+    let gw = s.gateway.addr();
+    assert_eq!(raw(gw, "GET", "/api/public/a", &[], "").await.status, 200);
+    s.tasks.stop();
+    let first = raw(gw, "GET", "/api/public/a", &[], "").await;
+    assert!(
+        first.status == 502 || first.status == 503,
+        "{}",
+        first.status
+    );
+    // Within two health-check intervals (200 ms each, plus slack) the server is out.
+    let ejected = eventually(Duration::from_secs(3), async || {
+        raw(gw, "GET", "/api/public/a", &[], "").await.status == 503
+    })
+    .await;
+    assert!(ejected, "the dead server stayed in rotation");
+    let reply = raw(gw, "GET", "/api/public/a", &[], "").await;
+    assert_eq!(reply.code(), "unavailable");
+    let gauge = format!(
+        "portcullis_upstream_healthy{{server=\"{}\",upstream=\"tasks\"}}",
+        s.tasks.addr
+    );
+    assert_eq!(s.gateway.metric(&gauge).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_fail_over_to_the_live_server_of_a_pool() {
+    let db = TestDatabase::new().await;
+    let auth = auth_service(&db, &[]);
+    let (a, b) = (Upstream::start().await, Upstream::start().await);
+    let gateway = Gateway::start(&routes(auth.addr, &[a.addr, b.addr], ""), &[]);
+    let gw = gateway.addr();
+    for _ in 0..4 {
+        assert_eq!(raw(gw, "GET", "/api/public/x", &[], "").await.status, 200);
+    }
+    assert_eq!((a.seen().len(), b.seen().len()), (2, 2), "round robin");
+    a.stop();
+    for i in 0..20 {
+        let reply = raw(gw, "GET", "/api/public/x", &[], "").await;
+        assert_eq!(reply.status, 200, "request {i} after one server stopped");
+    }
+    assert_eq!(b.seen().len(), 22);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_upstream_gives_504() {
+    let s = stack(&[]).await;
+    s.tasks.hang.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let reply = raw(s.gateway.addr(), "GET", "/api/public/slow", &[], "").await;
+    assert_eq!(reply.status, 504, "{:?}", reply.body);
+    assert_eq!(reply.code(), "gateway_timeout");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_errors_are_json_envelopes() {
+    let s = stack(&[]).await;
+    let gw = s.gateway.addr();
+    let (token, _) = register(gw, "errors@example.com").await;
+    let health = raw(gw, "GET", "/healthz", &[], "").await;
+    assert_eq!(
+        (health.status, health.body["status"].as_str()),
+        (200, Some("ok"))
+    );
+
+    let not_found = raw(gw, "GET", "/nowhere", &[], "").await;
+    assert_eq!((not_found.status, not_found.code()), (404, "not_found"));
+    let wrong_method = raw(gw, "GET", "/api/auth/login", &[], "").await;
+    assert_eq!(
+        (wrong_method.status, wrong_method.code()),
+        (405, "method_not_allowed")
+    );
+    assert_eq!(wrong_method.header("allow"), Some("POST"));
+    let big_body = raw(
+        gw,
+        "POST",
+        "/api/public/upload",
+        &[("content-length", "5000000")],
+        "",
+    )
+    .await;
+    assert_eq!(
+        (big_body.status, big_body.code()),
+        (413, "payload_too_large")
+    );
+    let huge = "h".repeat(20 * 1024);
+    let big_headers = raw(gw, "GET", "/api/public/x", &[("x-padding", &huge)], "").await;
+    assert_eq!(
+        (big_headers.status, big_headers.code()),
+        (431, "headers_too_large")
+    );
+    for (value, code) in [
+        ("", "unauthenticated"),
+        ("Bearer a.b", "invalid_token"),
+        ("Bearer a.b.c d", "invalid_token"),
+    ] {
+        let headers: Vec<(&str, &str)> = if value.is_empty() {
+            vec![]
+        } else {
+            vec![("authorization", value)]
+        };
+        let reply = raw(gw, "GET", "/api/tasks", &headers, "").await;
+        assert_eq!((reply.status, reply.code()), (401, code), "{value:?}");
+        assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
+    }
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    let reply = raw(
+        gw,
+        "GET",
+        "/api/tasks",
+        &[("authorization", &bearer(&forged))],
+        "",
+    )
+    .await;
+    assert_eq!((reply.status, reply.code()), (401, "invalid_token"));
+    let user_on_admin = raw(
+        gw,
+        "GET",
+        "/api/admin/users",
+        &[("authorization", &bearer(&token))],
+        "",
+    )
+    .await;
+    assert_eq!(
+        (user_on_admin.status, user_on_admin.code()),
+        (403, "forbidden")
+    );
+    assert!(s.tasks.seen().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sighup_applies_valid_files_and_refuses_invalid_ones_under_load() {
+    let s = stack(&[]).await;
+    let gw = s.gateway.addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match client
+                        .get(format!("http://{gw}/api/public/load"))
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+
+    let extra = "  - { prefix: /api/extra, upstream: tasks, access: public }\n";
+    s.gateway
+        .write_routes(&routes(s.auth.addr, &[s.tasks.addr], extra));
+    s.gateway.child.signal("HUP");
+    let applied = eventually(Duration::from_secs(5), async || {
+        raw(gw, "GET", "/api/extra", &[], "").await.status == 200
+    })
+    .await;
+    assert!(
+        applied,
+        "the valid file was not applied:\n{}",
+        s.gateway.child.logs()
+    );
+
+    s.gateway.write_routes("routes: [this is not: valid");
+    s.gateway.child.signal("HUP");
+    let refused = eventually(Duration::from_secs(5), async || {
+        s.gateway.child.logs().contains("reload refused")
+    })
+    .await;
+    assert!(
+        refused,
+        "no log line for the invalid file:\n{}",
+        s.gateway.child.logs()
+    );
+    assert_eq!(
+        raw(gw, "GET", "/api/extra", &[], "").await.status,
+        200,
+        "the old table stopped serving"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    join_all(workers).await;
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during reloads"
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 50,
+        "too little load to mean anything"
+    );
+    assert_eq!(
+        s.gateway
+            .metric(r#"portcullis_config_reloads_total{result="applied"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        s.gateway
+            .metric(r#"portcullis_config_reloads_total{result="rejected"}"#)
+            .await,
+        1.0
+    );
+}
+
+#[test]
+fn check_flag_validates_files_and_names_every_error() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../routes.yaml");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--check", "--config", shipped])
+        .output()
+        .expect("run");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broken = dir.path().join("routes.yaml");
+    std::fs::write(
+        &broken,
+        "auth:\n  verify_url: http://127.0.0.1:9001/api/verify\nupstreams:\n  tasks:\n    servers: [\"127.0.0.1:9101\"]\nroutes:\n  - prefix: /api/tasks\n    upstream: taks\n    access: protected\n  - prefix: /api/admin\n    upstream: tasks\n    access: public\n    roles: [admin]\n",
+    )
+    .expect("write");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--check", "--config"])
+        .arg(&broken)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("routes[0].upstream: unknown upstream \"taks\" at line 8"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("routes[1].roles: roles need access: protected at line 13"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mode_checks_signatures_without_the_auth_service() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let tasks = Upstream::start().await;
+    let config = format!(
+        "auth:\n  mode: local\nupstreams:\n  tasks:\n    servers: [\"{}\"]\nroutes:\n  - {{ prefix: /api/tasks, upstream: tasks, access: protected }}\n",
+        tasks.addr
+    );
+    let gateway = Gateway::start(&config, &[("JWT_SECRET_KEY", support::SECRET)]);
+    let gw = gateway.addr();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let sign = |alg: Algorithm, secret: &str, kind: &str| {
+        let claims = serde_json::json!({"sub": "42", "exp": now + 60, "iat": now, "nbf": now, "jti": "j", "type": kind, "role": "user"});
+        encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("sign")
+    };
+    let good = sign(Algorithm::HS256, support::SECRET, "access");
+    let reply = raw(
+        gw,
+        "GET",
+        "/api/tasks",
+        &[("authorization", &bearer(&good))],
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(tasks.seen()[0].all("x-user-id"), vec!["42"]);
+    let refused = [
+        sign(
+            Algorithm::HS256,
+            "another-secret-another-secret-another-secret",
+            "access",
+        ),
+        sign(Algorithm::HS512, support::SECRET, "access"),
+        sign(Algorithm::HS256, support::SECRET, "refresh"),
+        format!(
+            "{}.{}.",
+            "eyJhbGciOiJub25lIn0",
+            good.split('.').nth(1).expect("payload")
+        ),
+    ];
+    for token in refused {
+        let reply = raw(
+            gw,
+            "GET",
+            "/api/tasks",
+            &[("authorization", &bearer(&token))],
+            "",
+        )
+        .await;
+        assert_eq!(reply.status, 401, "{token}");
+    }
+    assert_eq!(tasks.seen().len(), 1);
+}
