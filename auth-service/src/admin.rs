@@ -24,7 +24,11 @@ impl FromRequestParts<AppState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
         let UserId(id) = UserId::from_request_parts(parts, state).await?;
-        match users::active_role(&state.db, id).await?.as_deref() {
+        match users::standing(&state.db, id)
+            .await?
+            .map(|s| s.role)
+            .as_deref()
+        {
             Some("admin") => Ok(Admin(id)),
             Some(_) => Err(Error::Forbidden),
             None => Err(Error::Unauthenticated),

@@ -30,6 +30,11 @@ pub async fn create_admin(db: &Db, email: &str, password: String) -> anyhow::Res
                 .context("promoting the user")?
                 .ok_or(Error::UserNotFound)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
+            // Whoever registered this account before may hold sessions;
+            // none of them survives the promotion.
+            crate::sessions::revoke_all(db, user.id)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             format!("promoted user {} ({email}) to admin", user.id)
         }
         None => {

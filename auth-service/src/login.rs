@@ -14,6 +14,12 @@ pub async fn login(
     Json(body): Json<Credentials>,
 ) -> Result<Json<TokenPair>> {
     let email = users::normalize_email(&body.email);
+    // Malformed emails can name no account. Refusing them before the
+    // throttle keeps its keys bounded and the database out of reach of
+    // bytes it would reject (a NUL on PostgreSQL).
+    if !users::is_valid_email(&email) {
+        return Err(Error::InvalidCredentials);
+    }
     state
         .throttle
         .begin(&email, Instant::now())
@@ -40,6 +46,6 @@ pub async fn login(
     };
     state.throttle.succeeded(&email);
     tracing::info!(user_id = user.id, "logged in");
-    let tokens = sessions::start(&state.db, &state.keys, user.id, &user.role).await?;
+    let tokens = sessions::start(&state.db, &state.keys, (&user).into()).await?;
     Ok(Json(tokens))
 }

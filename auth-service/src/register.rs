@@ -44,6 +44,6 @@ pub async fn register(
             }
         })?;
     tracing::info!(user_id = user.id, "registered");
-    let tokens = sessions::start(&state.db, &state.keys, user.id, &user.role).await?;
+    let tokens = sessions::start(&state.db, &state.keys, (&user).into()).await?;
     Ok((StatusCode::CREATED, Json(tokens)))
 }

@@ -30,8 +30,14 @@ fn jti_hash(jti: &str) -> String {
     crate::hex(&Sha256::digest(jti.as_bytes()))
 }
 
-fn sign(keys: &Keys, user_id: i64, token_type: TokenType, role: Option<&str>) -> Result<Issued> {
-    keys.issue(user_id, token_type, role, crate::now_unix())
+fn sign(
+    keys: &Keys,
+    user_id: i64,
+    token_type: TokenType,
+    role: Option<&str>,
+    version: i64,
+) -> Result<Issued> {
+    keys.issue(user_id, token_type, role, version, crate::now_unix())
         .map_err(|e| Error::Internal(format!("signing failed: {e}")))
 }
 
@@ -53,8 +59,15 @@ async fn store_refresh(db: &Db, family_id: &str, issued: &Issued) -> Result<()> 
     Ok(())
 }
 
-fn pair(keys: &Keys, user_id: i64, role: &str, refresh: Issued) -> Result<TokenPair> {
-    let access = sign(keys, user_id, TokenType::Access, Some(role))?;
+fn pair(keys: &Keys, user: &Subject<'_>, refresh: Issued) -> Result<TokenPair> {
+    let user_id = user.id;
+    let access = sign(
+        keys,
+        user_id,
+        TokenType::Access,
+        Some(user.role),
+        user.token_version,
+    )?;
     Ok(TokenPair {
         access: access.token,
         refresh: refresh.token,
@@ -62,14 +75,32 @@ fn pair(keys: &Keys, user_id: i64, role: &str, refresh: Issued) -> Result<TokenP
     })
 }
 
+/// Who a session is for.
+pub struct Subject<'a> {
+    pub id: i64,
+    pub role: &'a str,
+    pub token_version: i64,
+}
+
+impl<'a> From<&'a crate::users::User> for Subject<'a> {
+    fn from(user: &'a crate::users::User) -> Self {
+        Subject {
+            id: user.id,
+            role: &user.role,
+            token_version: user.token_version,
+        }
+    }
+}
+
 /// Starts a new session for a user who just proved who they are. The family
 /// and its first token are written in one transaction, so no reader (the
 /// pruner included) ever sees a family without a token.
-pub async fn start(db: &Db, keys: &Keys, user_id: i64, role: &str) -> Result<TokenPair> {
+pub async fn start(db: &Db, keys: &Keys, user: Subject<'_>) -> Result<TokenPair> {
+    let user_id = user.id;
     const FAMILY: &str =
         "INSERT INTO token_families (id, user_id, revoked, created_at) VALUES ($1, $2, FALSE, $3)";
     let family_id = crate::random_hex(16);
-    let refresh = sign(keys, user_id, TokenType::Refresh, None)?;
+    let refresh = sign(keys, user_id, TokenType::Refresh, None, 0)?;
     with_db!(db, pool => async {
         let mut tx = pool.begin().await?;
         sqlx::query(FAMILY)
@@ -87,7 +118,7 @@ pub async fn start(db: &Db, keys: &Keys, user_id: i64, role: &str) -> Result<Tok
         tx.commit().await
     }
     .await)?;
-    pair(keys, user_id, role, refresh)
+    pair(keys, &user, refresh)
 }
 
 /// Exchanges a refresh token for a new pair, spending it.
@@ -132,12 +163,17 @@ pub async fn rotate(db: &Db, keys: &Keys, refresh_token: &str) -> Result<TokenPa
         return Err(Error::InvalidToken);
     };
 
-    let role = crate::users::active_role(db, user_id)
+    let standing = crate::users::standing(db, user_id)
         .await?
         .ok_or(Error::InvalidToken)?;
-    let refresh = sign(keys, user_id, TokenType::Refresh, None)?;
+    let refresh = sign(keys, user_id, TokenType::Refresh, None, 0)?;
     store_refresh(db, &family_id, &refresh).await?;
-    pair(keys, user_id, &role, refresh)
+    let subject = Subject {
+        id: user_id,
+        role: &standing.role,
+        token_version: standing.token_version,
+    };
+    pair(keys, &subject, refresh)
 }
 
 async fn revoke_family(db: &Db, family_id: &str) -> Result<()> {

@@ -34,6 +34,10 @@ pub struct Claims {
     pub token_type: TokenType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// The user's token version when an access token was issued; verify
+    /// refuses tokens from an older version. Absent means 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ver: Option<i64>,
 }
 
 /// Why a token was refused. Clients only ever see "invalid or expired
@@ -100,6 +104,7 @@ impl Keys {
         user_id: i64,
         token_type: TokenType,
         role: Option<&str>,
+        version: i64,
         now: u64,
     ) -> Result<Issued, jsonwebtoken::errors::Error> {
         let ttl = match token_type {
@@ -117,6 +122,10 @@ impl Keys {
             role: match token_type {
                 TokenType::Access => role.map(str::to_owned),
                 TokenType::Refresh => None,
+            },
+            ver: match token_type {
+                TokenType::Access if version != 0 => Some(version),
+                _ => None,
             },
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
@@ -189,6 +198,7 @@ mod tests {
             jti: "j".into(),
             token_type,
             role: Some("user".into()),
+            ver: None,
         }
     }
 
@@ -202,7 +212,9 @@ mod tests {
         let keys = keys();
         let t = now();
         for token_type in [TokenType::Access, TokenType::Refresh] {
-            let issued = keys.issue(42, token_type, Some("admin"), t).expect("issue");
+            let issued = keys
+                .issue(42, token_type, Some("admin"), 3, t)
+                .expect("issue");
             let verified = keys.decode(&issued.token, token_type).expect("decode");
             assert_eq!(verified.user_id, 42);
             assert_eq!(verified.claims.sub, "42");
@@ -210,6 +222,8 @@ mod tests {
             assert_eq!(verified.claims.iat, t);
             assert_eq!(verified.claims.nbf, t);
             assert_eq!(verified.claims.token_type, token_type);
+            let version = (token_type == TokenType::Access).then_some(3);
+            assert_eq!(verified.claims.ver, version);
             let ttl = if token_type == TokenType::Access {
                 3600
             } else {
@@ -217,8 +231,8 @@ mod tests {
             };
             assert_eq!(verified.claims.exp, t + ttl);
         }
-        let a = keys.issue(1, TokenType::Access, None, t).expect("a");
-        let b = keys.issue(1, TokenType::Access, None, t).expect("b");
+        let a = keys.issue(1, TokenType::Access, None, 0, t).expect("a");
+        let b = keys.issue(1, TokenType::Access, None, 0, t).expect("b");
         assert_ne!(a.jti, b.jti, "every token gets its own jti");
     }
 

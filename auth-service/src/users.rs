@@ -15,6 +15,14 @@ pub struct User {
     pub role: String,
     pub active: bool,
     pub created_at: OffsetDateTime,
+    pub token_version: i64,
+}
+
+/// What verification needs to know about an active user.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Standing {
+    pub role: String,
+    pub token_version: i64,
 }
 
 /// A user as clients see it: never the password hash.
@@ -40,7 +48,7 @@ impl From<User> for PublicUser {
     }
 }
 
-const COLUMNS: &str = "id, email, password_hash, role, active, created_at";
+const COLUMNS: &str = "id, email, password_hash, role, active, created_at, token_version";
 
 /// Normalises an email for storage and lookup: trimmed and lower-cased, so
 /// that `Alice@Example.com ` and `alice@example.com` are one account.
@@ -95,11 +103,12 @@ pub async fn by_id(db: &Db, id: i64) -> Result<Option<User>, sqlx::Error> {
     with_db!(db, pool => sqlx::query_as::<_, User>(&sql).bind(id).fetch_optional(pool).await)
 }
 
-/// The role of an active user, or `None` when the user is gone or disabled.
-/// This is the per-request check behind `/api/verify`: one indexed read.
-pub async fn active_role(db: &Db, id: i64) -> Result<Option<String>, sqlx::Error> {
-    const SQL: &str = "SELECT role FROM users WHERE id = $1 AND active = TRUE";
-    with_db!(db, pool => sqlx::query_scalar::<_, String>(SQL).bind(id).fetch_optional(pool).await)
+/// The role and token version of an active user, or `None` when the user
+/// is gone or disabled. This is the per-request check behind
+/// `/api/verify`: one primary-key read.
+pub async fn standing(db: &Db, id: i64) -> Result<Option<Standing>, sqlx::Error> {
+    const SQL: &str = "SELECT role, token_version FROM users WHERE id = $1 AND active = TRUE";
+    with_db!(db, pool => sqlx::query_as::<_, Standing>(SQL).bind(id).fetch_optional(pool).await)
 }
 
 pub async fn list(db: &Db, limit: i64, offset: i64) -> Result<(Vec<User>, i64), sqlx::Error> {
@@ -134,11 +143,13 @@ pub async fn update(
         .await)
 }
 
-/// Sets a password and the admin role, re-activating the account.
+/// Sets a password and the admin role, re-activating the account, and
+/// invalidates every access token issued to it before: whoever held the
+/// account until now must not inherit the new role.
 pub async fn promote(db: &Db, id: i64, password_hash: &str) -> Result<Option<User>, sqlx::Error> {
     let sql = format!(
-        "UPDATE users SET role = 'admin', active = TRUE, password_hash = $2 \
-         WHERE id = $1 RETURNING {COLUMNS}"
+        "UPDATE users SET role = 'admin', active = TRUE, password_hash = $2, \
+         token_version = token_version + 1 WHERE id = $1 RETURNING {COLUMNS}"
     );
     with_db!(db, pool => sqlx::query_as::<_, User>(&sql)
         .bind(id)

@@ -35,11 +35,13 @@ pub async fn verify(
         })?;
     // The signature proves who the token was issued to, not that the account
     // still exists or is enabled: that is checked on every call.
-    let role = users::active_role(&state.db, verified.user_id)
+    let version = verified.claims.ver.unwrap_or(0);
+    let standing = users::standing(&state.db, verified.user_id)
         .await?
+        .filter(|s| s.token_version == version)
         .ok_or(Error::InvalidToken)?;
     Ok(Json(Identity {
         user_id: verified.user_id,
-        role,
+        role: standing.role,
     }))
 }

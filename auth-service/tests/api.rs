@@ -308,7 +308,7 @@ async fn verify_refuses_expired_and_future_tokens() {
     let keys = &app.state.keys;
     // Issued two hours ago with a one-hour lifetime: expired beyond the leeway.
     let expired = keys
-        .issue(user_id, TokenType::Access, Some("user"), now - 7200)
+        .issue(user_id, TokenType::Access, Some("user"), 0, now - 7200)
         .expect("sign");
     assert_envelope(
         &app.verify(&expired.token).await,
@@ -317,12 +317,12 @@ async fn verify_refuses_expired_and_future_tokens() {
     );
     // Expired five seconds ago: within the 15 s leeway, still accepted.
     let grace = keys
-        .issue(user_id, TokenType::Access, Some("user"), now - 3605)
+        .issue(user_id, TokenType::Access, Some("user"), 0, now - 3605)
         .expect("sign");
     assert_eq!(app.verify(&grace.token).await.status, StatusCode::OK);
     // Not valid for another minute.
     let early = keys
-        .issue(user_id, TokenType::Access, Some("user"), now + 60)
+        .issue(user_id, TokenType::Access, Some("user"), 0, now + 60)
         .expect("sign");
     assert_envelope(
         &app.verify(&early.token).await,
@@ -331,7 +331,7 @@ async fn verify_refuses_expired_and_future_tokens() {
     );
     // A well-signed token for a user that never existed.
     let ghost = keys
-        .issue(999_999, TokenType::Access, Some("admin"), now)
+        .issue(999_999, TokenType::Access, Some("admin"), 0, now)
         .expect("sign");
     assert_envelope(
         &app.verify(&ghost.token).await,
@@ -662,4 +662,53 @@ async fn health_reports_the_database() {
         "sqlite"
     };
     assert_eq!(reply.body["database"], expected);
+}
+
+#[tokio::test]
+async fn promoting_an_existing_account_ends_its_earlier_sessions() {
+    let app = TestApp::new().await;
+    // Someone registered the address the operator is about to make admin.
+    let squatter = app.register("admin@corp.example").await;
+    let id = squatter.body["user_id"].as_i64().expect("id");
+    assert_eq!(
+        app.verify(&squatter.str("access")).await.body["role"],
+        "user"
+    );
+
+    let admin = app.admin("admin@corp.example").await;
+    assert_eq!(admin, id, "the existing account was promoted");
+    // The squatter's tokens do not inherit the admin role: they stop working.
+    assert_envelope(
+        &app.verify(&squatter.str("access")).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    );
+    assert_envelope(
+        &app.refresh(&squatter.str("refresh")).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    );
+    // The operator's own session after the promotion is an admin session.
+    let fresh = app.login("admin@corp.example", PASSWORD).await;
+    let verified = app.verify(&fresh.str("access")).await;
+    assert_eq!(verified.status, StatusCode::OK);
+    assert_eq!(verified.body["role"], "admin");
+    let refreshed = app.refresh(&fresh.str("refresh")).await;
+    assert_eq!(
+        app.verify(&refreshed.str("access")).await.body["role"],
+        "admin"
+    );
+}
+
+#[tokio::test]
+async fn malformed_login_emails_are_refused_like_wrong_passwords() {
+    let app = TestApp::new().await;
+    for email in [
+        "a\u{0}@x.io".to_owned(),
+        "x".repeat(60_000),
+        "not-an-email".to_owned(),
+    ] {
+        let reply = app.login(&email, PASSWORD).await;
+        assert_envelope(&reply, StatusCode::UNAUTHORIZED, "invalid_credentials");
+    }
 }

@@ -672,10 +672,16 @@ impl Config {
                     error(format!("{at}.roles"), format!("invalid role {role:?}"));
                 }
             }
+            // A GET route also answers HEAD, so it claims HEAD too.
             let methods: Vec<Option<&str>> = if route.methods.is_empty() {
                 vec![None]
             } else {
-                route.methods.iter().map(|m| Some(m.0.as_str())).collect()
+                let mut methods: Vec<Option<&str>> =
+                    route.methods.iter().map(|m| Some(m.0.as_str())).collect();
+                if methods.contains(&Some("GET")) && !methods.contains(&Some("HEAD")) {
+                    methods.push(Some("HEAD"));
+                }
+                methods
             };
             for method in methods {
                 let overlaps = claimed.contains(&(route.prefix.as_str(), method))
@@ -851,5 +857,10 @@ routes:
             format!("{source}  - prefix: /api/stock\n    upstream: tasks\n    access: public\n");
         let errors = Config::parse(&clash).expect_err("clash");
         assert!(errors.to_string().contains("routes[3].prefix"), "{errors}");
+        let head_clash = format!(
+            "{MINIMAL}  - {{prefix: /p, upstream: tasks, access: public, methods: [GET]}}\n  - {{prefix: /p, upstream: tasks, access: protected, methods: [HEAD]}}\n"
+        );
+        let errors = Config::parse(&head_clash).expect_err("HEAD is claimed by GET");
+        assert!(errors.to_string().contains("routes[2].prefix"), "{errors}");
     }
 }

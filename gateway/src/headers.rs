@@ -59,6 +59,27 @@ pub fn scrub_connection(value: &str) -> Option<String> {
     )
 }
 
+/// Headers that describe the client's address, scheme or host on the way
+/// in: set by the gateway itself, believed from trusted proxies only, and
+/// removed when anyone else sends them (so no backend can be told a false
+/// client address or host).
+pub fn is_forwarding_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower == "forwarded" || lower == "x-real-ip" || lower.starts_with("x-forwarded-")
+}
+
+/// Method-override headers. Some frameworks let them turn a GET into a PUT,
+/// which would bypass a route that is public for GET only.
+pub fn is_method_override(name: &str) -> bool {
+    [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ]
+    .iter()
+    .any(|h| h.eq_ignore_ascii_case(name))
+}
+
 /// A client's `x-request-id` is kept when it is 1–128 characters of
 /// `[A-Za-z0-9._:-]`; anything else is replaced.
 pub fn is_valid_request_id(value: &[u8]) -> bool {
@@ -131,6 +152,24 @@ mod tests {
         for (value, expected) in cases {
             assert_eq!(scrub_connection(value).as_deref(), expected, "{value}");
         }
+    }
+
+    #[test]
+    fn forwarding_and_override_headers() {
+        for name in [
+            "Forwarded",
+            "x-real-ip",
+            "X-Forwarded-For",
+            "x-forwarded-prefix",
+            "X-Forwarded-Port",
+        ] {
+            assert!(is_forwarding_header(name), "{name}");
+        }
+        for name in ["x-forward", "forwarded-for", "x-request-id"] {
+            assert!(!is_forwarding_header(name), "{name}");
+        }
+        assert!(is_method_override("X-HTTP-Method-Override"));
+        assert!(!is_method_override("x-http"));
     }
 
     #[test]

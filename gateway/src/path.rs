@@ -20,6 +20,10 @@ pub enum PathError {
     BadEscape,
     #[error("the path climbs above the root")]
     AboveRoot,
+    #[error("non-ASCII byte in the path (percent-encode it)")]
+    NonAscii,
+    #[error("a dot segment with parameters (\"..;\") in the path")]
+    DotSegmentParameter,
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -79,6 +83,7 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
                 i += 3;
             }
             b'\\' => return Err(PathError::Backslash),
+            b if b >= 0x80 => return Err(PathError::NonAscii),
             b if b < 0x20 || b == 0x7f => return Err(PathError::ControlByte),
             b => {
                 decoded.push(b);
@@ -86,9 +91,8 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
             }
         }
     }
-    // Second pass: resolve segments. Only ASCII was produced above (raw
-    // bytes ≥ 0x80 cannot reach here through a parsed URI), so splitting on
-    // '/' is exact.
+    // Second pass: resolve segments. Only ASCII was produced above, so
+    // splitting on '/' is exact.
     let text = String::from_utf8(decoded).map_err(|_| PathError::ControlByte)?;
     let trailing_slash = text.len() > 1 && text.ends_with('/');
     let mut segments: Vec<&str> = Vec::new();
@@ -99,6 +103,11 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
                 if segments.pop().is_none() {
                     return Err(PathError::AboveRoot);
                 }
+            }
+            // Servlet containers read "..;x" as "..": refuse rather than let
+            // a backend climb where the gateway did not.
+            s if s.starts_with("..;") || s.starts_with(".;") => {
+                return Err(PathError::DotSegmentParameter);
             }
             s => segments.push(s),
         }
@@ -152,6 +161,11 @@ mod tests {
             ("/api/%00", Err(PathError::ControlByte)),
             ("/api/%0a", Err(PathError::ControlByte)),
             ("/api/%7f", Err(PathError::ControlByte)),
+            ("/api/caf\u{e9}", Err(PathError::NonAscii)),
+            ("/api/public/..;/tasks", Err(PathError::DotSegmentParameter)),
+            ("/api/public/.;x/tasks", Err(PathError::DotSegmentParameter)),
+            ("/api/%2e%2e;/tasks", Err(PathError::DotSegmentParameter)),
+            ("/api/a;b/c", Ok("/api/a;b/c")),
             ("/api/\u{1}", Err(PathError::ControlByte)),
             ("/api/%", Err(PathError::BadEscape)),
             ("/api/%zz", Err(PathError::BadEscape)),

@@ -354,8 +354,9 @@ impl ProxyHttp for Proxy {
         match self.admit(session, ctx).await {
             Ok(()) => Ok(false),
             Err(refusal) => {
-                if refusal.status == 413 {
-                    // Do not read an oversized body just to keep the connection.
+                if !session.is_body_empty() {
+                    // Reading a refused body just to keep the connection
+                    // would let a client make the gateway read without limit.
                     session.set_keepalive(None);
                 }
                 respond(session, ctx, &refusal).await?;
@@ -458,7 +459,8 @@ impl ProxyHttp for Proxy {
         }
         upstream.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
 
-        // X-Forwarded-*: the client's copies count only from trusted proxies.
+        // Forwarding headers: the client's copies count only from trusted
+        // proxies; from anyone else every one of them is removed.
         let peer_ip = client_ip(session);
         let trusted = peer_ip.is_some_and(|ip| {
             generation
@@ -468,11 +470,29 @@ impl ProxyHttp for Proxy {
                 .iter()
                 .any(|net| net.contains(ip))
         });
-        let client_forwarded_for = upstream
+        let client_forwarded_for = trusted
+            .then(|| {
+                upstream
+                    .headers
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .filter(|chain| !chain.is_empty());
+        let dropped: Vec<http::HeaderName> = upstream
             .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+            .keys()
+            .filter(|name| {
+                headers::is_method_override(name.as_str())
+                    || (!trusted && headers::is_forwarding_header(name.as_str()))
+            })
+            .cloned()
+            .collect();
+        for name in &dropped {
+            upstream.remove_header(name);
+        }
         let forwarded_for = match (trusted, client_forwarded_for, peer_ip) {
             (true, Some(chain), Some(ip)) => format!("{chain}, {ip}"),
             (_, _, Some(ip)) => ip.to_string(),

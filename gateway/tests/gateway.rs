@@ -130,6 +130,10 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
         ("X_User_Role", "admin"),
         ("connection", "x-user-id, x-user-role, x-forwarded-for"),
         ("x-forwarded-for", "10.9.8.7"),
+        ("forwarded", "for=127.0.0.1;proto=https;host=admin.internal"),
+        ("x-real-ip", "10.0.0.1"),
+        ("x-forwarded-prefix", "//evil.example"),
+        ("x-http-method-override", "DELETE"),
     ];
 
     // Public route: every spelling is removed, none is added.
@@ -175,6 +179,14 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
             vec!["127.0.0.1"],
             "an untrusted X-Forwarded-For was kept"
         );
+        for name in [
+            "forwarded",
+            "x-real-ip",
+            "x-forwarded-prefix",
+            "x-http-method-override",
+        ] {
+            assert!(request.all(name).is_empty(), "{name} reached the upstream");
+        }
     }
     assert!(
         s.gateway
@@ -220,6 +232,7 @@ async fn path_tricks_never_reach_a_protected_upstream_unauthenticated() {
         ("/api/tasks?next=/api/public", 401),
         ("/api/tasks#/api/public", 401),
         ("/api/admin/../tasks", 401),
+        ("/api/public/..;/tasks", 400),
     ];
     for (path, status) in cases {
         let reply = raw(gw, "GET", path, &[], "").await;
@@ -663,4 +676,186 @@ async fn local_mode_checks_signatures_without_the_auth_service() {
         assert_eq!(reply.status, 401, "{token}");
     }
     assert_eq!(tasks.seen().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_are_authenticated_and_tunnelled_where_allowed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDatabase::new().await;
+    let auth = auth_service(&db, &[]);
+    let tasks = Upstream::start().await;
+    let extra = "  - { prefix: /api/ws, upstream: tasks, access: protected, websocket: true }\n";
+    let gateway = Gateway::start(&routes(auth.addr, &[tasks.addr], extra), &[]);
+    let gw = gateway.addr();
+    let (token, user_id) = register(gw, "sockets@example.com").await;
+    let upgrade = [
+        ("upgrade", "websocket"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("sec-websocket-version", "13"),
+    ];
+
+    // Refused without a token, and on routes that do not allow upgrades.
+    let anonymous = raw(gw, "GET", "/api/ws", &upgrade, "").await;
+    assert_eq!(anonymous.status, 401);
+    let mut on_plain_route = upgrade.to_vec();
+    let auth_header = bearer(&token);
+    on_plain_route.push(("authorization", &auth_header));
+    let refused = raw(gw, "GET", "/api/tasks", &on_plain_route, "").await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (400, "upgrade_not_allowed")
+    );
+    assert!(tasks.seen().is_empty());
+
+    // Allowed: 101, the identity reaches the upstream, bytes flow both ways.
+    let mut stream = tokio::net::TcpStream::connect(gw).await.expect("connect");
+    let request = format!(
+        "GET /api/ws HTTP/1.1\r\nhost: gateway.test\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\nauthorization: Bearer {token}\r\nx-user-id: 9999\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.expect("response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream
+        .write_all(b"ping through the tunnel")
+        .await
+        .expect("write");
+    let mut echoed = [0u8; 23];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(&echoed, b"ping through the tunnel");
+    let seen = tasks.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].all("x-user-id"), vec![user_id.to_string().as_str()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let mut s = stack(&[]).await;
+    let gw = s.gateway.addr();
+    s.tasks.delay_ms.store(700, Ordering::SeqCst);
+    let in_flight = tokio::spawn(async move { raw(gw, "GET", "/api/public/slow", &[], "").await });
+    let arrived = eventually(Duration::from_secs(5), async || !s.tasks.seen().is_empty()).await;
+    assert!(arrived);
+    s.gateway.child.signal("TERM");
+    let reply = in_flight.await.expect("join");
+    assert_eq!(reply.status, 200, "the in-flight request was cut");
+    let status = s
+        .gateway
+        .child
+        .wait_exit(Duration::from_secs(15))
+        .expect("exited within the grace period");
+    assert!(status.success(), "{status:?}");
+}
+
+/// How one request went during a listener hand-over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    Ok,
+    /// The connect was refused: the listener had a gap.
+    Refused,
+    /// Accepted, then closed before the request was read.
+    ClosedUnread,
+    /// Any other outcome (a status other than 200, a cut response).
+    Failed,
+}
+
+async fn attempt(gw: std::net::SocketAddr) -> Attempt {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(gw).await else {
+        return Attempt::Refused;
+    };
+    let request = b"GET /api/public/up HTTP/1.1\r\nhost: gateway.test\r\nconnection: close\r\n\r\n";
+    if stream.write_all(request).await.is_err() {
+        return Attempt::ClosedUnread;
+    }
+    let mut response = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await {
+        Ok(Ok(_)) if response.is_empty() => Attempt::ClosedUnread,
+        Ok(Ok(_)) if response.starts_with(b"HTTP/1.1 200") => Attempt::Ok,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset && response.is_empty() => {
+            Attempt::ClosedUnread
+        }
+        _ => Attempt::Failed,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upgrade_hands_the_listener_over_without_refusing_a_connection() {
+    let s = stack(&[]).await;
+    let gw = s.gateway.addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcomes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, outcomes) = (stop.clone(), outcomes.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    // A new connection each time, so that a gap in the
+                    // listener would show as a refused connect.
+                    let outcome = attempt(gw).await;
+                    outcomes.lock().expect("lock").push(outcome);
+                }
+            })
+        })
+        .collect();
+
+    // The new process waits on the upgrade socket for the old one's listeners.
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .arg("--config")
+        .arg(&s.gateway.config)
+        .args(["--listen", &gw.to_string(), "--threads", "2", "--upgrade"]);
+    let new = std::thread::spawn(move || ChildService::start("gateway-new", command));
+    let socket = s.gateway.upgrade_sock();
+    let waiting = eventually(Duration::from_secs(10), async || socket.exists()).await;
+    assert!(waiting, "the new process never opened the upgrade socket");
+    let mut old = s.gateway.child;
+    old.signal("QUIT");
+    let new = new.join().expect("new gateway started");
+    let old_status = old
+        .wait_exit(Duration::from_secs(20))
+        .expect("the old process exited");
+    assert!(old_status.success(), "{old_status:?}");
+    // The new process now serves alone.
+    assert_eq!(
+        raw(gw, "GET", "/api/public/after", &[], "").await.status,
+        200
+    );
+    stop.store(true, Ordering::Relaxed);
+    join_all(workers).await;
+
+    let outcomes = outcomes.lock().expect("lock").clone();
+    let count = |kind: Attempt| outcomes.iter().filter(|o| **o == kind).count();
+    let summary = format!(
+        "ok {}, refused {}, closed unread {}, failed {}\n{}",
+        count(Attempt::Ok),
+        count(Attempt::Refused),
+        count(Attempt::ClosedUnread),
+        count(Attempt::Failed),
+        new.logs()
+    );
+    assert!(count(Attempt::Ok) > 100, "too little traffic: {summary}");
+    assert_eq!(
+        count(Attempt::Refused),
+        0,
+        "the listener had a gap: {summary}"
+    );
+    assert_eq!(count(Attempt::Failed), 0, "a request failed: {summary}");
+    // Pingora closes connections that have not sent their request when the
+    // old process starts draining; only the ones caught at that instant.
+    assert!(
+        count(Attempt::ClosedUnread) * 100 <= count(Attempt::Ok),
+        "{summary}"
+    );
 }

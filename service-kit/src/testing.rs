@@ -280,3 +280,24 @@ impl ChildService {
         }
     }
 }
+
+/// A free TCP port on 127.0.0.1 for a server that must be told its port
+/// rather than bind port 0 itself (the gateway: Pingora binds its own
+/// listeners). Ports come from below the kernel's ephemeral range, which is
+/// where every `bind(0)` and outgoing connection takes its port, so no other
+/// socket of the test run can take this one before the server binds it.
+pub fn unused_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let start = (std::process::id().wrapping_mul(7919)) % SPAN;
+    for _ in 0..SPAN {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        let port = u16::try_from(LOW + offset).expect("port in range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOW} and {}", LOW + SPAN);
+}

@@ -4,11 +4,11 @@
 #![allow(dead_code)]
 
 use serde_json::Value;
-use service_kit::testing::{ChildService, TestDatabase, workspace_binary};
+use service_kit::testing::{ChildService, TestDatabase, unused_port, workspace_binary};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -42,10 +42,17 @@ pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     pub hang: Arc<AtomicBool>,
+    /// Milliseconds to wait before answering.
+    pub delay_ms: Arc<AtomicU64>,
     tasks: Arc<Mutex<JoinSet<()>>>,
 }
 
-async fn serve_connection(stream: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, hang: Arc<AtomicBool>) {
+async fn serve_connection(
+    stream: TcpStream,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    hang: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
+) {
     let mut reader = BufReader::new(stream);
     loop {
         let mut request_line = String::new();
@@ -79,6 +86,9 @@ async fn serve_connection(stream: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, hang: 
             return;
         }
         let health = target == "/healthz";
+        let websocket = headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case("upgrade") && v.eq_ignore_ascii_case("websocket"));
         if !health {
             seen.lock().expect("lock").push(Seen {
                 method,
@@ -87,6 +97,29 @@ async fn serve_connection(stream: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, hang: 
             });
             if hang.load(Ordering::SeqCst) {
                 std::future::pending::<()>().await;
+            }
+            let delay = delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+        }
+        if websocket {
+            // Switch protocols, then echo bytes: enough to prove the tunnel.
+            let stream = reader.get_mut();
+            let head = "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: x\r\n\r\n";
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let mut buf = [0u8; 1024];
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if reader.get_mut().write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
             }
         }
         let body = serde_json::json!({"target": target}).to_string();
@@ -113,20 +146,22 @@ impl Upstream {
         let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let hang = Arc::new(AtomicBool::new(false));
+        let delay_ms = Arc::new(AtomicU64::new(0));
         let tasks = Arc::new(Mutex::new(JoinSet::new()));
-        let (s, h, t) = (seen.clone(), hang.clone(), tasks.clone());
+        let (s, h, d, t) = (seen.clone(), hang.clone(), delay_ms.clone(), tasks.clone());
         tasks.lock().expect("lock").spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (s, h) = (s.clone(), h.clone());
+                let (s, h, d) = (s.clone(), h.clone(), d.clone());
                 t.lock()
                     .expect("lock")
-                    .spawn(serve_connection(stream, s, h));
+                    .spawn(serve_connection(stream, s, h, d));
             }
         });
         Upstream {
             addr,
             seen,
             hang,
+            delay_ms,
             tasks,
         }
     }
@@ -230,6 +265,13 @@ pub struct Gateway {
 impl Gateway {
     pub fn start(routes: &str, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
+        // Each gateway gets its own upgrade socket, so that tests never
+        // hand listeners to each other.
+        let routes = format!(
+            "{routes}\nserver:\n  grace_period: 1s\n  upgrade_sock: {}\n",
+            dir.path().join("upgrade.sock").display()
+        );
+        let routes = routes.as_str();
         let config = dir.path().join("routes.yaml");
         std::fs::write(&config, routes).expect("write routes");
         let mut command = Command::new(env!("CARGO_BIN_EXE_gateway"));
@@ -241,9 +283,9 @@ impl Gateway {
             .arg(&config)
             .args([
                 "--listen",
-                "127.0.0.1:0",
+                &format!("127.0.0.1:{}", unused_port()),
                 "--metrics-listen",
-                "127.0.0.1:0",
+                &format!("127.0.0.1:{}", unused_port()),
                 "--threads",
                 "2",
             ]);
@@ -268,6 +310,10 @@ impl Gateway {
 
     pub fn addr(&self) -> SocketAddr {
         self.child.addr
+    }
+
+    pub fn upgrade_sock(&self) -> PathBuf {
+        self._dir.path().join("upgrade.sock")
     }
 
     /// Replaces the routes file (atomically, as editors and deploy tools do).

@@ -1,0 +1,39 @@
+//! A backend that costs as little as possible, so that benchmarks measure
+//! what sits in front of it.
+
+use axum::Router;
+use axum::http::{HeaderMap, Uri};
+use clap::Parser;
+use service_kit::Json;
+use service_kit::server::{bind, serve, shutdown_signal};
+
+#[derive(Parser)]
+#[command(
+    name = "echo",
+    about = "Benchmark backend: a ~100-byte JSON answer to every request"
+)]
+struct Cli {
+    #[arg(long, env = "ECHO_LISTEN", default_value = "127.0.0.1:9501")]
+    listen: String,
+}
+
+async fn answer(uri: Uri, headers: HeaderMap) -> Json<serde_json::Value> {
+    let user = headers
+        .get("x-user-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    Json(serde_json::json!({
+        "service": "echo",
+        "path": uri.path(),
+        "user_id": user,
+        "items": [1, 2, 3],
+        "ok": true,
+    }))
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let cli = Cli::parse();
+    let listener = bind(&cli.listen).await?;
+    serve(listener, Router::new().fallback(answer), shutdown_signal()).await
+}
