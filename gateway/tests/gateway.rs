@@ -554,16 +554,18 @@ async fn sighup_applies_valid_files_and_refuses_invalid_ones_under_load() {
         "the old table stopped serving"
     );
 
+    // Keep the load on until it means something, however busy the machine.
+    let enough = eventually(Duration::from_secs(20), async || {
+        ok.load(Ordering::Relaxed) > 200
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     join_all(workers).await;
+    assert!(enough, "the load never got going");
     assert_eq!(
         failed.load(Ordering::Relaxed),
         0,
         "requests failed during reloads"
-    );
-    assert!(
-        ok.load(Ordering::Relaxed) > 50,
-        "too little load to mean anything"
     );
     assert_eq!(
         s.gateway

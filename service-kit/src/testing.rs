@@ -258,6 +258,31 @@ impl ChildService {
             .find_map(|line| line.strip_prefix(&tag).map(str::to_owned))
     }
 
+    /// Waits (up to the start timeout) for an output line starting with
+    /// `prefix` and returns the rest of it.
+    pub fn wait_for_output(&mut self, prefix: &str) -> String {
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(rest) = self.output_line(prefix) {
+                return rest;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({status}) before printing {prefix:?}:\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never printed {prefix:?}:\n{}",
+                self.name,
+                self.logs()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// Waits until the child accepts TCP connections on `addr` (some servers
     /// announce their address just before they bind it).
     pub fn wait_accepting(&mut self, addr: std::net::SocketAddr) {

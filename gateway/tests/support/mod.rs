@@ -105,6 +105,11 @@ async fn serve_connection(
         }
         if websocket {
             // Switch protocols, then echo bytes: enough to prove the tunnel.
+            // The 101 is not sent within microseconds: Pingora 0.9.1 tears
+            // an upgrade down when the 101 is read before the request's
+            // empty body is (cloudflare/pingora#946), which only a loopback
+            // upstream answering instantly triggers.
+            tokio::time::sleep(Duration::from_millis(25)).await;
             let stream = reader.get_mut();
             let head = "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: x\r\n\r\n";
             if stream.write_all(head.as_bytes()).await.is_err() {
@@ -296,8 +301,9 @@ impl Gateway {
         let addr = child.addr;
         child.wait_accepting(addr);
         let metrics: SocketAddr = child
-            .output_line("metrics on ")
-            .and_then(|a| a.trim().parse().ok())
+            .wait_for_output("metrics on ")
+            .trim()
+            .parse()
             .expect("metrics address");
         child.wait_accepting(metrics);
         Gateway {
