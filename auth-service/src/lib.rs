@@ -22,9 +22,8 @@ pub mod users;
 pub mod verify;
 
 use axum::Router;
-use axum::extract::State;
 use axum::routing::{get, patch, post};
-use service_kit::{ApiError, Db, Json};
+use service_kit::Db;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -86,7 +85,7 @@ pub fn app(state: AppState) -> Router {
             "/api/admin/users/{id}",
             patch(admin::update).delete(admin::delete),
         )
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(service_kit::server::healthz::<AppState>))
         .with_state(state);
     service_kit::server::harden(routes)
 }
@@ -115,18 +114,10 @@ pub async fn run(
     served
 }
 
-async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    state.db.ping().await.map_err(|e| {
-        tracing::warn!(error = %e, "health check: database unreachable");
-        ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the database is unreachable",
-        )
-    })?;
-    Ok(Json(
-        serde_json::json!({"status": "ok", "database": state.db.kind()}),
-    ))
+impl AsRef<Db> for AppState {
+    fn as_ref(&self) -> &Db {
+        &self.db
+    }
 }
 
 /// Seconds since the Unix epoch.

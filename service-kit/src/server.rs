@@ -1,8 +1,8 @@
 //! Binding, hardening and serving a router.
 
-use crate::ApiError;
+use crate::{ApiError, Db, Json};
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use std::future::Future;
@@ -45,6 +45,25 @@ pub fn harden(router: Router) -> Router {
             TraceLayer::new_for_http()
                 .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG)),
         )
+}
+
+/// `GET /healthz`: 200 when the database answers, 503 otherwise. Any state
+/// that holds the service's `Db` can serve it.
+pub async fn healthz<S: AsRef<Db> + Send + Sync>(
+    State(state): State<S>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let db = state.as_ref();
+    db.ping().await.map_err(|e| {
+        tracing::warn!(error = %e, "health check: database unreachable");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the database is unreachable",
+        )
+    })?;
+    Ok(Json(
+        serde_json::json!({"status": "ok", "database": db.kind()}),
+    ))
 }
 
 /// Binds `addr` and prints `listening on ADDR` with the address actually

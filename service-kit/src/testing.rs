@@ -326,3 +326,98 @@ pub fn unused_port() -> u16 {
     }
     panic!("no free port between {LOW} and {}", LOW + SPAN);
 }
+
+/// A response from [`RouterClient`], its body parsed as JSON (`Null` when
+/// empty).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: axum::http::StatusCode,
+    pub headers: axum::http::HeaderMap,
+    pub body: serde_json::Value,
+}
+
+impl Reply {
+    /// The `error.code` of an envelope answer.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not an error envelope: {} {}", self.status, self.body))
+    }
+}
+
+/// Drives a router in-process, without a socket.
+#[derive(Clone)]
+pub struct RouterClient {
+    router: axum::Router,
+}
+
+impl RouterClient {
+    pub fn new(router: axum::Router) -> Self {
+        RouterClient { router }
+    }
+
+    /// Sends a request; a JSON `body` gets `Content-Type: application/json`.
+    pub async fn send(
+        &self,
+        method: axum::http::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&serde_json::Value>,
+    ) -> Reply {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let mut request = axum::http::Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let body = match body {
+            Some(json) => {
+                request = request.header("content-type", "application/json");
+                axum::body::Body::from(json.to_string())
+            }
+            None => axum::body::Body::empty(),
+        };
+        let response = self
+            .router
+            .clone()
+            .oneshot(request.body(body).expect("request"))
+            .await
+            .expect("routers are infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let body = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                panic!(
+                    "non-JSON body for {status}: {:?}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// A request as the gateway would forward it for `user_id`.
+    pub async fn as_user(
+        &self,
+        user_id: i64,
+        method: axum::http::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Reply {
+        let id = user_id.to_string();
+        self.send(method, path, &[("x-user-id", id.as_str())], body)
+            .await
+    }
+}

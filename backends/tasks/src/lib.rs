@@ -1,0 +1,55 @@
+//! Portcullis tasks service: each user's own task list.
+//!
+//! Identity comes from the `x-user-id` header the gateway sets, and from
+//! nothing else: a `user_id` in a body or query string is ignored. Every
+//! statement carries the owner in its `WHERE` clause, so another user's task
+//! is indistinguishable from a missing one (404).
+
+pub mod tasks;
+
+use axum::Router;
+use axum::routing::get;
+use service_kit::Db;
+use std::future::Future;
+use tokio::net::TcpListener;
+
+pub static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+pub static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+}
+
+/// Opens and migrates the database.
+pub async fn open_database(url: &str) -> anyhow::Result<Db> {
+    let db = Db::connect(url, 16).await?;
+    db.migrate(&SQLITE_MIGRATIONS, &POSTGRES_MIGRATIONS).await?;
+    Ok(db)
+}
+
+pub fn app(state: AppState) -> Router {
+    let routes = Router::new()
+        .route("/api/tasks", get(tasks::list).post(tasks::create))
+        .route(
+            "/api/tasks/{id}",
+            get(tasks::read).put(tasks::update).delete(tasks::delete),
+        )
+        .route("/healthz", get(service_kit::server::healthz::<AppState>))
+        .with_state(state);
+    service_kit::server::harden(routes)
+}
+
+impl AsRef<Db> for AppState {
+    fn as_ref(&self) -> &Db {
+        &self.db
+    }
+}
+
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    service_kit::server::serve(listener, app(state), shutdown).await
+}
