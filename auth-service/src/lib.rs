@@ -31,6 +31,10 @@ use tokio::net::TcpListener;
 
 pub static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 pub static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+pub static MIGRATIONS: service_kit::db::Migrations = service_kit::db::Migrations {
+    sqlite: &SQLITE_MIGRATIONS,
+    postgres: &POSTGRES_MIGRATIONS,
+};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -42,9 +46,12 @@ pub struct AppState {
 
 /// Opens (and migrates) the database.
 pub async fn open_database(settings: &config::Settings) -> anyhow::Result<Db> {
-    let db = Db::connect(&settings.database_url, settings.db_max_connections).await?;
-    db.migrate(&SQLITE_MIGRATIONS, &POSTGRES_MIGRATIONS).await?;
-    Ok(db)
+    Ok(Db::open(
+        &settings.database_url,
+        settings.db_max_connections,
+        &MIGRATIONS,
+    )
+    .await?)
 }
 
 /// Everything the handlers need, from settings and a resolved secret.

@@ -63,7 +63,24 @@ pub fn default_sqlite_url(service: &str) -> String {
     format!("sqlite://data/{service}.db")
 }
 
+/// A service's schema, once per engine (the same schema in two dialects).
+pub struct Migrations {
+    pub sqlite: &'static Migrator,
+    pub postgres: &'static Migrator,
+}
+
 impl Db {
+    /// Connects and applies the service's migrations.
+    pub async fn open(
+        url: &str,
+        max_connections: u32,
+        migrations: &Migrations,
+    ) -> Result<Self, DbError> {
+        let db = Db::connect(url, max_connections).await?;
+        db.migrate(migrations.sqlite, migrations.postgres).await?;
+        Ok(db)
+    }
+
     /// Opens a pool for `url`, creating the SQLite file (and its directory)
     /// when it does not exist yet.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
@@ -135,6 +152,24 @@ impl Db {
 
     pub async fn close(&self) {
         with_db!(self, pool => pool.close().await);
+    }
+}
+
+/// The answer for a database failure: 503 (with `Retry-After`) when the
+/// database is out of reach or the pool exhausted, which a client can retry;
+/// 500 for anything else, logged with its detail.
+pub fn api_error(error: sqlx::Error) -> crate::ApiError {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            tracing::warn!(error = %error, "database unavailable");
+            crate::ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the database is unavailable",
+            )
+            .with_retry_after(1)
+        }
+        other => crate::ApiError::internal(&other),
     }
 }
 

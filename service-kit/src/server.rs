@@ -88,6 +88,42 @@ pub async fn serve(
         .await
 }
 
+/// The whole life of a service binary: logging, database (opened and
+/// migrated), router, listener, serving until Ctrl-C or SIGTERM. Any
+/// start-up failure is one line on stderr and a non-zero exit.
+pub async fn run_binary(
+    name: &str,
+    listen: &str,
+    database_url: &str,
+    migrations: &crate::db::Migrations,
+    app: impl FnOnce(Db) -> Result<Router, String>,
+) -> std::process::ExitCode {
+    crate::telemetry::init();
+    let result = async {
+        let db = Db::open(database_url, 16, migrations)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(database = db.kind(), "database ready");
+        let router = app(db.clone())?;
+        let listener = bind(listen)
+            .await
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        serve(listener, router, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())?;
+        db.close().await;
+        Ok::<(), String>(())
+    }
+    .await;
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -15,17 +15,14 @@ use tokio::net::TcpListener;
 
 pub static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 pub static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+pub static MIGRATIONS: service_kit::db::Migrations = service_kit::db::Migrations {
+    sqlite: &SQLITE_MIGRATIONS,
+    postgres: &POSTGRES_MIGRATIONS,
+};
 
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
-}
-
-/// Opens and migrates the database.
-pub async fn open_database(url: &str) -> anyhow::Result<Db> {
-    let db = Db::connect(url, 16).await?;
-    db.migrate(&SQLITE_MIGRATIONS, &POSTGRES_MIGRATIONS).await?;
-    Ok(db)
 }
 
 pub fn app(state: AppState) -> Router {

@@ -1,5 +1,4 @@
 use clap::Parser;
-use service_kit::server::{bind, shutdown_signal};
 use std::process::ExitCode;
 
 /// Portcullis tasks service. Listens on loopback by default: only the
@@ -23,27 +22,12 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    service_kit::telemetry::init();
-    let result = async {
-        let db = tasks::open_database(&cli.database_url).await?;
-        let listener = bind(&cli.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cli.listen))?;
-        tasks::run(
-            listener,
-            tasks::AppState { db: db.clone() },
-            shutdown_signal(),
-        )
-        .await?;
-        db.close().await;
-        anyhow::Ok(())
-    }
-    .await;
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("tasks: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    service_kit::server::run_binary(
+        "tasks",
+        &cli.listen,
+        &cli.database_url,
+        &tasks::MIGRATIONS,
+        |db| Ok(tasks::app(tasks::AppState { db })),
+    )
+    .await
 }

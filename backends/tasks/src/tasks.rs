@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
+use service_kit::db::api_error as db_error;
 use service_kit::{ApiError, Json, Path, Query, UserId, with_db};
 use time::OffsetDateTime;
 
@@ -72,18 +73,6 @@ fn title(raw: &str) -> Result<String, ApiError> {
         )));
     }
     Ok(trimmed.to_owned())
-}
-
-fn db_error(error: sqlx::Error) -> ApiError {
-    match error {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the database is unavailable",
-        )
-        .with_retry_after(1),
-        other => ApiError::internal(&other),
-    }
 }
 
 pub async fn list(

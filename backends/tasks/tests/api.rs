@@ -10,7 +10,9 @@ const BOB: i64 = 8;
 
 async fn service() -> (RouterClient, TestDatabase) {
     let db = TestDatabase::new().await;
-    let database = tasks::open_database(&db.url).await.expect("database");
+    let database = service_kit::Db::open(&db.url, 8, &tasks::MIGRATIONS)
+        .await
+        .expect("database");
     (
         RouterClient::new(tasks::app(tasks::AppState { db: database })),
         db,
