@@ -63,6 +63,25 @@ pub fn default_sqlite_url(service: &str) -> String {
     format!("sqlite://data/{service}.db")
 }
 
+/// The `Migrations` of the calling crate, embedded from its
+/// `migrations/sqlite` and `migrations/postgres` directories.
+#[macro_export]
+macro_rules! migrations {
+    () => {
+        $crate::db::Migrations {
+            sqlite: {
+                static SQLITE: ::sqlx::migrate::Migrator = ::sqlx::migrate!("migrations/sqlite");
+                &SQLITE
+            },
+            postgres: {
+                static POSTGRES: ::sqlx::migrate::Migrator =
+                    ::sqlx::migrate!("migrations/postgres");
+                &POSTGRES
+            },
+        }
+    };
+}
+
 /// A service's schema, once per engine (the same schema in two dialects).
 pub struct Migrations {
     pub sqlite: &'static Migrator,

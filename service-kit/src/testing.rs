@@ -343,6 +343,14 @@ impl Reply {
             .as_str()
             .unwrap_or_else(|| panic!("not an error envelope: {} {}", self.status, self.body))
     }
+
+    /// A string field of the JSON body.
+    pub fn str(&self, field: &str) -> String {
+        self.body[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("no string {field} in {}", self.body))
+            .to_owned()
+    }
 }
 
 /// Drives a router in-process, without a socket.
@@ -364,19 +372,33 @@ impl RouterClient {
         headers: &[(&str, &str)],
         body: Option<&serde_json::Value>,
     ) -> Reply {
+        match body {
+            Some(json) => {
+                let mut headers = headers.to_vec();
+                headers.push(("content-type", "application/json"));
+                self.send_raw(method, path, &headers, json.to_string())
+                    .await
+            }
+            None => self.send_raw(method, path, headers, String::new()).await,
+        }
+    }
+
+    /// Sends a request with exactly these headers and body bytes (for
+    /// malformed bodies and wrong content types).
+    pub async fn send_raw(
+        &self,
+        method: axum::http::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<axum::body::Body>,
+    ) -> Reply {
         use http_body_util::BodyExt;
         use tower::ServiceExt;
         let mut request = axum::http::Request::builder().method(method).uri(path);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let body = match body {
-            Some(json) => {
-                request = request.header("content-type", "application/json");
-                axum::body::Body::from(json.to_string())
-            }
-            None => axum::body::Body::empty(),
-        };
+        let body = body.into();
         let response = self
             .router
             .clone()

@@ -5,44 +5,20 @@
 
 use auth_service::config::Cli;
 use auth_service::{AppState, app, build_state, open_database};
-use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use clap::Parser;
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use service_kit::testing::TestDatabase;
-use tower::ServiceExt;
+pub use service_kit::testing::Reply;
+use service_kit::testing::{RouterClient, TestDatabase};
 
 pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
 pub const PASSWORD: &str = "correct horse battery";
 
 pub struct TestApp {
     pub state: AppState,
-    router: Router,
+    client: RouterClient,
     _db: TestDatabase,
-}
-
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Value,
-}
-
-impl Reply {
-    /// The error code of an envelope answer.
-    pub fn code(&self) -> &str {
-        self.body["error"]["code"]
-            .as_str()
-            .unwrap_or_else(|| panic!("not an error envelope: {} {}", self.status, self.body))
-    }
-
-    pub fn str(&self, field: &str) -> String {
-        self.body[field]
-            .as_str()
-            .unwrap_or_else(|| panic!("no string {field} in {}", self.body))
-            .to_owned()
-    }
 }
 
 impl TestApp {
@@ -60,52 +36,14 @@ impl TestApp {
             .await
             .expect("state");
         TestApp {
-            router: app(state.clone()),
+            client: RouterClient::new(app(state.clone())),
             state,
             _db: db,
         }
     }
 
-    pub async fn send(&self, request: Request<Body>) -> Reply {
-        let response = self
-            .router
-            .clone()
-            .oneshot(request)
-            .await
-            .expect("infallible");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                panic!(
-                    "non-JSON body for {status}: {:?}",
-                    String::from_utf8_lossy(&bytes)
-                )
-            })
-        };
-        Reply {
-            status,
-            headers,
-            body,
-        }
-    }
-
     pub async fn post(&self, path: &str, body: Value) -> Reply {
-        self.send(
-            Request::post(path)
-                .header("content-type", "application/json")
-                .body(Body::from(body.to_string()))
-                .expect("request"),
-        )
-        .await
+        self.client.send(Method::POST, path, &[], Some(&body)).await
     }
 
     pub async fn raw(
@@ -115,11 +53,7 @@ impl TestApp {
         headers: &[(&str, &str)],
         body: impl Into<Body>,
     ) -> Reply {
-        let mut request = Request::builder().method(method).uri(path);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        self.send(request.body(body.into()).expect("request")).await
+        self.client.send_raw(method, path, headers, body).await
     }
 
     /// A request made on behalf of `user_id`, as the gateway would send it.
@@ -130,15 +64,9 @@ impl TestApp {
         path: &str,
         body: Option<Value>,
     ) -> Reply {
-        let id = user_id.to_string();
-        let mut headers = vec![("x-user-id", id.as_str())];
-        if body.is_some() {
-            headers.push(("content-type", "application/json"));
-        }
-        let body = body
-            .map(|b| Body::from(b.to_string()))
-            .unwrap_or_else(Body::empty);
-        self.raw(method, path, &headers, body).await
+        self.client
+            .as_user(user_id, method, path, body.as_ref())
+            .await
     }
 
     pub async fn register(&self, email: &str) -> Reply {

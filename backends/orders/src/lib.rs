@@ -17,12 +17,7 @@ use service_kit::Db;
 use std::future::Future;
 use tokio::net::TcpListener;
 
-pub static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
-pub static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
-pub static MIGRATIONS: service_kit::db::Migrations = service_kit::db::Migrations {
-    sqlite: &SQLITE_MIGRATIONS,
-    postgres: &POSTGRES_MIGRATIONS,
-};
+pub static MIGRATIONS: service_kit::db::Migrations = service_kit::migrations!();
 
 #[derive(Clone)]
 pub struct AppState {
