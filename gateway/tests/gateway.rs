@@ -861,3 +861,58 @@ async fn upgrade_hands_the_listener_over_without_refusing_a_connection() {
         "{summary}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_answers_again_returns_to_rotation() {
+    let s = stack(&[]).await;
+    let gw = s.gateway.addr();
+    let addr = s.tasks.addr;
+    s.tasks.stop();
+    let ejected = eventually(Duration::from_secs(3), async || {
+        raw(gw, "GET", "/api/public/a", &[], "").await.status == 503
+    })
+    .await;
+    assert!(ejected, "the stopped server stayed in rotation");
+    let revived = Upstream::start_on(addr).await;
+    let back = eventually(Duration::from_secs(3), async || {
+        raw(gw, "GET", "/api/public/a", &[], "").await.status == 200
+    })
+    .await;
+    assert!(
+        back,
+        "the server did not return within the health-check bound"
+    );
+    assert!(!revived.seen().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_applies_a_changed_file_without_a_signal() {
+    let db = TestDatabase::new().await;
+    let auth = auth_service(&db, &[]);
+    let tasks = Upstream::start().await;
+    let gateway = Gateway::start(
+        &routes(auth.addr, &[tasks.addr], ""),
+        &[("GATEWAY_WATCH", "true")],
+    );
+    let gw = gateway.addr();
+    assert_eq!(raw(gw, "GET", "/api/watched", &[], "").await.status, 404);
+    let extra = "  - { prefix: /api/watched, upstream: tasks, access: public }\n";
+    gateway.write_routes(&routes(auth.addr, &[tasks.addr], extra));
+    let applied = eventually(Duration::from_secs(5), async || {
+        raw(gw, "GET", "/api/watched", &[], "").await.status == 200
+    })
+    .await;
+    assert!(
+        applied,
+        "the changed file was not applied:\n{}",
+        gateway.child.logs()
+    );
+    // A broken save is refused; the routes in force keep serving.
+    gateway.write_routes("upstreams: {");
+    let refused = eventually(Duration::from_secs(5), async || {
+        gateway.child.logs().contains("reload refused")
+    })
+    .await;
+    assert!(refused);
+    assert_eq!(raw(gw, "GET", "/api/watched", &[], "").await.status, 200);
+}

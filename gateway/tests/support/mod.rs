@@ -145,9 +145,12 @@ async fn serve_connection(
 
 impl Upstream {
     pub async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
+        Upstream::start_on("127.0.0.1:0".parse().expect("address")).await
+    }
+
+    /// An upstream on a given address (to bring a stopped one back).
+    pub async fn start_on(addr: SocketAddr) -> Upstream {
+        let listener = TcpListener::bind(addr).await.expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let hang = Arc::new(AtomicBool::new(false));
