@@ -302,11 +302,6 @@ impl Verifier {
         }
     }
 
-    /// Drops every cached verdict.
-    pub fn clear(&self) {
-        self.cache.invalidate_all();
-    }
-
     /// Cached verdicts (approximate; for metrics and tests).
     pub fn cached(&self) -> u64 {
         self.cache.entry_count()

@@ -58,11 +58,6 @@ macro_rules! with_db {
     };
 }
 
-/// The URL used when none is configured: a file under `./data/`.
-pub fn default_sqlite_url(service: &str) -> String {
-    format!("sqlite://data/{service}.db")
-}
-
 /// The `Migrations` of the calling crate, embedded from its
 /// `migrations/sqlite` and `migrations/postgres` directories.
 #[macro_export]

@@ -187,10 +187,6 @@ impl ChildService {
         self.logs.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Sends `signal` (e.g. "TERM", "HUP") to the child.
     pub fn signal(&self, signal: &str) {
         let status = std::process::Command::new("kill")
