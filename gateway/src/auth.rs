@@ -4,11 +4,13 @@
 //!
 //! Rules, in the order they apply:
 //! - a missing or malformed header is refused here, with no network call;
-//! - a token whose `exp` has passed is refused here, whatever the cache
-//!   holds (the claim is read, not trusted: it can only shorten a token's
-//!   life at the gateway, never lengthen it);
-//! - a positive verdict is cached for min(`cache_ttl`, `exp` − now), a
-//!   refusal for `negative_ttl`; failures to get an answer are never cached;
+//! - a positive verdict is cached for min(`cache_ttl`, `exp` − now), ending
+//!   at `exp` to the millisecond, so a cached grant never outlives its
+//!   token; a refusal is cached for `negative_ttl`; failures to get an answer
+//!   are never cached;
+//! - on a miss, a token whose `exp` has passed is refused without asking
+//!   (the claim is read, not trusted: it can only shorten a token's life at
+//!   the gateway, never lengthen it), so a hit costs no decoding at all;
 //! - concurrent misses for one token share a single verification.
 
 use crate::config::{Auth, AuthMode};
@@ -80,11 +82,12 @@ pub fn peek_exp(token: &str) -> Option<u64> {
     serde_json::from_slice::<Exp>(&bytes).ok().map(|c| c.exp)
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now()
+/// How long until `exp` (seconds since the epoch); zero once it has passed.
+fn time_left(exp: u64) -> Duration {
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .unwrap_or(Duration::ZERO);
+    Duration::from_secs(exp).saturating_sub(now)
 }
 
 /// Who a verified token belongs to.
@@ -110,7 +113,7 @@ pub enum Outcome {
     Miss,
     /// Another request for the same token was already asking; this one waited.
     Coalesced,
-    /// Refused before any lookup (`exp` in the past).
+    /// Not cached, and refused without asking: `exp` has passed.
     Expired,
 }
 
@@ -263,14 +266,13 @@ impl Verifier {
 
     /// The verdict for `token` (already shape-checked by [`bearer`]).
     pub async fn verify(&self, token: &str) -> (Result<Verdict, Unavailable>, Outcome) {
-        let exp = peek_exp(token);
-        let now = now_unix();
-        if exp.is_some_and(|exp| exp <= now) {
-            return (Ok(Verdict::Denied), Outcome::Expired);
-        }
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(entry) = self.cache.get(&key).await {
             return (Ok(entry.verdict), Outcome::Hit);
+        }
+        let exp = peek_exp(token);
+        if exp.is_some_and(|exp| time_left(exp).is_zero()) {
+            return (Ok(Verdict::Denied), Outcome::Expired);
         }
         let asked = AtomicBool::new(false);
         let result = self
@@ -280,12 +282,7 @@ impl Verifier {
                 asked.store(true, Ordering::Relaxed);
                 let verdict = self.ask(token).await?;
                 let ttl = match &verdict {
-                    Verdict::Allowed(_) => {
-                        let left = exp.map_or(self.ttl, |exp| {
-                            Duration::from_secs(exp.saturating_sub(now_unix()))
-                        });
-                        self.ttl.min(left)
-                    }
+                    Verdict::Allowed(_) => self.ttl.min(exp.map_or(self.ttl, time_left)),
                     Verdict::Denied => self.negative_ttl,
                 };
                 Ok::<_, Unavailable>(Entry { verdict, ttl })

@@ -222,13 +222,7 @@ impl Proxy {
             let started = Instant::now();
             let (verdict, outcome) = generation.verifier.verify(token).await;
             let m = metrics::get();
-            let label = match outcome {
-                Outcome::Hit => "hit",
-                Outcome::Miss => "miss",
-                Outcome::Coalesced => "coalesced",
-                Outcome::Expired => "expired",
-            };
-            m.verify_cache.with_label_values(&[label]).inc();
+            m.verify_outcome(outcome);
             if outcome == Outcome::Miss {
                 m.verify_latency.observe(started.elapsed().as_secs_f64());
             }
@@ -434,33 +428,11 @@ impl ProxyHttp for Proxy {
             .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "unforwardable path"))?;
         upstream.set_uri(uri);
 
-        // Every client-sent spelling of the identity headers goes, on every
-        // route; protected routes then get exactly one of each.
-        let spoofed: Vec<http::HeaderName> = upstream
-            .headers
-            .keys()
-            .filter(|name| headers::is_identity_header(name.as_str()))
-            .cloned()
-            .collect();
-        if !spoofed.is_empty() {
-            let mut count = 0;
-            for name in &spoofed {
-                count += upstream.headers.get_all(name).iter().count();
-                upstream.remove_header(name);
-            }
-            metrics::get().identity_stripped.inc_by(count as u64);
-        }
-        if let Some(identity) = &ctx.identity {
-            upstream.insert_header(USER_ID, &*identity.user_id)?;
-            upstream.insert_header(USER_ROLE, &*identity.role)?;
-        }
-        if !route.forward_authorization {
-            upstream.remove_header(&http::header::AUTHORIZATION);
-        }
-        upstream.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
-
-        // Forwarding headers: the client's copies count only from trusted
-        // proxies; from anyone else every one of them is removed.
+        // One pass over the client's header names decides what goes:
+        // - every spelling of the identity headers, on every route
+        //   (protected routes then get exactly one of each, below);
+        // - method-override headers;
+        // - forwarding headers, unless the peer is a trusted proxy.
         let peer_ip = client_ip(session);
         let trusted = peer_ip.is_some_and(|ip| {
             generation
@@ -481,18 +453,37 @@ impl ProxyHttp for Proxy {
                     .join(", ")
             })
             .filter(|chain| !chain.is_empty());
+        let mut spoofed = 0;
         let dropped: Vec<http::HeaderName> = upstream
             .headers
             .keys()
             .filter(|name| {
+                if headers::is_identity_header(name.as_str()) {
+                    spoofed += upstream.headers.get_all(*name).iter().count();
+                    return true;
+                }
                 headers::is_method_override(name.as_str())
                     || (!trusted && headers::is_forwarding_header(name.as_str()))
             })
             .cloned()
             .collect();
+        if spoofed > 0 {
+            metrics::get().identity_stripped.inc_by(spoofed as u64);
+        }
         for name in &dropped {
             upstream.remove_header(name);
         }
+        if let Some(identity) = &ctx.identity {
+            upstream.insert_header(USER_ID, &*identity.user_id)?;
+            upstream.insert_header(USER_ROLE, &*identity.role)?;
+        }
+        if !route.forward_authorization {
+            upstream.remove_header(&http::header::AUTHORIZATION);
+        }
+        upstream.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+
+        // The gateway's own forwarding headers; a trusted proxy's chain is
+        // extended, anyone else's was removed above.
         let forwarded_for = match (trusted, client_forwarded_for, peer_ip) {
             (true, Some(chain), Some(ip)) => format!("{chain}, {ip}"),
             (_, _, Some(ip)) => ip.to_string(),
@@ -635,7 +626,6 @@ impl ProxyHttp for Proxy {
                 .with_label_values(&[upstream])
                 .observe(started.elapsed().as_secs_f64());
         }
-        let server = ctx.selected.map(|a| a.to_string()).unwrap_or_default();
         let user_id = ctx.identity.as_ref().map_or("", |i| &*i.user_id);
         tracing::info!(
             target: "access",
@@ -645,7 +635,8 @@ impl ProxyHttp for Proxy {
             route,
             status,
             upstream,
-            server = %server,
+            // Evaluated only when the access log is enabled.
+            server = %ctx.selected.map(|a| a.to_string()).unwrap_or_default(),
             user_id,
             duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
             error = error.map(|e| e.etype().as_str()).unwrap_or(""),

@@ -3,7 +3,7 @@
 
 use axum::http::{Method, StatusCode};
 use serde_json::json;
-use service_kit::testing::{RouterClient, TestDatabase};
+use service_kit::testing::{Reply, RouterClient, TestDatabase};
 
 async fn service() -> (RouterClient, TestDatabase) {
     let db = TestDatabase::new().await;
@@ -107,52 +107,30 @@ async fn only_admins_change_stock() {
     assert_eq!(bad_sku.status, StatusCode::UNPROCESSABLE_ENTITY);
 }
 
+async fn reserve(client: &RouterClient, id: &str, sku: &str, quantity: i64) -> Reply {
+    let body = json!({"reservation_id": id, "sku": sku, "quantity": quantity});
+    client
+        .send(Method::POST, "/internal/reserve", &[], Some(&body))
+        .await
+}
+
 #[tokio::test]
 async fn reservations_are_atomic_and_idempotent() {
     let (client, _db) = service().await;
-    let reserve = |id: &str, sku: &str, quantity: i64| json!({"reservation_id": id, "sku": sku, "quantity": quantity});
-    let first = client
-        .send(
-            Method::POST,
-            "/internal/reserve",
-            &[],
-            Some(&reserve("r1", "MN-003", 4)),
-        )
-        .await;
+    let first = reserve(&client, "r1", "MN-003", 4).await;
     assert_eq!(first.status, StatusCode::OK, "{}", first.body);
     assert_eq!(first.body["remaining"], 6);
     // The same reservation again takes nothing more.
-    let again = client
-        .send(
-            Method::POST,
-            "/internal/reserve",
-            &[],
-            Some(&reserve("r1", "MN-003", 4)),
-        )
-        .await;
+    let again = reserve(&client, "r1", "MN-003", 4).await;
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(quantity(&client, "MN-003").await, 6);
-    let reused = client
-        .send(
-            Method::POST,
-            "/internal/reserve",
-            &[],
-            Some(&reserve("r1", "MN-003", 1)),
-        )
-        .await;
+    let reused = reserve(&client, "r1", "MN-003", 1).await;
     assert_eq!(
         (reused.status, reused.code()),
         (StatusCode::CONFLICT, "reservation_conflict")
     );
 
-    let too_many = client
-        .send(
-            Method::POST,
-            "/internal/reserve",
-            &[],
-            Some(&reserve("r2", "MN-003", 7)),
-        )
-        .await;
+    let too_many = reserve(&client, "r2", "MN-003", 7).await;
     assert_eq!(
         (too_many.status, too_many.code()),
         (StatusCode::CONFLICT, "insufficient_stock")
@@ -162,26 +140,12 @@ async fn reservations_are_atomic_and_idempotent() {
         6,
         "a refused reservation changes nothing"
     );
-    let unknown = client
-        .send(
-            Method::POST,
-            "/internal/reserve",
-            &[],
-            Some(&reserve("r3", "NOPE", 1)),
-        )
-        .await;
+    let unknown = reserve(&client, "r3", "NOPE", 1).await;
     assert_eq!(
         (unknown.status, unknown.code()),
         (StatusCode::NOT_FOUND, "unknown_sku")
     );
-    let zero = client
-        .send(
-            Method::POST,
-            "/internal/reserve",
-            &[],
-            Some(&reserve("r4", "MN-003", 0)),
-        )
-        .await;
+    let zero = reserve(&client, "r4", "MN-003", 0).await;
     assert_eq!(zero.status, StatusCode::UNPROCESSABLE_ENTITY);
 
     let release = json!({"reservation_id": "r1"});
