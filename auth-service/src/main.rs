@@ -8,6 +8,7 @@ use std::process::ExitCode;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     service_kit::telemetry::init();
+    service_kit::supervision::follow_parent();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

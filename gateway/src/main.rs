@@ -60,6 +60,7 @@ fn main() -> ExitCode {
     };
     let cli = Cli::parse();
     service_kit::telemetry::init();
+    service_kit::supervision::follow_parent();
 
     if cli.check {
         return match Config::load(&cli.config) {

@@ -35,6 +35,8 @@ pub struct Ctx {
     pool: Option<Arc<Pool>>,
     selected: Option<SocketAddr>,
     tried: Vec<SocketAddr>,
+    /// No server of the pool was healthy (as opposed to all refusing).
+    no_healthy: bool,
     upstream_start: Option<Instant>,
     body_bytes: u64,
     websocket: bool,
@@ -278,6 +280,7 @@ impl ProxyHttp for Proxy {
             pool: None,
             selected: None,
             tried: Vec::new(),
+            no_healthy: false,
             upstream_start: None,
             body_bytes: 0,
             websocket: false,
@@ -364,11 +367,13 @@ impl ProxyHttp for Proxy {
             Error::explain(ErrorType::HTTPStatus(503), "route has no upstream pool")
         })?;
         let Some(addr) = pool.select(&ctx.tried) else {
-            // After a failed connect with nowhere left to go, the failure is
-            // the upstream's (502); with nothing healthy at all, it is 503.
-            let status = if ctx.tried.is_empty() { 503 } else { 502 };
+            // Nothing healthy, or every server refused the connection: the
+            // gateway itself is fine and the upstream is not, which is what
+            // 502 says (503 is kept for the gateway's own unavailability:
+            // the auth service, draining).
+            ctx.no_healthy = ctx.tried.is_empty();
             return Err(Error::explain(
-                ErrorType::HTTPStatus(status),
+                ErrorType::HTTPStatus(502),
                 "no healthy upstream",
             ));
         };
@@ -571,13 +576,18 @@ impl ProxyHttp for Proxy {
         };
         if status > 0 && session.response_written().is_none() {
             let mut refusal = match status {
+                502 if ctx.no_healthy => Refusal::new(
+                    502,
+                    "bad_gateway",
+                    "no healthy upstream server for this route",
+                ),
                 502 => Refusal::new(
                     502,
                     "bad_gateway",
                     "the upstream server could not be reached",
                 ),
                 503 => {
-                    let mut r = Refusal::new(503, "unavailable", "no healthy upstream server");
+                    let mut r = Refusal::new(503, "unavailable", "the service is unavailable");
                     r.retry_after = Some(1);
                     r
                 }

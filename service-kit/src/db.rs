@@ -38,6 +38,11 @@ pub enum DbError {
         kind: &'static str,
         source: sqlx::Error,
     },
+    #[error("cannot lock {path} to migrate the database: {source}")]
+    Lock {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
@@ -77,6 +82,34 @@ macro_rules! migrations {
     };
 }
 
+/// Holds an exclusive `flock` on the directory of the SQLite file at `url`
+/// until dropped; `None` for an in-memory database.
+async fn lock_directory_of(url: &str) -> Result<Option<std::fs::File>, DbError> {
+    if url.contains(":memory:") || url.contains("mode=memory") {
+        return Ok(None);
+    }
+    let options = SqliteConnectOptions::from_str(url).map_err(DbError::InvalidUrl)?;
+    let path = options.get_filename();
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let shown = dir.display().to_string();
+    let locked = tokio::task::spawn_blocking(move || {
+        let handle = std::fs::File::open(&dir)?;
+        handle.lock()?;
+        Ok::<_, std::io::Error>(handle)
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))
+    .and_then(|r| r)
+    .map_err(|source| DbError::Lock {
+        path: shown,
+        source,
+    })?;
+    Ok(Some(locked))
+}
+
 /// A service's schema, once per engine (the same schema in two dialects).
 pub struct Migrations {
     pub sqlite: &'static Migrator,
@@ -91,6 +124,16 @@ impl Db {
         migrations: &Migrations,
     ) -> Result<Self, DbError> {
         let db = Db::connect(url, max_connections).await?;
+        // sqlx serialises concurrent migrators on PostgreSQL with an advisory
+        // lock but not on SQLite, where two replicas starting together on a
+        // new file would both create the tables and one would fail. An
+        // exclusive lock on the file's directory does the serialising there
+        // (a lock on the file itself could release SQLite's own locks, which
+        // POSIX ties to the process, not to the descriptor).
+        let _guard = match &db {
+            Db::Sqlite(_) => Some(lock_directory_of(url).await?),
+            Db::Postgres(_) => None,
+        };
         db.migrate(migrations.sqlite, migrations.postgres).await?;
         Ok(db)
     }

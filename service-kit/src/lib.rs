@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod identity;
 pub mod server;
+pub mod supervision;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -99,6 +99,7 @@ pub async fn run_binary(
     app: impl FnOnce(Db) -> Result<Router, String>,
 ) -> std::process::ExitCode {
     crate::telemetry::init();
+    crate::supervision::follow_parent();
     let result = async {
         let db = Db::open(database_url, 16, migrations)
             .await

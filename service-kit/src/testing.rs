@@ -122,7 +122,7 @@ fn collect(
     name: String,
     stream: impl std::io::Read + Send + 'static,
     logs: std::sync::Arc<std::sync::Mutex<String>>,
-    ready: Option<std::sync::mpsc::Sender<std::net::SocketAddr>>,
+    ready: Option<(std::sync::mpsc::Sender<std::net::SocketAddr>, &'static str)>,
 ) {
     use std::io::BufRead;
     std::thread::spawn(move || {
@@ -130,8 +130,8 @@ fn collect(
             .lines()
             .map_while(Result::ok)
         {
-            if let (Some(tx), Some(addr)) = (&ready, line.strip_prefix("listening on "))
-                && let Ok(addr) = addr.trim().parse()
+            if let Some((tx, marker)) = &ready
+                && let Some(addr) = ready_address(&line, marker)
             {
                 let _ = tx.send(addr);
             }
@@ -142,11 +142,28 @@ fn collect(
     });
 }
 
+/// The address that follows `marker` in `line`, up to a space or comma.
+fn ready_address(line: &str, marker: &str) -> Option<std::net::SocketAddr> {
+    let (_, rest) = line.split_once(marker)?;
+    let addr = rest.split([' ', ',']).next()?;
+    addr.trim().parse().ok()
+}
+
 impl ChildService {
     /// Spawns `command` (stdout and stderr are captured) and waits for its
     /// `listening on` line. Panics with the child's output if it exits or
     /// stays silent instead.
-    pub fn start(name: &str, mut command: std::process::Command) -> Self {
+    pub fn start(name: &str, command: std::process::Command) -> Self {
+        Self::start_until(name, command, "listening on ")
+    }
+
+    /// Like [`ChildService::start`], ready once a stdout line contains
+    /// `marker` followed by the address it serves.
+    pub fn start_until(
+        name: &str,
+        mut command: std::process::Command,
+        marker: &'static str,
+    ) -> Self {
         use std::process::Stdio;
         let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let mut child = command
@@ -157,7 +174,7 @@ impl ChildService {
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let (tx, rx) = std::sync::mpsc::channel();
         if let Some(stdout) = child.stdout.take() {
-            collect(name.to_owned(), stdout, logs.clone(), Some(tx));
+            collect(name.to_owned(), stdout, logs.clone(), Some((tx, marker)));
         }
         if let Some(stderr) = child.stderr.take() {
             collect(name.to_owned(), stderr, logs.clone(), None);
@@ -181,6 +198,10 @@ impl ChildService {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn logs(&self) -> String {
@@ -272,6 +293,32 @@ impl ChildService {
             assert!(
                 std::time::Instant::now() < deadline,
                 "{} never printed {prefix:?}:\n{}",
+                self.name,
+                self.logs()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Waits (up to the start timeout) until the child's output contains
+    /// `needle` anywhere.
+    pub fn wait_for_text(&mut self, needle: &str) {
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        while !self.logs().contains(needle) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // The child may have printed it just before exiting.
+                if self.logs().contains(needle) {
+                    return;
+                }
+                panic!(
+                    "{} exited ({status}) before printing {needle:?}:\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never printed {needle:?}:\n{}",
                 self.name,
                 self.logs()
             );

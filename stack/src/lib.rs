@@ -1,0 +1,278 @@
+//! The whole Portcullis stack as one command.
+//!
+//! `stack` reads `routes.yaml`, starts the auth service and the backends
+//! where its upstreams say they listen, waits for every `/healthz`, then
+//! starts the gateway on that same file. [`plan`] decides what to start,
+//! [`secret`] and [`databases`] what to give it, [`supervisor`] runs it.
+//! Everything a newcomer could get wrong (a taken port, a missing binary, an
+//! unreadable file) is checked before the first process starts and said in
+//! one line.
+
+pub mod databases;
+pub mod plan;
+pub mod secret;
+pub mod supervisor;
+
+use databases::Databases;
+use gateway::config::Config;
+use plan::{Kind, Plan, connect_address};
+use secret::Secret;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use supervisor::{Console, Launch, Signals, Stop, Supervisor};
+
+pub struct Options {
+    pub routes: PathBuf,
+    pub data_dir: PathBuf,
+    pub postgres: Option<String>,
+    pub schema_prefix: String,
+    pub bin_dir: PathBuf,
+}
+
+/// Nothing was started: the set-up is wrong.
+const EXIT_SETUP: u8 = 2;
+
+/// Runs the stack until a signal or a child's death.
+pub async fn run(options: Options) -> ExitCode {
+    let prepared = match prepare(&options).await {
+        Ok(prepared) => prepared,
+        Err(problems) => {
+            for problem in problems {
+                eprintln!("stack: {problem}");
+            }
+            return ExitCode::from(EXIT_SETUP);
+        }
+    };
+    supervise(&options, prepared).await
+}
+
+struct Prepared {
+    config: Config,
+    plan: Plan,
+    secret: Secret,
+    databases: Databases,
+}
+
+/// Every check that can fail before a process starts. Each problem is one
+/// line; all of them are reported at once.
+async fn prepare(options: &Options) -> Result<Prepared, Vec<String>> {
+    let routes = options.routes.display();
+    let source = std::fs::read_to_string(&options.routes)
+        .map_err(|e| vec![format!("cannot read {routes}: {e}")])?;
+    let config = Config::parse(&source).map_err(|errors| {
+        errors
+            .0
+            .iter()
+            .map(|error| format!("{routes}: {error}"))
+            .collect::<Vec<_>>()
+    })?;
+    let plan = Plan::from_config(&config);
+
+    let mut problems = Vec::new();
+    for binary in plan.binaries() {
+        let path = options.bin_dir.join(binary);
+        if !path.is_file() {
+            problems.push(format!(
+                "missing binary {}: build it with `cargo build --release -p {binary}` (`./run stack` builds them all)",
+                path.display()
+            ));
+        }
+    }
+    problems.extend(check_addresses(&plan));
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+
+    let secret = Secret::resolve(std::env::var("JWT_SECRET_KEY").ok(), &options.data_dir)
+        .map_err(|e| vec![e])?;
+    let databases = match &options.postgres {
+        Some(url) => Databases::postgres(url, &options.schema_prefix).map_err(|e| vec![e])?,
+        None => Databases::sqlite(&options.data_dir),
+    };
+    databases.prepare().await.map_err(|e| vec![e])?;
+    Ok(Prepared {
+        config,
+        plan,
+        secret,
+        databases,
+    })
+}
+
+/// Every address must be free and given to one process only.
+fn check_addresses(plan: &Plan) -> Vec<String> {
+    let mut problems = Vec::new();
+    let addresses = plan.addresses();
+    for (i, (address, who)) in addresses.iter().enumerate() {
+        if let Some((_, first)) = addresses[..i].iter().find(|(a, _)| a == address) {
+            problems.push(format!(
+                "{address} is given to both {first} and {who} in the routes file"
+            ));
+            continue;
+        }
+        if let Err(e) = std::net::TcpListener::bind(address.as_str()) {
+            problems.push(if e.kind() == std::io::ErrorKind::AddrInUse {
+                format!(
+                    "{address} ({who}) is already in use: stop what holds it, or change the routes file"
+                )
+            } else {
+                format!("cannot listen on {address} ({who}): {e}")
+            });
+        }
+    }
+    problems
+}
+
+async fn supervise(options: &Options, prepared: Prepared) -> ExitCode {
+    let plan = &prepared.plan;
+    let mut names: Vec<&str> = plan.services.iter().map(|s| s.name.as_str()).collect();
+    names.push("gateway");
+    let console = Console::new(&names);
+    let mut signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("stack: cannot install signal handlers: {e}");
+            return ExitCode::from(EXIT_SETUP);
+        }
+    };
+    console.say(&prepared.secret.describe());
+    console.say(&prepared.databases.describe());
+    for name in &plan.not_started {
+        console.say(&format!(
+            "upstream {name:?} is not one of the stack's services; start it yourself"
+        ));
+    }
+
+    let mut supervisor = Supervisor::new(console.clone());
+    let stop = start_and_watch(options, &prepared, &mut supervisor, &mut signals).await;
+    let failed = match stop {
+        Stop::Signal(name) => {
+            console.say(&format!("{name} received: stopping every service"));
+            false
+        }
+        Stop::Died(index, status) => {
+            let why = supervisor.why(index, status);
+            console.say(&format!("{why}; stopping the others"));
+            true
+        }
+        Stop::Unhealthy(index, last) => {
+            let why = supervisor.unhealthy(index, &last);
+            console.say(&format!("{why}; stopping the others"));
+            true
+        }
+        Stop::Failed(problem) => {
+            console.say(&format!("{problem}; stopping the others"));
+            true
+        }
+    };
+    let clean = supervisor.stop_all().await;
+    console.say("stopped");
+    if failed || !clean {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Starts the services, waits for them, starts the gateway, waits for it,
+/// announces, and watches; returns why it stopped.
+async fn start_and_watch(
+    options: &Options,
+    prepared: &Prepared,
+    supervisor: &mut Supervisor,
+    signals: &mut Signals,
+) -> Stop {
+    let Prepared {
+        config,
+        plan,
+        secret,
+        databases,
+    } = prepared;
+    if let Err(problem) = start_services(options, plan, secret, databases, supervisor) {
+        return Stop::Failed(problem);
+    }
+    if let Err(stop) = supervisor.wait_healthy(signals).await {
+        return stop;
+    }
+    let gateway = Launch {
+        name: "gateway",
+        binary: &options.bin_dir.join("gateway"),
+        args: vec![
+            "--config".into(),
+            options.routes.display().to_string(),
+            "--listen".into(),
+            plan.gateway_listen.clone(),
+        ],
+        env: vec![("JWT_SECRET_KEY", secret.value.clone())],
+        // The stack checked these addresses and this file; the environment
+        // must not move the gateway elsewhere behind its back.
+        env_remove: &["GATEWAY_CONFIG", "GATEWAY_LISTEN", "GATEWAY_METRICS_LISTEN"],
+        health_url: format!("http://{}/healthz", connect_address(&plan.gateway_listen)),
+        grace: config.server.grace_period.0,
+    };
+    if let Err(problem) = supervisor.spawn(gateway) {
+        return Stop::Failed(problem);
+    }
+    if let Err(stop) = supervisor.wait_healthy(signals).await {
+        return stop;
+    }
+    announce(&supervisor.console, plan);
+    supervisor.watch(signals).await
+}
+
+fn start_services(
+    options: &Options,
+    plan: &Plan,
+    secret: &Secret,
+    databases: &Databases,
+    supervisor: &mut Supervisor,
+) -> Result<(), String> {
+    for service in &plan.services {
+        let mut args = vec!["--listen".to_owned(), service.listen.clone()];
+        let mut env = vec![("DATABASE_URL", databases.url(service.kind))];
+        match service.kind {
+            Kind::Auth => env.push(("JWT_SECRET_KEY", secret.value.clone())),
+            Kind::Orders => {
+                if let Some(url) = &plan.inventory_url {
+                    args.extend(["--inventory-url".to_owned(), url.clone()]);
+                }
+            }
+            Kind::Tasks | Kind::Inventory => {}
+        }
+        supervisor.spawn(Launch {
+            name: &service.name,
+            binary: &options.bin_dir.join(service.kind.binary()),
+            args,
+            env,
+            env_remove: &[],
+            health_url: format!("http://{}/healthz", connect_address(&service.listen)),
+            grace: Duration::ZERO,
+        })?;
+    }
+    Ok(())
+}
+
+/// The ready message: where the gateway is, and three commands to paste.
+fn announce(console: &Console, plan: &Plan) {
+    let base = format!("http://{}", connect_address(&plan.gateway_listen));
+    let metrics = plan
+        .metrics_listen
+        .as_deref()
+        .map(|m| format!(", metrics on http://{}/metrics", connect_address(m)))
+        .unwrap_or_default();
+    console.say(&format!("ready: the gateway is on {base}{metrics}"));
+    console.say("try (register, log in, then a protected call):");
+    let credentials = r#"-H 'content-type: application/json' -d '{"email":"alice@example.com","password":"correct horse battery"}'"#;
+    console.plain("");
+    console.plain(&format!(
+        "curl -s {base}/api/auth/register {credentials}; echo"
+    ));
+    console.plain(&format!(
+        r#"ACCESS=$(curl -s {base}/api/auth/login {credentials} | sed -E 's/.*"access":"([^"]+)".*/\1/')"#
+    ));
+    console.plain(&format!(
+        r#"curl -s {base}/api/tasks -H "authorization: Bearer $ACCESS" -H 'content-type: application/json' -d '{{"title":"try Portcullis"}}'; echo"#
+    ));
+    console.plain("");
+    console.say("Ctrl-C stops every service");
+}

@@ -1,0 +1,560 @@
+//! A test language for the whole stack, spoken through the gateway.
+//!
+//! [`Stack::start`] runs the real binaries (auth service, tasks, orders,
+//! inventory, gateway) as processes on ephemeral ports, with the shipped
+//! `routes.yaml` pointed at them, so the tests exercise the routes users
+//! get. A test then talks like a user:
+//!
+//! ```ignore
+//! let stack = Stack::start().await;
+//! let alice = stack.register("alice").await;
+//! let reply = alice.get("/api/tasks").await;
+//! ```
+//!
+//! Every process is killed when the stack is dropped, and a failing test
+//! prints what each one said.
+
+use serde_json::{Value, json};
+use service_kit::testing::{ChildService, TestDatabase, unused_port, workspace_binary};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub use service_kit::testing::Reply;
+
+/// The password every test user has.
+pub const PASSWORD: &str = "correct horse battery";
+
+/// The shipped routes file.
+pub fn shipped_routes() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../routes.yaml");
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+}
+
+/// Where each service listens, to point the shipped routes file at.
+#[derive(Debug, Clone)]
+pub struct Addresses {
+    pub gateway: String,
+    pub metrics: String,
+    pub auth: String,
+    pub tasks: Vec<String>,
+    pub orders: Vec<String>,
+    pub inventory: String,
+}
+
+/// Timings shortened for tests.
+#[derive(Debug, Clone)]
+pub struct Timings {
+    pub cache_ttl: &'static str,
+    pub health_interval: &'static str,
+    pub grace_period: &'static str,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            cache_ttl: "2s",
+            health_interval: "200ms",
+            grace_period: "1s",
+        }
+    }
+}
+
+/// The shipped `routes.yaml` with its addresses and timings replaced, each
+/// replacement checked, so a change to the shipped file that these tests
+/// would no longer cover fails loudly instead of silently testing less.
+pub fn routes_for(addresses: &Addresses, timings: &Timings, upgrade_sock: &str) -> String {
+    let servers = |list: &[String]| format!("servers: [{}]", list.join(", "));
+    let mut routes = shipped_routes();
+    for (from, to) in [
+        (
+            "listen: 127.0.0.1:8080",
+            format!("listen: {}", addresses.gateway),
+        ),
+        (
+            "metrics_listen: 127.0.0.1:9090",
+            format!("metrics_listen: {}", addresses.metrics),
+        ),
+        ("127.0.0.1:9001", addresses.auth.clone()),
+        ("servers: [127.0.0.1:9101]", servers(&addresses.tasks)),
+        ("servers: [127.0.0.1:9201]", servers(&addresses.orders)),
+        (
+            "servers: [127.0.0.1:9301]",
+            servers(std::slice::from_ref(&addresses.inventory)),
+        ),
+        (
+            "cache_ttl: 30s",
+            format!("cache_ttl: {}", timings.cache_ttl),
+        ),
+        (
+            "interval: 2s",
+            format!("interval: {}", timings.health_interval),
+        ),
+        (
+            "grace_period: 5s",
+            format!(
+                "grace_period: {}\n  upgrade_sock: {upgrade_sock}",
+                timings.grace_period
+            ),
+        ),
+    ] {
+        assert!(
+            routes.contains(from),
+            "the shipped routes.yaml no longer contains {from:?}; update the end-to-end harness"
+        );
+        routes = routes.replace(from, &to);
+    }
+    routes
+}
+
+/// Options for [`Stack::with`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Access token lifetime, seconds.
+    pub access_ttl: u64,
+    pub orders_replicas: usize,
+    pub timings: Timings,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            access_ttl: 3600,
+            orders_replicas: 1,
+            timings: Timings::default(),
+        }
+    }
+}
+
+/// A service of the stack, to stop one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Auth,
+    Tasks,
+    Orders(usize),
+    Inventory,
+}
+
+/// The whole stack, running.
+pub struct Stack {
+    client: Client,
+    pub options: Options,
+    metrics_url: String,
+    // Declared before the databases: processes stop before their files go.
+    gateway: ChildService,
+    auth: Option<ChildService>,
+    tasks: Option<ChildService>,
+    orders: Vec<Option<ChildService>>,
+    inventory: Option<ChildService>,
+    auth_db: TestDatabase,
+    _tasks_db: TestDatabase,
+    _orders_db: TestDatabase,
+    _inventory_db: TestDatabase,
+    _dir: tempfile::TempDir,
+}
+
+const SECRET: &str = "end-to-end-signing-secret-of-forty-bytes!!";
+
+fn service(name: &str, binary: &str, db: &TestDatabase, extra: &[&str]) -> ChildService {
+    let mut command = Command::new(workspace_binary(binary));
+    command
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "info,tower_http=debug");
+    ChildService::start(name, command)
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        Stack::with(Options::default()).await
+    }
+
+    pub async fn with(options: Options) -> Stack {
+        let auth_db = TestDatabase::new().await;
+        let tasks_db = TestDatabase::new().await;
+        let orders_db = TestDatabase::new().await;
+        let inventory_db = TestDatabase::new().await;
+        let dir = tempfile::tempdir().expect("temporary directory");
+
+        let mut auth_command = Command::new(workspace_binary("auth-service"));
+        auth_command
+            .args(["--listen", "127.0.0.1:0"])
+            .env("DATABASE_URL", &auth_db.url)
+            .env("JWT_SECRET_KEY", SECRET)
+            .env("JWT_ACCESS_TTL", options.access_ttl.to_string());
+        let auth = ChildService::start("auth-service", auth_command);
+        let tasks = service("tasks", "tasks", &tasks_db, &[]);
+        let inventory = service("inventory", "inventory", &inventory_db, &[]);
+        let inventory_url = format!("http://{}", inventory.addr);
+        let orders: Vec<ChildService> = (0..options.orders_replicas)
+            .map(|i| {
+                service(
+                    &format!("orders-{}", i + 1),
+                    "orders",
+                    &orders_db,
+                    &["--inventory-url", &inventory_url],
+                )
+            })
+            .collect();
+
+        let addresses = Addresses {
+            gateway: format!("127.0.0.1:{}", unused_port()),
+            metrics: format!("127.0.0.1:{}", unused_port()),
+            auth: auth.addr.to_string(),
+            tasks: vec![tasks.addr.to_string()],
+            orders: orders.iter().map(|o| o.addr.to_string()).collect(),
+            inventory: inventory.addr.to_string(),
+        };
+        let routes_path = dir.path().join("routes.yaml");
+        let upgrade_sock = dir.path().join("upgrade.sock");
+        std::fs::write(
+            &routes_path,
+            routes_for(
+                &addresses,
+                &options.timings,
+                &upgrade_sock.display().to_string(),
+            ),
+        )
+        .expect("write routes.yaml");
+        let mut command = Command::new(workspace_binary("gateway"));
+        command.arg("--config").arg(&routes_path);
+        let mut gateway = ChildService::start("gateway", command);
+        // Pingora announces its address as it binds; wait until it accepts.
+        let addr = addresses.gateway.parse().expect("gateway address");
+        gateway.wait_accepting(addr);
+
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("HTTP client");
+        Stack {
+            client: Client {
+                http,
+                base: format!("http://{}", addresses.gateway),
+            },
+            options,
+            metrics_url: format!("http://{}/metrics", addresses.metrics),
+            gateway,
+            auth: Some(auth),
+            tasks: Some(tasks),
+            orders: orders.into_iter().map(Some).collect(),
+            inventory: Some(inventory),
+            auth_db,
+            _tasks_db: tasks_db,
+            _orders_db: orders_db,
+            _inventory_db: inventory_db,
+            _dir: dir,
+        }
+    }
+
+    /// A client without any token.
+    pub fn anonymous(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Registers `name@example.com` and returns the signed-in user.
+    pub async fn register(&self, name: &str) -> User {
+        let email = format!("{name}@example.com");
+        let reply = self
+            .client
+            .post(
+                "/api/auth/register",
+                &json!({"email": email, "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "register {name}: {}", reply.body);
+        User::from_tokens(self.client.clone(), email, &reply)
+    }
+
+    /// Makes `name@example.com` an administrator with the auth service's
+    /// `create-admin` command, as an operator would, and signs them in.
+    pub async fn admin(&self, name: &str) -> User {
+        use std::io::Write;
+        let email = format!("{name}@example.com");
+        let mut child = Command::new(workspace_binary("auth-service"))
+            .args(["create-admin", "--email", &email])
+            .env("DATABASE_URL", &self.auth_db.url)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run auth-service create-admin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{PASSWORD}\n").as_bytes())
+            .expect("write the password");
+        let output = child.wait_with_output().expect("create-admin finished");
+        assert!(
+            output.status.success(),
+            "create-admin failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut admin = User {
+            client: self.client.clone(),
+            email,
+            id: 0,
+            access: String::new(),
+            refresh: String::new(),
+        };
+        let reply = admin.login().await;
+        assert_eq!(reply.status, 200, "admin login: {}", reply.body);
+        admin
+    }
+
+    /// Stops a service the way an operator would (SIGTERM) and waits for it
+    /// to exit.
+    pub fn stop(&mut self, which: Service) {
+        let slot = match which {
+            Service::Auth => &mut self.auth,
+            Service::Tasks => &mut self.tasks,
+            Service::Inventory => &mut self.inventory,
+            Service::Orders(i) => &mut self.orders[i],
+        };
+        let mut child = slot.take().expect("the service is running");
+        child.signal("TERM");
+        let status = child.wait_exit(Duration::from_secs(15));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{which:?} did not stop cleanly: {status:?}"
+        );
+    }
+
+    /// The address a service listens on.
+    pub fn address(&self, which: Service) -> std::net::SocketAddr {
+        let slot = match which {
+            Service::Auth => &self.auth,
+            Service::Tasks => &self.tasks,
+            Service::Inventory => &self.inventory,
+            Service::Orders(i) => &self.orders[i],
+        };
+        slot.as_ref().expect("the service is running").addr
+    }
+
+    /// Requests a service has answered, from its request log.
+    pub fn requests_served(&self, which: Service) -> usize {
+        let slot = match which {
+            Service::Auth => &self.auth,
+            Service::Tasks => &self.tasks,
+            Service::Inventory => &self.inventory,
+            Service::Orders(i) => &self.orders[i],
+        };
+        slot.as_ref()
+            .expect("the service is running")
+            .logs()
+            .lines()
+            .filter(|l| l.contains("finished processing request") && !l.contains("/healthz"))
+            .count()
+    }
+
+    /// A sample of the gateway's metrics (`name{labels}` exactly as
+    /// exposed), if present.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let text = self
+            .client
+            .http
+            .get(&self.metrics_url)
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines().find_map(|line| {
+            let value = line.strip_prefix(sample)?.strip_prefix(' ')?;
+            value.trim().parse().ok()
+        })
+    }
+
+    /// The gateway's log, for a failing assertion.
+    pub fn gateway_logs(&self) -> String {
+        self.gateway.logs()
+    }
+}
+
+/// Waits up to `limit` for `check` to hold, trying every 50 ms; returns
+/// whether it did. Used for effects that arrive on a timer (health checks,
+/// cache expiry), never as a substitute for waiting on a known event.
+pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// HTTP through the gateway.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    pub async fn send(
+        &self,
+        method: http::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Reply {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("the gateway answered");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("response body");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                panic!(
+                    "non-JSON body for {status}: {:?}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(http::Method::GET, path, &[], None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.send(http::Method::POST, path, &[], Some(body)).await
+    }
+}
+
+/// A signed-in user.
+pub struct User {
+    client: Client,
+    pub email: String,
+    pub id: i64,
+    pub access: String,
+    pub refresh: String,
+}
+
+impl User {
+    fn from_tokens(client: Client, email: String, reply: &Reply) -> User {
+        let mut user = User {
+            client,
+            email,
+            id: 0,
+            access: String::new(),
+            refresh: String::new(),
+        };
+        user.keep_tokens(reply);
+        user
+    }
+
+    fn keep_tokens(&mut self, reply: &Reply) {
+        self.access = reply.str("access");
+        self.refresh = reply.str("refresh");
+        self.id = reply.body["user_id"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no user_id in {}", reply.body));
+    }
+
+    /// A request with this user's access token.
+    pub async fn send(&self, method: http::Method, path: &str, body: Option<&Value>) -> Reply {
+        self.send_with(method, path, &[], body).await
+    }
+
+    /// A request with this user's access token and extra headers.
+    pub async fn send_with(
+        &self,
+        method: http::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Reply {
+        let bearer = format!("Bearer {}", self.access);
+        let mut all = vec![("authorization", bearer.as_str())];
+        all.extend_from_slice(headers);
+        self.client.send(method, path, &all, body).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(http::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.send(http::Method::POST, path, Some(&body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Reply {
+        self.send(http::Method::PUT, path, Some(&body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> Reply {
+        self.send(http::Method::PATCH, path, Some(&body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.send(http::Method::DELETE, path, None).await
+    }
+
+    /// Logs in again; keeps the new tokens on success.
+    pub async fn login(&mut self) -> Reply {
+        let reply = self
+            .client
+            .post(
+                "/api/auth/login",
+                &json!({"email": self.email, "password": PASSWORD}),
+            )
+            .await;
+        if reply.status == 200 {
+            self.keep_tokens(&reply);
+        }
+        reply
+    }
+
+    /// Trades the refresh token for a new pair; keeps it on success.
+    pub async fn refresh(&mut self) -> Reply {
+        let reply = self
+            .client
+            .post("/api/auth/refresh", &json!({"refresh": self.refresh}))
+            .await;
+        if reply.status == 200 {
+            self.keep_tokens(&reply);
+        }
+        reply
+    }
+
+    pub async fn logout(&self) -> Reply {
+        self.client
+            .post("/api/auth/logout", &json!({"refresh": self.refresh}))
+            .await
+    }
+
+    /// The tutorials' client: send; on 401 refresh once and send again.
+    pub async fn send_refreshing_once(
+        &mut self,
+        method: http::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Reply {
+        let first = self.send(method.clone(), path, body).await;
+        if first.status != 401 || self.refresh().await.status != 200 {
+            return first;
+        }
+        self.send(method, path, body).await
+    }
+}
