@@ -8,8 +8,9 @@ use std::process::ExitCode;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     service_kit::telemetry::init();
+    let shutdown = shutdown_signal();
     service_kit::supervision::follow_parent();
-    match run(cli).await {
+    match run(cli, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("auth-service: {error:#}");
@@ -18,7 +19,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let settings = cli.settings;
     if let Some(Command::CreateAdmin { email }) = cli.command {
         let password = auth_service::create_admin::read_password(std::io::stdin().lock())?;
@@ -44,7 +45,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let listener = bind(&settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    auth_service::run(listener, state, shutdown_signal()).await?;
+    auth_service::run(listener, state, shutdown).await?;
     db.close().await;
     Ok(())
 }

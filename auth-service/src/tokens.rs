@@ -308,8 +308,13 @@ mod tests {
                         Algorithm::HS256,
                         SECRET,
                     );
-                    let last = token.pop().expect("non-empty");
-                    token.push(if last == 'A' { 'B' } else { 'A' });
+                    // The first signature character: it carries six whole
+                    // bits (the last one carries padding bits, whose change
+                    // would make the token malformed rather than forged).
+                    let at = token.rfind('.').expect("three parts") + 1;
+                    let first = token.as_bytes()[at];
+                    let other = if first == b'A' { "B" } else { "A" };
+                    token.replace_range(at..=at, other);
                     token
                 },
                 Err(Refusal::BadSignature),

@@ -99,6 +99,7 @@ pub async fn run_binary(
     app: impl FnOnce(Db) -> Result<Router, String>,
 ) -> std::process::ExitCode {
     crate::telemetry::init();
+    let shutdown = shutdown_signal();
     crate::supervision::follow_parent();
     let result = async {
         let db = Db::open(database_url, 16, migrations)
@@ -109,7 +110,7 @@ pub async fn run_binary(
         let listener = bind(listen)
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-        serve(listener, router, shutdown_signal())
+        serve(listener, router, shutdown)
             .await
             .map_err(|e| e.to_string())?;
         db.close().await;
@@ -125,27 +126,34 @@ pub async fn run_binary(
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+///
+/// The handlers are installed when this is called, not when the future is
+/// first polled: call it first thing, so that a signal arriving while the
+/// database is opened or migrated is held until serving starts, which then
+/// ends at once and cleanly, instead of killing the process by the signal's
+/// default action.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    async move {
+        let interrupt = async {
+            match interrupt {
+                Ok(mut s) => drop(s.recv().await),
+                Err(_) => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        let terminate = async {
+            match terminate {
+                Ok(mut s) => drop(s.recv().await),
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = interrupt => {},
+            () = terminate => {},
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
 }

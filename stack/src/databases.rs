@@ -24,7 +24,11 @@ impl Databases {
     /// PostgreSQL at `url`, schemas named `{schema_prefix}_{service}`.
     pub fn postgres(url: &str, schema_prefix: &str) -> Result<Databases, String> {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err("--postgres wants a postgres:// URL".into());
+            return Err(
+                "--postgres (or DATABASE_URL, which it reads) wants a postgres:// URL; \
+                 unset DATABASE_URL to run the stack on SQLite"
+                    .into(),
+            );
         }
         if url.contains("options=") {
             return Err(
@@ -112,12 +116,18 @@ impl Databases {
     }
 }
 
-/// `postgres://user:secret@host/db` → `postgres://host/db`.
+/// `postgres://user:secret@host:5432/db?password=x` → `postgres://host:5432/db`:
+/// no user information and no parameters, which may carry passwords.
 fn without_credentials(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, _)), Some(at)) => format!("{scheme}://{}", &url[at + 1..]),
-        _ => url.to_owned(),
-    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(unparsable URL)".into();
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}/{path}")
 }
 
 #[cfg(test)]
@@ -145,6 +155,17 @@ mod tests {
             "postgres://db/app?options=-c%20search_path%3Dp1_auth"
         );
         assert!(!dbs.describe().contains("pw"), "{}", dbs.describe());
+        for (url, shown) in [
+            (
+                "postgres://u:pw@db:5432/app?sslmode=disable",
+                "postgres://db:5432/app",
+            ),
+            ("postgres://db/app?password=pw", "postgres://db/app"),
+            ("postgres://u:p@w@db/app", "postgres://db/app"),
+            ("postgresql://localhost", "postgresql://localhost/"),
+        ] {
+            assert_eq!(without_credentials(url), shown, "{url}");
+        }
     }
 
     #[test]

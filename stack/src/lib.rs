@@ -74,7 +74,7 @@ async fn prepare(options: &Options) -> Result<Prepared, Vec<String>> {
         let path = options.bin_dir.join(binary);
         if !path.is_file() {
             problems.push(format!(
-                "missing binary {}: build it with `cargo build --release -p {binary}` (`./run stack` builds them all)",
+                "missing binary {}: `./run stack` builds every binary and runs the stack beside them",
                 path.display()
             ));
         }
@@ -84,13 +84,13 @@ async fn prepare(options: &Options) -> Result<Prepared, Vec<String>> {
         return Err(problems);
     }
 
-    let secret = Secret::resolve(std::env::var("JWT_SECRET_KEY").ok(), &options.data_dir)
-        .map_err(|e| vec![e])?;
     let databases = match &options.postgres {
         Some(url) => Databases::postgres(url, &options.schema_prefix).map_err(|e| vec![e])?,
         None => Databases::sqlite(&options.data_dir),
     };
     databases.prepare().await.map_err(|e| vec![e])?;
+    let secret = Secret::resolve(std::env::var("JWT_SECRET_KEY").ok(), &options.data_dir)
+        .map_err(|e| vec![e])?;
     Ok(Prepared {
         config,
         plan,
@@ -102,6 +102,9 @@ async fn prepare(options: &Options) -> Result<Prepared, Vec<String>> {
 /// Every address must be free and given to one process only.
 fn check_addresses(plan: &Plan) -> Vec<String> {
     let mut problems = Vec::new();
+    // Probes stay open until every address is checked, so that two
+    // spellings of one port (0.0.0.0:9001 and 127.0.0.1:9001) collide.
+    let mut probes = Vec::new();
     let addresses = plan.addresses();
     for (i, (address, who)) in addresses.iter().enumerate() {
         if let Some((_, first)) = addresses[..i].iter().find(|(a, _)| a == address) {
@@ -110,14 +113,15 @@ fn check_addresses(plan: &Plan) -> Vec<String> {
             ));
             continue;
         }
-        if let Err(e) = std::net::TcpListener::bind(address.as_str()) {
-            problems.push(if e.kind() == std::io::ErrorKind::AddrInUse {
+        match std::net::TcpListener::bind(address.as_str()) {
+            Ok(probe) => probes.push(probe),
+            Err(e) => problems.push(if e.kind() == std::io::ErrorKind::AddrInUse {
                 format!(
                     "{address} ({who}) is already in use: stop what holds it, or change the routes file"
                 )
             } else {
                 format!("cannot listen on {address} ({who}): {e}")
-            });
+            }),
         }
     }
     problems
@@ -165,8 +169,9 @@ async fn supervise(options: &Options, prepared: Prepared) -> ExitCode {
             true
         }
     };
-    let clean = supervisor.stop_all().await;
+    let clean = supervisor.stop_all(&mut signals).await;
     console.say("stopped");
+    console.flush();
     if failed || !clean {
         ExitCode::FAILURE
     } else {
@@ -244,7 +249,12 @@ fn start_services(
             binary: &options.bin_dir.join(service.kind.binary()),
             args,
             env,
-            env_remove: &[],
+            // Only the auth service (and the gateway) may hold the secret.
+            env_remove: if service.kind == Kind::Auth {
+                &[]
+            } else {
+                &["JWT_SECRET_KEY"]
+            },
             health_url: format!("http://{}/healthz", connect_address(&service.listen)),
             grace: Duration::ZERO,
         })?;

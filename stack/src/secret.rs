@@ -33,6 +33,11 @@ impl Secret {
     /// `data_dir`, else a new one written there.
     pub fn resolve(from_env: Option<String>, data_dir: &Path) -> Result<Secret, String> {
         if let Some(value) = from_env.filter(|v| !v.is_empty()) {
+            if value.len() < MIN_BYTES {
+                return Err(format!(
+                    "JWT_SECRET_KEY must be at least {MIN_BYTES} bytes (e.g. `openssl rand -hex 32`)"
+                ));
+            }
             return Ok(Secret {
                 value,
                 source: Source::Environment,
@@ -129,6 +134,8 @@ mod tests {
         let secret = Secret::resolve(Some("x".repeat(40)), dir.path()).expect("from env");
         assert_eq!(secret.source, Source::Environment);
         assert!(!dir.path().join(FILE).exists());
+        let short = Secret::resolve(Some("short".into()), dir.path()).expect_err("too short");
+        assert!(short.contains("at least 32 bytes"), "{short}");
     }
 
     #[test]

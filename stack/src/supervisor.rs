@@ -18,22 +18,46 @@ const HEALTH_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a service may take to stop after SIGTERM before it is killed.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Writes prefixed lines to standard output, one whole line at a time.
+/// Writes prefixed lines to standard output, one whole line at a time, from
+/// a thread of its own: a stalled reader (a paused terminal, `| less`) then
+/// delays only the output, never the handling of signals and exits.
 #[derive(Clone)]
 pub struct Console {
     width: usize,
+    lines: std::sync::mpsc::Sender<Output>,
+}
+
+enum Output {
+    Line(String),
+    Flush(std::sync::mpsc::Sender<()>),
 }
 
 impl Console {
     pub fn new(names: &[&str]) -> Console {
         let width = names.iter().map(|n| n.len()).max().unwrap_or(0).max(5);
-        Console { width }
+        let (lines, queue) = std::sync::mpsc::channel::<Output>();
+        std::thread::spawn(move || {
+            for output in queue {
+                match output {
+                    Output::Line(line) => {
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(out, "{line}");
+                        let _ = out.flush();
+                    }
+                    Output::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        Console { width, lines }
     }
 
     pub fn line(&self, name: &str, line: &str) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{name:>width$} | {line}", width = self.width);
-        let _ = out.flush();
+        let _ = self.lines.send(Output::Line(format!(
+            "{name:>width$} | {line}",
+            width = self.width
+        )));
     }
 
     /// A line of the stack's own.
@@ -43,9 +67,15 @@ impl Console {
 
     /// Lines meant to be copied: no prefix.
     pub fn plain(&self, line: &str) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
+        let _ = self.lines.send(Output::Line(line.to_owned()));
+    }
+
+    /// Waits (up to five seconds) until everything sent so far is written.
+    pub fn flush(&self) {
+        let (done, written) = std::sync::mpsc::channel();
+        if self.lines.send(Output::Flush(done)).is_ok() {
+            let _ = written.recv_timeout(Duration::from_secs(5));
+        }
     }
 }
 
@@ -55,6 +85,9 @@ pub struct Child {
     process: tokio::process::Child,
     pid: u32,
     tail: Arc<Mutex<VecDeque<String>>>,
+    /// The tasks copying its output; awaited before its last words are
+    /// read, so that they are its actual last words.
+    relays: Vec<tokio::task::JoinHandle<()>>,
     health_url: String,
     healthy: bool,
     /// How long it may drain after SIGTERM.
@@ -158,11 +191,12 @@ impl Supervisor {
             .map_err(|e| format!("cannot start {}: {e}", launch.binary.display()))?;
         let pid = process.id().unwrap_or(0);
         let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let mut relays = Vec::new();
         if let Some(stdout) = process.stdout.take() {
-            self.relay(launch.name, stdout, &tail);
+            relays.push(self.relay(launch.name, stdout, &tail));
         }
         if let Some(stderr) = process.stderr.take() {
-            self.relay(launch.name, stderr, &tail);
+            relays.push(self.relay(launch.name, stderr, &tail));
         }
         self.console
             .say(&format!("started {} (pid {pid})", launch.name));
@@ -171,6 +205,7 @@ impl Supervisor {
             process,
             pid,
             tail,
+            relays,
             health_url: launch.health_url,
             healthy: false,
             grace: launch.grace,
@@ -188,7 +223,7 @@ impl Supervisor {
         name: &str,
         stream: impl AsyncRead + Unpin + Send + 'static,
         tail: &Arc<Mutex<VecDeque<String>>>,
-    ) {
+    ) -> tokio::task::JoinHandle<()> {
         let console = self.console.clone();
         let name = name.to_owned();
         let tail = Arc::clone(tail);
@@ -212,7 +247,14 @@ impl Supervisor {
                     }
                 }
             }
-        });
+        })
+    }
+
+    /// Waits (briefly) until a child's output has been copied to its end.
+    pub async fn drain(&mut self, index: usize) {
+        for relay in self.children[index].relays.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(1), relay).await;
+        }
     }
 
     /// Waits until every child answers `/healthz` with 200. Returns early
@@ -221,20 +263,21 @@ impl Supervisor {
         let deadline = Instant::now() + HEALTH_DEADLINE;
         let mut last_answer: Vec<String> = vec![String::new(); self.children.len()];
         loop {
-            for (index, child) in self.children.iter_mut().enumerate() {
-                if let Ok(Some(status)) = child.process.try_wait() {
-                    child.exited = Some(status);
+            for (index, answer) in last_answer.iter_mut().enumerate() {
+                if let Ok(Some(status)) = self.children[index].process.try_wait() {
+                    self.children[index].exited = Some(status);
+                    self.drain(index).await;
                     return Err(Stop::Died(index, status));
                 }
-                if child.healthy {
+                if self.children[index].healthy {
                     continue;
                 }
-                match self.http.get(&child.health_url).send().await {
-                    Ok(response) if response.status() == 200 => child.healthy = true,
-                    Ok(response) => {
-                        last_answer[index] = format!("it answered {}", response.status());
+                match self.http.get(&self.children[index].health_url).send().await {
+                    Ok(response) if response.status() == 200 => {
+                        self.children[index].healthy = true;
                     }
-                    Err(_) => last_answer[index] = "it did not answer".into(),
+                    Ok(response) => *answer = format!("it answered {}", response.status()),
+                    Err(_) => *answer = "it did not answer".into(),
                 }
             }
             if self.children.iter().all(|c| c.healthy) {
@@ -270,6 +313,7 @@ impl Supervisor {
             Ok((index, status)) => {
                 let status = status.unwrap_or_else(|| ExitStatus::from_raw(1 << 8));
                 self.children[index].exited = Some(status);
+                self.drain(index).await;
                 Stop::Died(index, status)
             }
             Err(name) => Stop::Signal(name),
@@ -305,22 +349,23 @@ impl Supervisor {
 
     /// Stops every child still running: the gateway first (so clients stop
     /// arriving while the services finish what they have), then the rest
-    /// together. SIGTERM, then SIGKILL for any that outstays its time.
-    /// Returns whether every child stopped cleanly.
-    pub async fn stop_all(&mut self) -> bool {
+    /// together. SIGTERM, then SIGKILL for any that outstays its time, or for
+    /// all of them at a second Ctrl-C. Returns whether every child stopped
+    /// cleanly.
+    pub async fn stop_all(&mut self, signals: &mut Signals) -> bool {
         let mut clean = true;
         let gateway = self.children.iter().position(|c| c.name == "gateway");
         if let Some(index) = gateway {
-            clean &= self.stop_group(&[index]).await;
+            clean &= self.stop_group(&[index], signals).await;
         }
         let rest: Vec<usize> = (0..self.children.len())
             .filter(|i| Some(*i) != gateway)
             .collect();
-        clean &= self.stop_group(&rest).await;
+        clean &= self.stop_group(&rest, signals).await;
         clean
     }
 
-    async fn stop_group(&mut self, indices: &[usize]) -> bool {
+    async fn stop_group(&mut self, indices: &[usize], signals: &mut Signals) -> bool {
         let mut clean = true;
         let mut waiting = Vec::new();
         for &index in indices {
@@ -335,17 +380,37 @@ impl Supervisor {
             terminate(child.pid);
             waiting.push(index);
         }
+        let mut hurry = false;
         for index in waiting {
             let child = &mut self.children[index];
-            let limit = child.grace + STOP_DEADLINE;
-            let status = match tokio::time::timeout(limit, child.process.wait()).await {
-                Ok(Ok(status)) => status,
-                _ => {
-                    self.console.say(&format!(
-                        "{} did not stop within {} s of SIGTERM; killing it",
-                        child.name,
-                        limit.as_secs()
-                    ));
+            // Pingora sleeps the whole grace period, then gives its runtimes
+            // as long again.
+            let limit = 2 * child.grace + STOP_DEADLINE;
+            let waited = if hurry {
+                None
+            } else {
+                tokio::select! {
+                    status = tokio::time::timeout(limit, child.process.wait()) => match status {
+                        Ok(Ok(status)) => Some(status),
+                        _ => {
+                            self.console.say(&format!(
+                                "{} did not stop within {} s of SIGTERM; killing it",
+                                child.name,
+                                limit.as_secs()
+                            ));
+                            None
+                        }
+                    },
+                    name = signals.recv() => {
+                        self.console.say(&format!("{name} again: killing what is left"));
+                        hurry = true;
+                        None
+                    }
+                }
+            };
+            let status = match waited {
+                Some(status) => status,
+                None => {
                     let _ = child.process.kill().await;
                     clean = false;
                     child
@@ -356,7 +421,11 @@ impl Supervisor {
                 }
             };
             child.exited = Some(status);
-            if status.success() {
+            self.drain(index).await;
+            // Asked to terminate, it terminated: by exiting, or, when the
+            // signal came before it had installed its handler, by the signal.
+            let child = &self.children[index];
+            if status.success() || status.signal() == Some(15) {
                 self.console.say(&format!("{} stopped", child.name));
             } else {
                 clean = false;

@@ -52,20 +52,21 @@ async fn register_login_then_call_orders_and_verify_through_the_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_access_token_is_refreshed_once_and_the_retry_succeeds() {
     let stack = Stack::with(Options {
-        access_ttl: 1,
+        access_ttl: 3,
         ..Options::default()
     })
     .await;
     let mut alice = stack.register("alice").await;
     assert_eq!(alice.get("/api/orders").await.status, 200);
 
-    // The access token lives one second; the gateway refuses it from its
-    // exp on, whatever its cache holds.
-    let expired = eventually(Duration::from_secs(5), async || {
+    // The access token lives three seconds (`exp` is whole seconds, so two
+    // to three); the gateway refuses it from its exp on, whatever its cache
+    // holds.
+    let expired = eventually(Duration::from_secs(8), async || {
         alice.get("/api/orders").await.status == 401
     })
     .await;
-    assert!(expired, "the access token was still accepted after 5 s");
+    assert!(expired, "the access token was still accepted after 8 s");
     let refused = alice.get("/api/orders").await;
     assert_eq!(refused.code(), "invalid_token");
     assert!(refused.headers.contains_key("www-authenticate"));
@@ -139,10 +140,19 @@ async fn two_orders_replicas_share_the_traffic_and_one_can_stop() {
         let reply = alice.get("/api/orders").await;
         assert_eq!(reply.status, 200, "request {i}: {}", reply.body);
     }
-    let (first, second) = (
-        stack.requests_served(Service::Orders(0)),
-        stack.requests_served(Service::Orders(1)),
-    );
+    // The replicas' request logs arrive through pipes; wait for all 20.
+    let served = || {
+        (
+            stack.requests_served(Service::Orders(0)),
+            stack.requests_served(Service::Orders(1)),
+        )
+    };
+    eventually(Duration::from_secs(5), async || {
+        let (a, b) = served();
+        a + b >= 20
+    })
+    .await;
+    let (first, second) = served();
     assert_eq!(first + second, 20);
     assert!(first >= 5 && second >= 5, "{first} and {second}");
 
@@ -168,5 +178,13 @@ async fn two_orders_replicas_share_the_traffic_and_one_can_stop() {
         assert_eq!(reply.status, 200, "request {i} after a replica stopped");
         assert_eq!(reply.body.as_array().map(Vec::len), Some(1));
     }
-    assert_eq!(stack.requests_served(Service::Orders(1)) - before, 30);
+    let all_on_the_survivor = eventually(Duration::from_secs(5), async || {
+        stack.requests_served(Service::Orders(1)) - before == 30
+    })
+    .await;
+    assert!(
+        all_on_the_survivor,
+        "{}",
+        stack.requests_served(Service::Orders(1)) - before
+    );
 }
