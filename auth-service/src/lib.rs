@@ -79,7 +79,10 @@ pub fn app(state: AppState) -> Router {
         .route("/api/register", post(register::register))
         .route("/api/login", post(login::login))
         .route("/api/refresh", post(refresh::refresh))
-        .route("/api/verify", post(verify::verify))
+        .route(
+            "/api/verify",
+            post(verify::verify).get(verify::forward_auth),
+        )
         .route("/api/logout", post(logout::logout))
         .route("/api/me", get(me::me))
         .route("/api/admin/users", get(admin::list))

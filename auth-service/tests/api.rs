@@ -712,3 +712,83 @@ async fn malformed_login_emails_are_refused_like_wrong_passwords() {
         assert_envelope(&reply, StatusCode::UNAUTHORIZED, "invalid_credentials");
     }
 }
+
+#[tokio::test]
+async fn forward_auth_answers_in_headers_for_other_proxies() {
+    let app = TestApp::new().await;
+    let session = app.register("fwd@example.com").await;
+    let access = session.str("access");
+    let bearer = format!("Bearer {access}");
+
+    let ok = app
+        .raw(
+            Method::GET,
+            "/api/verify",
+            &[("authorization", &bearer)],
+            "",
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    let user_id = session.body["user_id"].to_string();
+    assert_eq!(
+        ok.headers.get("x-user-id").and_then(|v| v.to_str().ok()),
+        Some(user_id.as_str())
+    );
+    assert_eq!(
+        ok.headers.get("x-user-role").and_then(|v| v.to_str().ok()),
+        Some("user")
+    );
+    assert_eq!(ok.body["user_id"], session.body["user_id"]);
+    // The scheme is case-insensitive, as RFC 9110 says.
+    let lower = format!("bearer {access}");
+    let ok = app
+        .raw(Method::GET, "/api/verify", &[("authorization", &lower)], "")
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
+
+    let missing = app.raw(Method::GET, "/api/verify", &[], "").await;
+    assert_envelope(&missing, StatusCode::UNAUTHORIZED, "unauthenticated");
+    assert!(missing.headers.get("x-user-id").is_none());
+
+    let refresh = format!("Bearer {}", session.str("refresh"));
+    let forged = format!("Bearer {access}x");
+    let spaced = format!("Bearer {access} extra");
+    let basic = format!("Basic {access}");
+    for headers in [
+        vec![("authorization", basic.as_str())],
+        vec![("authorization", "Bearer ")],
+        vec![("authorization", spaced.as_str())],
+        vec![("authorization", refresh.as_str())],
+        vec![("authorization", forged.as_str())],
+        vec![
+            ("authorization", bearer.as_str()),
+            ("authorization", bearer.as_str()),
+        ],
+    ] {
+        let reply = app.raw(Method::GET, "/api/verify", &headers, "").await;
+        assert_envelope(&reply, StatusCode::UNAUTHORIZED, "invalid_token");
+        assert!(reply.headers.get("x-user-id").is_none(), "{headers:?}");
+    }
+
+    // A disabled account's token stops working here too.
+    let admin = app.admin("root@example.com").await;
+    let id = session.body["user_id"].as_i64().expect("id");
+    let disabled = app
+        .as_user(
+            admin,
+            Method::PATCH,
+            &format!("/api/admin/users/{id}"),
+            Some(json!({"active": false})),
+        )
+        .await;
+    assert_eq!(disabled.status, StatusCode::OK, "{}", disabled.body);
+    let refused = app
+        .raw(
+            Method::GET,
+            "/api/verify",
+            &[("authorization", &bearer)],
+            "",
+        )
+        .await;
+    assert_envelope(&refused, StatusCode::UNAUTHORIZED, "invalid_token");
+}
