@@ -38,6 +38,9 @@ CPUS = os.cpu_count() or 1
 SERVER_CPUS = os.environ.get("SERVER_CPUS", "0" if CPUS > 1 else "0")
 LOAD_CPUS = os.environ.get("LOAD_CPUS", str(CPUS - 1))
 WORK = tempfile.mkdtemp(prefix="portcullis-bench-")
+# Nginx workers run as an unprivileged user when the harness runs as root,
+# and must reach their temporary and cache directories inside.
+os.chmod(WORK, 0o755)
 PROCESSES = []
 
 
@@ -61,7 +64,8 @@ def stop_all(*_):
             except ProcessLookupError:
                 pass
     PROCESSES.clear()
-    shutil.rmtree(WORK, ignore_errors=True)
+    if not os.environ.get("KEEP_WORK"):
+        shutil.rmtree(WORK, ignore_errors=True)
 
 
 def on_signal(signum, _frame):
@@ -79,7 +83,12 @@ def wait_port(port, name, proc, timeout=60):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"bench: {name} exited ({proc.returncode}); see {WORK}/{name}.err")
+            try:
+                with open(os.path.join(WORK, f"{name}.err")) as f:
+                    said = f.read().strip()[-2000:]
+            except OSError:
+                said = ""
+            raise SystemExit(f"bench: {name} exited ({proc.returncode}):\n{said}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
@@ -232,14 +241,20 @@ def run_oha(url, token=None):
 
 
 def ms(value):
-    number, unit = re.match(r"([\d.]+)(\w+)", value).groups()
-    return float(number) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+    found = re.match(r"([\d.]+)(us|ms|s|m)$", value)
+    if not found:
+        return float("nan")
+    number, unit = found.groups()
+    return float(number) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60_000}[unit]
 
 
 def run_wrk(url, script, duration=None):
     argv = ["taskset", "-c", LOAD_CPUS, "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration or DURATION}",
             "--latency", "-s", script, url]
-    text = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    text = done.stdout
+    if "Latency Distribution" not in text:
+        raise SystemExit(f"bench: wrk gave no latency distribution for {url}:\n{text}\n{done.stderr}")
     total = int(re.search(r"(\d+) requests in", text).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
@@ -364,7 +379,7 @@ def haproxy_config(port, echo):
     path = os.path.join(WORK, "haproxy.cfg")
     with open(path, "w") as f:
         f.write(f"""global
-    maxconn 20000
+    maxconn 4096
 defaults
     mode http
     timeout connect 5s
@@ -387,7 +402,6 @@ def caddy_config(ports, echo, auth):
         f.write(f"""{{
     admin off
     auto_https off
-    persist_config off
 }}
 http://127.0.0.1:{ports['plain']} {{
     reverse_proxy 127.0.0.1:{echo}

@@ -69,6 +69,9 @@ async fn prepare(options: &Options) -> Result<Prepared, Vec<String>> {
     })?;
     let plan = Plan::from_config(&config);
 
+    if let Some(cargo) = started_by_cargo() {
+        build_services(&cargo, &options.bin_dir, &plan.binaries()).map_err(|e| vec![e])?;
+    }
     let mut problems = Vec::new();
     for binary in plan.binaries() {
         let path = options.bin_dir.join(binary);
@@ -97,6 +100,52 @@ async fn prepare(options: &Options) -> Result<Prepared, Vec<String>> {
         secret,
         databases,
     })
+}
+
+/// The cargo that ran this binary (`cargo run -p stack`), if one did.
+fn started_by_cargo() -> Option<std::ffi::OsString> {
+    let cargo = std::env::var_os("CARGO")?;
+    (std::env::var("CARGO_PKG_NAME").ok()? == env!("CARGO_PKG_NAME")).then_some(cargo)
+}
+
+/// `cargo run -p stack` builds the stack alone; the services are built here,
+/// in the same profile, so that the one command starts current binaries
+/// (cargo makes this a no-op when they are up to date).
+fn build_services(
+    cargo: &std::ffi::OsStr,
+    bin_dir: &std::path::Path,
+    binaries: &[&str],
+) -> Result<(), String> {
+    let mut command = std::process::Command::new(cargo);
+    command.arg("build");
+    // The working directory may be outside the workspace (`cargo run
+    // --manifest-path …`); the stack's own manifest finds it.
+    if let Some(dir) = std::env::var_os("CARGO_MANIFEST_DIR") {
+        command
+            .arg("--manifest-path")
+            .arg(std::path::Path::new(&dir).join("Cargo.toml"));
+    }
+    match bin_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => {}
+        Some("release") => {
+            command.arg("--release");
+        }
+        Some(profile) => {
+            command.args(["--profile", profile]);
+        }
+    }
+    for binary in binaries {
+        command.args(["-p", binary]);
+    }
+    eprintln!("stack: building {} with cargo", binaries.join(", "));
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run cargo to build the services: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("building the services failed ({status})"))
+    }
 }
 
 /// Every address must be free and given to one process only.

@@ -58,7 +58,10 @@ impl Workspace {
         command
             .current_dir(self.dir.path())
             .env_remove("JWT_SECRET_KEY")
-            .env_remove("DATABASE_URL");
+            .env_remove("DATABASE_URL")
+            // As if run from a shell: under `cargo run` the stack would build
+            // the services first.
+            .env_remove("CARGO");
         if let Some((url, prefix)) = &self.postgres {
             command
                 .args(["--postgres", url])
