@@ -439,7 +439,7 @@ def main():
     secret = secrets.token_hex(32)
     p = {name: free_port() for name in (
         "echo", "auth", "gw", "gw_metrics", "nginx_plain", "nginx_auth", "nginx_cached",
-        "haproxy", "caddy_plain", "caddy_auth")}
+        "haproxy", "caddy_plain", "caddy_auth", "floor")}
 
     log(f"work directory {WORK}; servers on cpu {SERVER_CPUS}, load on cpu {LOAD_CPUS}")
     echo = start("echo", [os.path.join(RELEASE, "echo"), "--listen", f"127.0.0.1:{p['echo']}"], p["echo"])
@@ -451,6 +451,8 @@ def main():
     nginx = start("nginx", ["nginx", "-c", nginx_config(
         {"plain": p["nginx_plain"], "auth": p["nginx_auth"], "cached": p["nginx_cached"]},
         p["echo"], p["auth"])], p["nginx_plain"])
+    floor = start("floor", [os.path.join(RELEASE, "floor"), "--listen", f"127.0.0.1:{p['floor']}",
+                            "--upstream", f"127.0.0.1:{p['echo']}"], p["floor"])
     haproxy = start("haproxy", ["haproxy", "-db", "-f", haproxy_config(p["haproxy"], p["echo"])], p["haproxy"])
     caddy = start("caddy", ["caddy", "run", "--adapter", "caddyfile", "--config", caddy_config(
         {"plain": p["caddy_plain"], "auth": p["caddy_auth"]}, p["echo"], p["auth"])], p["caddy_plain"],
@@ -476,6 +478,7 @@ def main():
         "HAProxy": tree(haproxy.pid),
         "Caddy": tree(caddy.pid) + tree(auth.pid),
         "backend": tree(echo.pid),
+        "Pingora": tree(floor.pid),
     }
     url = lambda port, path="/x": f"http://127.0.0.1:{port}{path}"
     # (scenario, system, configuration, tool, url, token, script)
@@ -484,6 +487,8 @@ def main():
         ("backend direct", "backend", "echo service", "wrk", url(p["echo"]), None, plain),
         ("plain proxy", "Portcullis", "public route", "oha", url(p["gw"], "/public/x"), None, None),
         ("plain proxy", "Portcullis", "public route", "wrk", url(p["gw"], "/public/x"), None, plain),
+        ("plain proxy", "Pingora", "bare proxy, no hooks (bench/floor)", "oha", url(p["floor"]), None, None),
+        ("plain proxy", "Pingora", "bare proxy, no hooks (bench/floor)", "wrk", url(p["floor"]), None, plain),
         ("plain proxy", "Nginx", "proxy_pass", "oha", url(p["nginx_plain"]), None, None),
         ("plain proxy", "Nginx", "proxy_pass", "wrk", url(p["nginx_plain"]), None, plain),
         ("plain proxy", "HAProxy", "plain", "oha", url(p["haproxy"]), None, None),
@@ -646,7 +651,7 @@ def chart(rows):
     """Two horizontal bar charts (req/s, p99) as one SVG, one bar per row."""
     rows = [r for r in rows if r[3] == "oha" or not any(
         x[0] == r[0] and x[1] == r[1] and x[2] == r[2] and x[3] == "oha" for x in rows)]
-    colours = {"Portcullis": "#2f6fb0", "Nginx": "#3a9a4a", "HAProxy": "#b0662f",
+    colours = {"Portcullis": "#2f6fb0", "Pingora": "#9fbfdf", "Nginx": "#3a9a4a", "HAProxy": "#b0662f",
                "Caddy": "#8a4fb0", "backend": "#777777"}
     bar, gap, label_w, panel_w = 16, 6, 430, 330
     height = 60 + len(rows) * (bar + gap)

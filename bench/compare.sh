@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./run deps
-cargo build --release --locked -q -p auth-service -p gateway -p echo
+cargo build --release --locked -q -p auth-service -p gateway -p echo -p floor
 command -v oha >/dev/null || cargo install --locked oha
 missing=()
 for tool in nginx haproxy caddy wrk taskset; do
