@@ -390,14 +390,7 @@ async fn admin_endpoints_require_an_admin() {
         .as_user(user, Method::GET, "/api/admin/users", None)
         .await;
     assert_envelope(&forbidden, StatusCode::FORBIDDEN, "forbidden");
-    let patch = app
-        .as_user(
-            user,
-            Method::PATCH,
-            &format!("/api/admin/users/{admin}"),
-            Some(json!({"active": false})),
-        )
-        .await;
+    let patch = app.disable(user, admin).await;
     assert_envelope(&patch, StatusCode::FORBIDDEN, "forbidden");
     let anonymous = app.raw(Method::GET, "/api/admin/users", &[], "").await;
     assert_envelope(&anonymous, StatusCode::UNAUTHORIZED, "unauthenticated");
@@ -460,14 +453,7 @@ async fn disabling_a_user_stops_their_tokens_at_once() {
         StatusCode::OK
     );
 
-    let reply = app
-        .as_user(
-            admin,
-            Method::PATCH,
-            &format!("/api/admin/users/{user}"),
-            Some(json!({"active": false})),
-        )
-        .await;
+    let reply = app.disable(admin, user).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_eq!(reply.body["active"], false);
 
@@ -548,14 +534,7 @@ async fn roles_change_what_verify_reports() {
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_body",
     );
-    let missing = app
-        .as_user(
-            admin,
-            Method::PATCH,
-            "/api/admin/users/424242",
-            Some(json!({"active": false})),
-        )
-        .await;
+    let missing = app.disable(admin, 424242).await;
     assert_envelope(&missing, StatusCode::NOT_FOUND, "not_found");
     let not_an_id = app
         .as_user(
@@ -773,14 +752,7 @@ async fn forward_auth_answers_in_headers_for_other_proxies() {
     // A disabled account's token stops working here too.
     let admin = app.admin("root@example.com").await;
     let id = session.body["user_id"].as_i64().expect("id");
-    let disabled = app
-        .as_user(
-            admin,
-            Method::PATCH,
-            &format!("/api/admin/users/{id}"),
-            Some(json!({"active": false})),
-        )
-        .await;
+    let disabled = app.disable(admin, id).await;
     assert_eq!(disabled.status, StatusCode::OK, "{}", disabled.body);
     let refused = app
         .raw(

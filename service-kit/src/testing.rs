@@ -77,29 +77,36 @@ impl TestDatabase {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         if let Cleanup::Schema { admin_url, schema } = &self.cleanup {
-            let (admin_url, schema) = (admin_url.clone(), schema.clone());
-            // Drop runs inside the test's runtime, which cannot be blocked on;
-            // a short-lived thread with its own runtime does the clean-up.
-            let _ = std::thread::spawn(move || {
-                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                runtime.block_on(async {
-                    use sqlx::Connection;
-                    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
-                        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                            .execute(&mut conn)
-                            .await;
-                        let _ = conn.close().await;
-                    }
-                });
-            })
-            .join();
+            drop_schemas(admin_url, std::slice::from_ref(schema));
         }
     }
+}
+
+/// Drops PostgreSQL schemas (and everything in them), ignoring failures.
+/// Safe to call from `Drop` inside a test's runtime, which cannot be
+/// blocked on: a short-lived thread with its own runtime does the work.
+pub fn drop_schemas(admin_url: &str, schemas: &[String]) {
+    let (admin_url, schemas) = (admin_url.to_owned(), schemas.to_vec());
+    let _ = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            use sqlx::Connection;
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
+                for schema in &schemas {
+                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                        .execute(&mut conn)
+                        .await;
+                }
+                let _ = conn.close().await;
+            }
+        });
+    })
+    .join();
 }
 
 /// A service binary running as a child process for a test.
@@ -278,47 +285,37 @@ impl ChildService {
     /// Waits (up to the start timeout) for an output line starting with
     /// `prefix` and returns the rest of it.
     pub fn wait_for_output(&mut self, prefix: &str) -> String {
-        let deadline = std::time::Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(rest) = self.output_line(prefix) {
-                return rest;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "{} exited ({status}) before printing {prefix:?}:\n{}",
-                    self.name,
-                    self.logs()
-                );
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} never printed {prefix:?}:\n{}",
-                self.name,
-                self.logs()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        self.wait_for(prefix, |child| child.output_line(prefix))
     }
 
     /// Waits (up to the start timeout) until the child's output contains
     /// `needle` anywhere.
     pub fn wait_for_text(&mut self, needle: &str) {
+        self.wait_for(needle, |child| child.logs().contains(needle).then_some(()));
+    }
+
+    /// Polls `found` until it yields, the child exits, or the start timeout
+    /// passes; `what` names the awaited text in the panic.
+    fn wait_for<T>(&mut self, what: &str, found: impl Fn(&Self) -> Option<T>) -> T {
         let deadline = std::time::Instant::now() + START_TIMEOUT;
-        while !self.logs().contains(needle) {
+        loop {
+            if let Some(value) = found(self) {
+                return value;
+            }
             if let Ok(Some(status)) = self.child.try_wait() {
                 // The child may have printed it just before exiting.
-                if self.logs().contains(needle) {
-                    return;
+                if let Some(value) = found(self) {
+                    return value;
                 }
                 panic!(
-                    "{} exited ({status}) before printing {needle:?}:\n{}",
+                    "{} exited ({status}) before printing {what:?}:\n{}",
                     self.name,
                     self.logs()
                 );
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "{} never printed {needle:?}:\n{}",
+                "{} never printed {what:?}:\n{}",
                 self.name,
                 self.logs()
             );
@@ -380,6 +377,30 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// A reply whose body is JSON (`Null` when empty); panics on anything
+    /// else, naming the status and showing the bytes.
+    pub fn parse(
+        status: axum::http::StatusCode,
+        headers: axum::http::HeaderMap,
+        bytes: &[u8],
+    ) -> Reply {
+        let body = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(bytes).unwrap_or_else(|_| {
+                panic!(
+                    "non-JSON body for {status}: {:?}",
+                    String::from_utf8_lossy(bytes)
+                )
+            })
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
     /// The `error.code` of an envelope answer.
     pub fn code(&self) -> &str {
         self.body["error"]["code"]
@@ -456,21 +477,7 @@ impl RouterClient {
             .await
             .expect("body")
             .to_bytes();
-        let body = if bytes.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                panic!(
-                    "non-JSON body for {status}: {:?}",
-                    String::from_utf8_lossy(&bytes)
-                )
-            })
-        };
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        Reply::parse(status, headers, &bytes)
     }
 
     /// A request as the gateway would forward it for `user_id`.

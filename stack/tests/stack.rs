@@ -4,7 +4,9 @@
 //! is wrong.
 
 use e2e::{Addresses, Timings, routes_for};
-use service_kit::testing::{ChildService, TestDatabase, unused_port, workspace_binary};
+use service_kit::testing::{
+    ChildService, TestDatabase, drop_schemas, unused_port, workspace_binary,
+};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -89,30 +91,13 @@ impl Workspace {
 
 impl Drop for Workspace {
     fn drop(&mut self) {
-        let Some((url, prefix)) = self.postgres.take() else {
-            return;
-        };
-        let schemas: Vec<String> = ["auth", "tasks", "orders", "inventory"]
-            .iter()
-            .map(|s| format!("{prefix}_{s}"))
-            .collect();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                use sqlx::Connection;
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
-                    for schema in schemas {
-                        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                            .execute(&mut conn)
-                            .await;
-                    }
-                }
-            });
-        })
-        .join();
+        if let Some((url, prefix)) = self.postgres.take() {
+            let schemas: Vec<String> = ["auth", "tasks", "orders", "inventory"]
+                .iter()
+                .map(|service| format!("{prefix}_{service}"))
+                .collect();
+            drop_schemas(&url, &schemas);
+        }
     }
 }
 

@@ -69,6 +69,17 @@ impl TestApp {
             .await
     }
 
+    /// `PATCH /api/admin/users/{target} {"active": false}`, sent as `caller`.
+    pub async fn disable(&self, caller: i64, target: i64) -> Reply {
+        self.as_user(
+            caller,
+            Method::PATCH,
+            &format!("/api/admin/users/{target}"),
+            Some(json!({"active": false})),
+        )
+        .await
+    }
+
     pub async fn register(&self, email: &str) -> Reply {
         let reply = self
             .post(

@@ -304,16 +304,29 @@ impl Stack {
         admin
     }
 
-    /// Stops a service the way an operator would (SIGTERM) and waits for it
-    /// to exit.
-    pub fn stop(&mut self, which: Service) {
-        let slot = match which {
+    fn slot(&mut self, which: Service) -> &mut Option<ChildService> {
+        match which {
             Service::Auth => &mut self.auth,
             Service::Tasks => &mut self.tasks,
             Service::Inventory => &mut self.inventory,
             Service::Orders(i) => &mut self.orders[i],
+        }
+    }
+
+    fn running(&self, which: Service) -> &ChildService {
+        let slot = match which {
+            Service::Auth => &self.auth,
+            Service::Tasks => &self.tasks,
+            Service::Inventory => &self.inventory,
+            Service::Orders(i) => &self.orders[i],
         };
-        let mut child = slot.take().expect("the service is running");
+        slot.as_ref().expect("the service is running")
+    }
+
+    /// Stops a service the way an operator would (SIGTERM) and waits for it
+    /// to exit.
+    pub fn stop(&mut self, which: Service) {
+        let mut child = self.slot(which).take().expect("the service is running");
         child.signal("TERM");
         let status = child.wait_exit(Duration::from_secs(15));
         assert!(
@@ -324,25 +337,12 @@ impl Stack {
 
     /// The address a service listens on.
     pub fn address(&self, which: Service) -> std::net::SocketAddr {
-        let slot = match which {
-            Service::Auth => &self.auth,
-            Service::Tasks => &self.tasks,
-            Service::Inventory => &self.inventory,
-            Service::Orders(i) => &self.orders[i],
-        };
-        slot.as_ref().expect("the service is running").addr
+        self.running(which).addr
     }
 
     /// Requests a service has answered, from its request log.
     pub fn requests_served(&self, which: Service) -> usize {
-        let slot = match which {
-            Service::Auth => &self.auth,
-            Service::Tasks => &self.tasks,
-            Service::Inventory => &self.inventory,
-            Service::Orders(i) => &self.orders[i],
-        };
-        slot.as_ref()
-            .expect("the service is running")
+        self.running(which)
             .logs()
             .lines()
             .filter(|l| l.contains("finished processing request") && !l.contains("/healthz"))
@@ -416,21 +416,7 @@ impl Client {
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.bytes().await.expect("response body");
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                panic!(
-                    "non-JSON body for {status}: {:?}",
-                    String::from_utf8_lossy(&bytes)
-                )
-            })
-        };
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        Reply::parse(status, headers, &bytes)
     }
 
     pub async fn get(&self, path: &str) -> Reply {
