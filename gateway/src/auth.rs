@@ -126,6 +126,8 @@ pub enum Unavailable {
     Unreachable(String),
     #[error("the auth service gave an unusable answer: {0}")]
     BadAnswer(String),
+    #[error("auth.max_in_flight verifications were already running for auth.timeout")]
+    Saturated,
 }
 
 impl Unavailable {
@@ -135,6 +137,7 @@ impl Unavailable {
             Unavailable::Timeout => "timeout",
             Unavailable::Unreachable(_) => "unreachable",
             Unavailable::BadAnswer(_) => "bad_answer",
+            Unavailable::Saturated => "saturated",
         }
     }
 }
@@ -162,6 +165,8 @@ enum Source {
     Remote {
         client: reqwest::Client,
         url: String,
+        in_flight: tokio::sync::Semaphore,
+        timeout: Duration,
     },
     Local {
         key: Box<jsonwebtoken::DecodingKey>,
@@ -231,7 +236,12 @@ impl Verifier {
                     .http1_only()
                     .build()
                     .map_err(|e| format!("cannot build the verify client: {e}"))?;
-                Source::Remote { client, url }
+                Source::Remote {
+                    client,
+                    url,
+                    in_flight: tokio::sync::Semaphore::new(auth.max_in_flight as usize),
+                    timeout: auth.timeout.0,
+                }
             }
             AuthMode::Local => {
                 let secret = secret.ok_or(
@@ -306,11 +316,28 @@ impl Verifier {
 
     async fn ask(&self, token: &str) -> Result<Verdict, Unavailable> {
         match &self.source {
-            Source::Remote { client, url } => {
+            Source::Remote {
+                client,
+                url,
+                in_flight,
+                timeout,
+            } => {
+                // The wait for a slot and the call share one deadline, so a
+                // request is answered within auth.timeout either way.
+                let started = Instant::now();
+                let _slot = tokio::time::timeout(*timeout, in_flight.acquire())
+                    .await
+                    .map_err(|_| Unavailable::Saturated)?
+                    .map_err(|_| Unavailable::Saturated)?;
+                let left = timeout.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    return Err(Unavailable::Saturated);
+                }
                 let body = serde_json::to_vec(&VerifyRequest { access: token })
                     .map_err(|e| Unavailable::BadAnswer(e.to_string()))?;
                 let response = client
                     .post(url)
+                    .timeout(left)
                     .header("content-type", "application/json")
                     .body(body)
                     .send()

@@ -389,6 +389,12 @@ pub struct Auth {
     pub negative_ttl: Dur,
     #[serde(default = "defaults::cache_capacity")]
     pub cache_capacity: u64,
+    /// Verifications sent to the auth service at once; more wait (within
+    /// `timeout`) for one to finish. A flood of never-seen tokens, which no
+    /// cache can absorb, then costs the auth service at most this much
+    /// concurrency instead of one call per request in flight.
+    #[serde(default = "defaults::max_in_flight")]
+    pub max_in_flight: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -509,6 +515,9 @@ mod defaults {
     pub fn cache_capacity() -> u64 {
         100_000
     }
+    pub fn max_in_flight() -> u32 {
+        64
+    }
     pub fn balance() -> Balance {
         Balance::RoundRobin
     }
@@ -620,6 +629,9 @@ impl Config {
         }
         if self.auth.timeout.0.is_zero() {
             error("auth.timeout".into(), "must be greater than zero".into());
+        }
+        if self.auth.max_in_flight == 0 {
+            error("auth.max_in_flight".into(), "must be at least 1".into());
         }
         if self.auth.cache_capacity == 0 {
             error(

@@ -917,3 +917,163 @@ async fn watch_applies_a_changed_file_without_a_signal() {
     assert!(refused);
     assert_eq!(raw(gw, "GET", "/api/watched", &[], "").await.status, 200);
 }
+
+/// A verify endpoint that takes 200 ms to refuse every token, and records
+/// how many calls it was serving at once.
+async fn slow_refusing_verifier() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (now_, peak_) = (Arc::clone(&now), Arc::clone(&peak));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (now, peak) = (Arc::clone(&now_), Arc::clone(&peak_));
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One request: headers, then Content-Length bytes.
+                    let complete = |b: &[u8]| {
+                        let text = String::from_utf8_lossy(b);
+                        let (head, body) = text.split_once("\r\n\r\n")?;
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                let (name, value) = l.split_once(':')?;
+                                name.eq_ignore_ascii_case("content-length")
+                                    .then(|| value.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        (body.len() >= length).then_some(head.len() + 4 + length)
+                    };
+                    let used = loop {
+                        if let Some(used) = complete(&buffer) {
+                            break used;
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    buffer.drain(..used);
+                    let serving = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(serving, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    let body = r#"{"error":{"code":"invalid_token","message":"no"}}"#;
+                    let reply = format!(
+                        "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, now, peak)
+}
+
+/// A well-formed token nobody signed, unexpired by its own claim: the
+/// gateway cannot refuse it without asking.
+fn forged_token(n: usize) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    format!(
+        "{}.{}.{}",
+        b64(r#"{"alg":"HS256","typ":"JWT"}"#),
+        b64(&format!(r#"{{"sub":"{n}","exp":{exp},"type":"access"}}"#)),
+        b64(&format!("forged-signature-{n}"))
+    )
+}
+
+async fn get_tasks_with(gw: std::net::SocketAddr, authorization: &str) -> support::Reply {
+    raw(
+        gw,
+        "GET",
+        "/api/tasks",
+        &[("authorization", authorization)],
+        "",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_new_tokens_reaches_the_auth_service_at_most_max_in_flight_at_once() {
+    let (verifier, _, peak) = slow_refusing_verifier().await;
+    let tasks = Upstream::start().await;
+    let config = routes(verifier, &[tasks.addr], "")
+        .replace("  timeout: 1s\n", "  timeout: 5s\n  max_in_flight: 4\n");
+    let gateway = Gateway::start(&config, &[]);
+    let gw = gateway.addr();
+
+    // 40 distinct tokens at once: 10 rounds of 4 calls of 200 ms fit in
+    // the 5 s timeout, so every one gets its real answer.
+    let tokens: Vec<String> = (0..40)
+        .map(|n| format!("Bearer {}", forged_token(n)))
+        .collect();
+    let replies = join_all(tokens.iter().map(|t| get_tasks_with(gw, t))).await;
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        4,
+        "the auth service saw more (or fewer) than max_in_flight calls at once"
+    );
+    assert!(tasks.seen().is_empty());
+
+    // With the slots taken for longer than the timeout, the rest are
+    // answered 503 within it instead of queueing without end.
+    let tight = routes(verifier, &[tasks.addr], "")
+        .replace("  timeout: 1s\n", "  timeout: 300ms\n  max_in_flight: 1\n");
+    gateway.write_routes(&tight);
+    gateway.child.signal("HUP");
+    let reloaded = eventually(Duration::from_secs(5), async || {
+        gateway
+            .metric(r#"portcullis_config_reloads_total{result="applied"}"#)
+            .await
+            >= 1.0
+    })
+    .await;
+    assert!(reloaded, "the gateway did not reload its routes");
+    let tokens: Vec<String> = (100..106)
+        .map(|n| format!("Bearer {}", forged_token(n)))
+        .collect();
+    let started = std::time::Instant::now();
+    let replies = join_all(tokens.iter().map(|t| get_tasks_with(gw, t))).await;
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 503).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "waiting for a slot outlived auth.timeout: {:?}",
+        started.elapsed()
+    );
+    // Most waited the whole timeout for a slot; one that got a slot late
+    // ran out of time during its call.
+    let saturated = gateway
+        .metric(r#"portcullis_verify_failures_total{reason="saturated"}"#)
+        .await;
+    let timed_out = gateway
+        .metric(r#"portcullis_verify_failures_total{reason="timeout"}"#)
+        .await;
+    assert!(saturated >= 4.0, "saturated: {saturated}");
+    assert_eq!(saturated + timed_out, 5.0);
+}
