@@ -102,7 +102,7 @@ impl Databases {
                         without_credentials(url)
                     )
                 })?;
-                for kind in Kind::ALL {
+                for kind in Kind::ALL.into_iter().filter(|k| k.has_database()) {
                     let schema = self.schema(kind).unwrap_or_default();
                     sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
                         .execute(&mut conn)

@@ -28,6 +28,8 @@ pub struct Options {
     pub postgres: Option<String>,
     pub schema_prefix: String,
     pub bin_dir: PathBuf,
+    /// The built browser client the `web` service serves.
+    pub web_dir: PathBuf,
 }
 
 /// Nothing was started: the set-up is wrong.
@@ -283,13 +285,19 @@ fn start_services(
 ) -> Result<(), String> {
     for service in &plan.services {
         let mut args = vec!["--listen".to_owned(), service.listen.clone()];
-        let mut env = vec![("DATABASE_URL", databases.url(service.kind))];
+        let mut env = Vec::new();
+        if service.kind.has_database() {
+            env.push(("DATABASE_URL", databases.url(service.kind)));
+        }
         match service.kind {
             Kind::Auth => env.push(("JWT_SECRET_KEY", secret.value.clone())),
             Kind::Orders => {
                 if let Some(url) = &plan.inventory_url {
                     args.extend(["--inventory-url".to_owned(), url.clone()]);
                 }
+            }
+            Kind::Web => {
+                args.extend(["--dir".to_owned(), options.web_dir.display().to_string()]);
             }
             Kind::Tasks | Kind::Inventory => {}
         }
@@ -333,5 +341,8 @@ fn announce(console: &Console, plan: &Plan) {
         r#"curl -s {base}/api/tasks -H "authorization: Bearer $ACCESS" -H 'content-type: application/json' -d '{{"title":"try Portcullis"}}'; echo"#
     ));
     console.plain("");
+    if plan.services.iter().any(|s| s.kind == Kind::Web) {
+        console.say(&format!("the web page: {base}/app/"));
+    }
     console.say("Ctrl-C stops every service");
 }

@@ -2,8 +2,8 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Runs the whole Portcullis stack: the auth service, tasks, orders and
-/// inventory where routes.yaml's upstreams say they listen, then the
+/// Runs the whole Portcullis stack: the auth service, tasks, orders,
+/// inventory and the web page where routes.yaml's upstreams say they listen, then the
 /// gateway on that file. Ctrl-C or SIGTERM stops every service gracefully;
 /// if one dies, the others are stopped and the exit status is non-zero.
 #[derive(Debug, Parser)]
@@ -26,6 +26,10 @@ struct Cli {
     /// Where the service binaries are (default: beside this one).
     #[arg(long, env = "STACK_BIN_DIR")]
     bin_dir: Option<PathBuf>,
+    /// The built browser client, served under /app/ when routes.yaml has a
+    /// `web` upstream (`./run stack` builds it).
+    #[arg(long, env = "STACK_WEB_DIR", default_value = "web/dist")]
+    web_dir: PathBuf,
 }
 
 const AFTER_HELP: &str = "\
@@ -51,6 +55,7 @@ async fn main() -> ExitCode {
         postgres: cli.postgres,
         schema_prefix: cli.schema_prefix,
         bin_dir,
+        web_dir: cli.web_dir,
     })
     .await
 }

@@ -16,10 +16,23 @@ pub enum Kind {
     Tasks,
     Orders,
     Inventory,
+    /// The browser client's page server.
+    Web,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Auth, Kind::Tasks, Kind::Orders, Kind::Inventory];
+    pub const ALL: [Kind; 5] = [
+        Kind::Auth,
+        Kind::Tasks,
+        Kind::Orders,
+        Kind::Inventory,
+        Kind::Web,
+    ];
+
+    /// Whether it keeps data (and so gets a `DATABASE_URL`).
+    pub fn has_database(self) -> bool {
+        self != Kind::Web
+    }
 
     /// The upstream name in `routes.yaml`.
     pub fn upstream(self) -> &'static str {
@@ -28,6 +41,7 @@ impl Kind {
             Kind::Tasks => "tasks",
             Kind::Orders => "orders",
             Kind::Inventory => "inventory",
+            Kind::Web => "web",
         }
     }
 
@@ -38,6 +52,7 @@ impl Kind {
             Kind::Tasks => "tasks",
             Kind::Orders => "orders",
             Kind::Inventory => "inventory",
+            Kind::Web => "web",
         }
     }
 }

@@ -29,6 +29,7 @@ impl Workspace {
             tasks: vec![port()],
             orders: vec![port(), port()],
             inventory: port(),
+            web: port(),
         };
         let dir = tempfile::tempdir().expect("temporary directory");
         let sock = dir.path().join("upgrade.sock").display().to_string();
@@ -159,6 +160,7 @@ fn the_stack_runs_everything_and_stops_on_sigterm_keeping_data_and_secret() {
         "orders-1",
         "orders-2",
         "inventory",
+        "web",
         "gateway",
     ] {
         assert!(
@@ -175,6 +177,15 @@ fn the_stack_runs_everything_and_stops_on_sigterm_keeping_data_and_secret() {
     let output = run_printed_commands(&stack, ws.dir.path());
     assert!(output.contains(r#""title":"try Portcullis""#), "{output}");
     let access = login(&ws.addresses.gateway);
+    // The page's route reaches the web service, which says how to build a
+    // page that this scratch directory does not have.
+    let page = curl(&ws.addresses.gateway, "/app/", &[]);
+    assert!(page.contains(r#""code":"not_built""#), "{page}");
+    assert!(
+        stack.logs().contains("the web page: http://"),
+        "{}",
+        stack.logs()
+    );
 
     stack.signal("TERM");
     let status = stack.wait_exit(Duration::from_secs(30));
@@ -187,6 +198,7 @@ fn the_stack_runs_everything_and_stops_on_sigterm_keeping_data_and_secret() {
         "orders-1",
         "orders-2",
         "inventory",
+        "web",
     ] {
         assert!(
             logs.contains(&format!("{name} stopped")),
@@ -338,12 +350,15 @@ fn nothing_starts_when_the_setup_is_wrong_and_each_problem_is_one_line() {
     let (code, _, stderr) = run_to_exit(command);
     assert_eq!(code, 2);
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 5, "{stderr}");
-    for (line, binary) in
-        lines
-            .iter()
-            .zip(["auth-service", "tasks", "orders", "inventory", "gateway"])
-    {
+    assert_eq!(lines.len(), 6, "{stderr}");
+    for (line, binary) in lines.iter().zip([
+        "auth-service",
+        "tasks",
+        "orders",
+        "inventory",
+        "web",
+        "gateway",
+    ]) {
         assert!(
             line.starts_with(&format!(
                 "stack: missing binary {}",

@@ -1,7 +1,7 @@
 //! A test language for the whole stack, spoken through the gateway.
 //!
 //! [`Stack::start`] runs the real binaries (auth service, tasks, orders,
-//! inventory, gateway) as processes on ephemeral ports, with the shipped
+//! inventory, web page, gateway) as processes on ephemeral ports, with the shipped
 //! `routes.yaml` pointed at them, so the tests exercise the routes users
 //! get. A test then talks like a user:
 //!
@@ -39,6 +39,7 @@ pub struct Addresses {
     pub tasks: Vec<String>,
     pub orders: Vec<String>,
     pub inventory: String,
+    pub web: String,
 }
 
 /// Timings shortened for tests.
@@ -80,6 +81,10 @@ pub fn routes_for(addresses: &Addresses, timings: &Timings, upgrade_sock: &str) 
         (
             "servers: [127.0.0.1:9301]",
             servers(std::slice::from_ref(&addresses.inventory)),
+        ),
+        (
+            "servers: [127.0.0.1:9601]",
+            servers(std::slice::from_ref(&addresses.web)),
         ),
         (
             "cache_ttl: 30s",
@@ -132,6 +137,12 @@ pub enum Service {
     Tasks,
     Orders(usize),
     Inventory,
+    Web,
+}
+
+/// The built browser client (`npm --prefix web run build`).
+pub fn web_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web/dist")
 }
 
 /// The whole stack, running.
@@ -145,6 +156,7 @@ pub struct Stack {
     tasks: Option<ChildService>,
     orders: Vec<Option<ChildService>>,
     inventory: Option<ChildService>,
+    web: Option<ChildService>,
     auth_db: TestDatabase,
     _tasks_db: TestDatabase,
     _orders_db: TestDatabase,
@@ -197,6 +209,13 @@ impl Stack {
             })
             .collect();
 
+        let mut web_command = Command::new(workspace_binary("web"));
+        web_command
+            .args(["--listen", "127.0.0.1:0", "--dir"])
+            .arg(web_dir())
+            .env("RUST_LOG", "info,tower_http=debug");
+        let web = ChildService::start("web", web_command);
+
         let addresses = Addresses {
             gateway: format!("127.0.0.1:{}", unused_port()),
             metrics: format!("127.0.0.1:{}", unused_port()),
@@ -204,6 +223,7 @@ impl Stack {
             tasks: vec![tasks.addr.to_string()],
             orders: orders.iter().map(|o| o.addr.to_string()).collect(),
             inventory: inventory.addr.to_string(),
+            web: web.addr.to_string(),
         };
         let routes_path = dir.path().join("routes.yaml");
         let upgrade_sock = dir.path().join("upgrade.sock");
@@ -240,6 +260,7 @@ impl Stack {
             tasks: Some(tasks),
             orders: orders.into_iter().map(Some).collect(),
             inventory: Some(inventory),
+            web: Some(web),
             auth_db,
             _tasks_db: tasks_db,
             _orders_db: orders_db,
@@ -310,6 +331,7 @@ impl Stack {
             Service::Tasks => &mut self.tasks,
             Service::Inventory => &mut self.inventory,
             Service::Orders(i) => &mut self.orders[i],
+            Service::Web => &mut self.web,
         }
     }
 
@@ -319,6 +341,7 @@ impl Stack {
             Service::Tasks => &self.tasks,
             Service::Inventory => &self.inventory,
             Service::Orders(i) => &self.orders[i],
+            Service::Web => &self.web,
         };
         slot.as_ref().expect("the service is running")
     }
@@ -333,6 +356,11 @@ impl Stack {
             status.is_some_and(|s| s.success()),
             "{which:?} did not stop cleanly: {status:?}"
         );
+    }
+
+    /// The gateway's base URL, `http://127.0.0.1:PORT`.
+    pub fn gateway_url(&self) -> &str {
+        &self.client.base
     }
 
     /// The address a service listens on.
