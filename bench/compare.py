@@ -259,9 +259,12 @@ def run_wrk(url, script, duration=None):
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     bad = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, socket_errors.groups())) if socket_errors else 0)
+    # Percentiles from the "Latency Distribution" lines only: a thread
+    # statistics line can end in "99%" too (a stdev share such as 79.99%).
+    percentile = lambda p: ms(re.search(rf"^\s*{p}%\s+(\S+)", text, re.M).group(1))
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
-            "p50": ms(re.search(r"50%\s+(\S+)", text).group(1)),
-            "p99": ms(re.search(r"99%\s+(\S+)", text).group(1)),
+            "p50": percentile(50),
+            "p99": percentile(99),
             "requests": total, "errors": bad}
 
 

@@ -91,7 +91,7 @@ fn time_left(exp: u64) -> Duration {
 }
 
 /// Who a verified token belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Identity {
     /// A positive decimal integer, ready to be sent as `x-user-id`.
     pub user_id: Box<str>,
@@ -142,22 +142,52 @@ impl Unavailable {
     }
 }
 
+/// A cached verdict and the moment it stops counting. The deadline is
+/// checked on every read, so a grant ends at the token's `exp` to the
+/// millisecond; the cache itself keeps no per-entry timer (a timer node per
+/// entry costs more memory than the entry's own data), and an entry past its
+/// deadline is dropped when it is next read or evicted by capacity.
 #[derive(Clone)]
 struct Entry {
     verdict: Verdict,
-    ttl: Duration,
+    until: Instant,
 }
 
-struct PerEntryTtl;
+/// One shared `Identity` per user and role, however many of that user's
+/// tokens are cached: a cache of a million tokens held by a few thousand
+/// users then holds a few thousand identities, not a million copies.
+#[derive(Default)]
+struct Identities {
+    known: std::sync::Mutex<Interned>,
+}
 
-impl moka::Expiry<[u8; 32], Entry> for PerEntryTtl {
-    fn expire_after_create(
-        &self,
-        _key: &[u8; 32],
-        entry: &Entry,
-        _now: Instant,
-    ) -> Option<Duration> {
-        Some(entry.ttl)
+#[derive(Default)]
+struct Interned {
+    map: std::collections::HashMap<Identity, std::sync::Weak<Identity>>,
+    /// The map is swept of identities no cached entry holds any more when it
+    /// reaches this size, which then doubles the live count (amortised O(1)).
+    sweep_at: usize,
+}
+
+impl Identities {
+    fn share(&self, identity: Identity) -> Arc<Identity> {
+        // Only misses come here, one per verification; a poisoned lock only
+        // means another thread panicked mid-insert, and the map is still a
+        // valid cache of weak references.
+        let mut known = self
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(shared) = known.map.get(&identity).and_then(std::sync::Weak::upgrade) {
+            return shared;
+        }
+        if known.map.len() >= known.sweep_at {
+            known.map.retain(|_, weak| weak.strong_count() > 0);
+            known.sweep_at = (known.map.len() * 2).max(1024);
+        }
+        let shared = Arc::new(identity.clone());
+        known.map.insert(identity, Arc::downgrade(&shared));
+        shared
     }
 }
 
@@ -176,6 +206,7 @@ enum Source {
 
 pub struct Verifier {
     cache: Cache<[u8; 32], Entry>,
+    identities: Identities,
     source: Source,
     ttl: Duration,
     negative_ttl: Duration,
@@ -262,12 +293,10 @@ impl Verifier {
                 }
             }
         };
-        let cache = Cache::builder()
-            .max_capacity(auth.cache_capacity)
-            .expire_after(PerEntryTtl)
-            .build();
+        let cache = Cache::builder().max_capacity(auth.cache_capacity).build();
         Ok(Verifier {
             cache,
+            identities: Identities::default(),
             source,
             ttl: auth.cache_ttl.0,
             negative_ttl: auth.negative_ttl.0,
@@ -278,35 +307,48 @@ impl Verifier {
     pub async fn verify(&self, token: &str) -> (Result<Verdict, Unavailable>, Outcome) {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(entry) = self.cache.get(&key).await {
-            return (Ok(entry.verdict), Outcome::Hit);
+            if Instant::now() < entry.until {
+                return (Ok(entry.verdict), Outcome::Hit);
+            }
+            self.cache.invalidate(&key).await;
         }
         let exp = peek_exp(token);
         if exp.is_some_and(|exp| time_left(exp).is_zero()) {
             return (Ok(Verdict::Denied), Outcome::Expired);
         }
-        let asked = AtomicBool::new(false);
-        let result = self
-            .cache
-            .entry(key)
-            .or_try_insert_with(async {
-                asked.store(true, Ordering::Relaxed);
-                let verdict = self.ask(token).await?;
-                let ttl = match &verdict {
-                    Verdict::Allowed(_) => self.ttl.min(exp.map_or(self.ttl, time_left)),
-                    Verdict::Denied => self.negative_ttl,
-                };
-                Ok::<_, Unavailable>(Entry { verdict, ttl })
-            })
-            .await;
-        let outcome = if asked.load(Ordering::Relaxed) {
-            Outcome::Miss
-        } else {
-            Outcome::Coalesced
-        };
-        match result {
-            Ok(entry) => (Ok(entry.into_value().verdict), outcome),
-            Err(error) => (Err((*error).clone()), outcome),
+        // A waiter can be handed an entry that another request inserted and
+        // that has since passed its deadline; it is dropped and asked for
+        // again, once: the second entry is at most milliseconds old.
+        for _ in 0..2 {
+            let asked = AtomicBool::new(false);
+            let result = self
+                .cache
+                .entry(key)
+                .or_try_insert_with(async {
+                    asked.store(true, Ordering::Relaxed);
+                    let verdict = self.ask(token).await?;
+                    let ttl = match &verdict {
+                        Verdict::Allowed(_) => self.ttl.min(exp.map_or(self.ttl, time_left)),
+                        Verdict::Denied => self.negative_ttl,
+                    };
+                    let until = Instant::now() + ttl;
+                    Ok::<_, Unavailable>(Entry { verdict, until })
+                })
+                .await;
+            let outcome = if asked.load(Ordering::Relaxed) {
+                Outcome::Miss
+            } else {
+                Outcome::Coalesced
+            };
+            match result {
+                Ok(entry) if !entry.is_fresh() && Instant::now() >= entry.value().until => {
+                    self.cache.invalidate(&key).await;
+                }
+                Ok(entry) => return (Ok(entry.into_value().verdict), outcome),
+                Err(error) => return (Err((*error).clone()), outcome),
+            }
         }
+        (Ok(Verdict::Denied), Outcome::Expired)
     }
 
     /// Cached verdicts (approximate; for metrics and tests).
@@ -364,7 +406,7 @@ impl Verifier {
                             _ => String::new(),
                         };
                         identity(&user_id, answer.role.as_deref())
-                            .map(|id| Verdict::Allowed(Arc::new(id)))
+                            .map(|id| Verdict::Allowed(self.identities.share(id)))
                             .ok_or_else(|| {
                                 Unavailable::BadAnswer("200 without a valid user_id".into())
                             })
@@ -381,7 +423,9 @@ impl Verifier {
                     return Ok(Verdict::Denied);
                 }
                 Ok(identity(&data.claims.sub, data.claims.role.as_deref())
-                    .map_or(Verdict::Denied, |id| Verdict::Allowed(Arc::new(id))))
+                    .map_or(Verdict::Denied, |id| {
+                        Verdict::Allowed(self.identities.share(id))
+                    }))
             }
         }
     }
@@ -390,6 +434,41 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn person(user_id: &str, role: &str) -> Identity {
+        Identity {
+            user_id: user_id.into(),
+            role: role.into(),
+        }
+    }
+
+    #[test]
+    fn identities_are_shared_per_user_and_role_and_forgotten_when_unused() {
+        let identities = Identities::default();
+        let a = identities.share(person("7", "user"));
+        let b = identities.share(person("7", "user"));
+        assert!(Arc::ptr_eq(&a, &b), "one user's tokens share one identity");
+        let admin = identities.share(person("7", "admin"));
+        let other = identities.share(person("8", "user"));
+        assert!(!Arc::ptr_eq(&a, &admin) && !Arc::ptr_eq(&a, &other));
+        assert_eq!(*admin, person("7", "admin"));
+
+        // Identities no entry holds any more are swept as the map grows.
+        drop((admin, other));
+        for n in 0..3000 {
+            drop(identities.share(person(&(100 + n).to_string(), "user")));
+        }
+        let known = identities.known.lock().expect("lock");
+        assert!(
+            known.map.len() < 2100,
+            "{} identities kept",
+            known.map.len()
+        );
+        assert!(
+            known.map.contains_key(&person("7", "user")),
+            "a live one was swept"
+        );
+    }
 
     fn b64(json: &str) -> String {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)

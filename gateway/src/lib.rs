@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod headers;
 pub mod metrics;
+pub mod notify;
 pub mod path;
 pub mod proxy;
 pub mod router;

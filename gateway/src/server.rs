@@ -145,6 +145,9 @@ pub fn run(options: Options, hangups: mpsc::UnboundedReceiver<()>) -> Result<(),
         println!("metrics on {metrics_listen}");
     }
     tracing::info!(%listen, threads, routes, "gateway started");
+    // The listeners are bound (or, on an upgrade, received) by now, so
+    // connections queue from here on even before the first accept.
+    crate::notify::ready();
     server.run_forever()
 }
 

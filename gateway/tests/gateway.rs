@@ -1077,3 +1077,63 @@ async fn a_flood_of_new_tokens_reaches_the_auth_service_at_most_max_in_flight_at
     assert!(saturated >= 4.0, "saturated: {saturated}");
     assert_eq!(saturated + timed_out, 5.0);
 }
+
+/// Receives one datagram on a systemd-style notify socket.
+fn notify_message(socket: &std::os::unix::net::UnixDatagram) -> String {
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut buffer = [0u8; 256];
+    let n = socket.recv(&mut buffer).expect("a notify datagram");
+    String::from_utf8_lossy(&buffer[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_is_told_which_process_serves_before_and_after_an_upgrade() {
+    let db = TestDatabase::new().await;
+    let auth = auth_service(&db, &[]);
+    let tasks = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+    let notify = path.display().to_string();
+    let gateway = Gateway::start(
+        &routes(auth.addr, &[tasks.addr], ""),
+        &[("NOTIFY_SOCKET", notify.as_str())],
+    );
+    let gw = gateway.addr();
+    let first = notify_message(&socket);
+    assert!(first.contains("READY=1\n"), "{first:?}");
+    assert!(
+        first.contains(&format!("MAINPID={}\n", gateway.child.pid())),
+        "{first:?}"
+    );
+
+    // What the systemd unit's reload does: a new process with --upgrade,
+    // then SIGQUIT to the old one.
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("NOTIFY_SOCKET", &notify)
+        .arg("--config")
+        .arg(&gateway.config)
+        .args(["--listen", &gw.to_string(), "--threads", "1", "--upgrade"]);
+    let new = std::thread::spawn(move || ChildService::start("gateway-new", command));
+    let sock = gateway.upgrade_sock();
+    let waiting = eventually(Duration::from_secs(10), async || sock.exists()).await;
+    assert!(waiting, "the new process never opened the upgrade socket");
+    let mut old = gateway.child;
+    old.signal("QUIT");
+    let new = new.join().expect("new gateway");
+    let second = notify_message(&socket);
+    assert!(
+        second.contains(&format!("MAINPID={}\n", new.pid())),
+        "the new process did not name itself: {second:?}"
+    );
+    let old_status = old
+        .wait_exit(Duration::from_secs(20))
+        .expect("the old process exited");
+    assert!(old_status.success(), "{old_status:?}");
+    assert_eq!(raw(gw, "GET", "/api/public/x", &[], "").await.status, 200);
+}
