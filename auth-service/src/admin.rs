@@ -5,6 +5,7 @@
 
 use crate::AppState;
 use crate::error::{Error, Result};
+use crate::revocations::Reason;
 use crate::sessions;
 use crate::users::{self, PublicUser, ROLES};
 use axum::extract::{FromRequestParts, State};
@@ -111,12 +112,19 @@ pub async fn update(
     if changes.active == Some(false) || demoting {
         refuse_self(&admin, id)?;
     }
+    let before = users::by_id(&state.db, id)
+        .await?
+        .ok_or(Error::UserNotFound)?;
     let user = users::update(&state.db, id, changes.active, changes.role.as_deref())
         .await?
         .ok_or(Error::UserNotFound)?;
     if !user.active {
         // Disabling ends every session: re-enabling later does not revive them.
         sessions::revoke_all(&state.db, id).await?;
+        state.revocations.revoke(id, Reason::Disabled);
+    } else if user.role != before.role {
+        // Cached verdicts carry the old role; gateways must ask again.
+        state.revocations.revoke(id, Reason::RoleChanged);
     }
     tracing::info!(admin = admin.0, user_id = id, active = user.active, role = %user.role, "user updated");
     Ok(Json(user.into()))
@@ -131,6 +139,7 @@ pub async fn delete(
     if !users::delete(&state.db, id).await? {
         return Err(Error::UserNotFound);
     }
+    state.revocations.revoke(id, Reason::Deleted);
     tracing::info!(admin = admin.0, user_id = id, "user deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,7 +5,8 @@ use clap::{Args, Parser, Subcommand};
 
 const AFTER_HELP: &str = "\
 Environment only (never a flag, so it cannot leak through the process list):
-  JWT_SECRET_KEY   HS256 signing secret, at least 32 bytes. Required unless --dev.
+  JWT_SECRET_KEY       HS256 signing secret, at least 32 bytes. Required unless --dev.
+  GATEWAY_ADMIN_TOKEN  Token for --revocation-webhook (the gateways' admin listener).
 
 Every flag above also reads the environment variable shown in brackets.";
 
@@ -51,6 +52,30 @@ pub struct Settings {
     /// then stop verifying when the process restarts. Never use in production.
     #[arg(long)]
     pub dev: bool,
+
+    /// Redis to publish revocations on (logout, disable, delete, role
+    /// change, refresh-token reuse), so that gateways drop their cached
+    /// verdicts at once. Unset: gateways keep them for their cache TTL.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Also post revocations to these gateway admin listeners
+    /// (`http://HOST:PORT/revocations`, comma-separated), authenticated with
+    /// GATEWAY_ADMIN_TOKEN: instant revocation without Redis.
+    #[arg(
+        long = "revocation-webhook",
+        env = "AUTH_REVOCATION_WEBHOOKS",
+        value_delimiter = ','
+    )]
+    pub revocation_webhooks: Vec<String>,
+
+    /// The pub/sub channel for revocations; gateways subscribe to the same.
+    #[arg(
+        long,
+        env = "REVOCATION_CHANNEL",
+        default_value = "portcullis:revocations"
+    )]
+    pub revocation_channel: String,
 
     /// Lifetime of access tokens, in seconds.
     #[arg(long, env = "JWT_ACCESS_TTL", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]

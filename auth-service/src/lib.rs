@@ -15,6 +15,7 @@ pub mod me;
 pub mod passwords;
 pub mod refresh;
 pub mod register;
+pub mod revocations;
 pub mod sessions;
 pub mod throttle;
 pub mod tokens;
@@ -37,6 +38,7 @@ pub struct AppState {
     pub keys: Arc<tokens::Keys>,
     pub passwords: passwords::Passwords,
     pub throttle: Arc<throttle::LoginThrottle>,
+    pub revocations: revocations::Publisher,
 }
 
 /// Opens (and migrates) the database.
@@ -71,6 +73,16 @@ pub async fn build_state(
             settings.login_max_failures,
             Duration::from_secs(settings.login_window),
         )),
+        revocations: match &settings.redis_url {
+            Some(url) => revocations::Publisher::redis(url, &settings.revocation_channel)
+                .map_err(anyhow::Error::msg)?,
+            None => revocations::Publisher::none(),
+        }
+        .with_webhooks(
+            settings.revocation_webhooks.clone(),
+            std::env::var("GATEWAY_ADMIN_TOKEN").unwrap_or_default(),
+        )
+        .map_err(anyhow::Error::msg)?,
     })
 }
 

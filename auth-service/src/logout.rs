@@ -3,6 +3,7 @@
 use crate::AppState;
 use crate::error::Result;
 use crate::refresh::RefreshBody;
+use crate::revocations::Reason;
 use crate::sessions;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -12,6 +13,7 @@ pub async fn logout(
     State(state): State<AppState>,
     Json(body): Json<RefreshBody>,
 ) -> Result<StatusCode> {
-    sessions::revoke(&state.db, &state.keys, &body.refresh).await?;
+    let user_id = sessions::revoke(&state.db, &state.keys, &body.refresh).await?;
+    state.revocations.revoke(user_id, Reason::Logout);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -18,6 +18,6 @@ pub async fn refresh(
     Json(body): Json<RefreshBody>,
 ) -> Result<Json<TokenPair>> {
     Ok(Json(
-        sessions::rotate(&state.db, &state.keys, &body.refresh).await?,
+        sessions::rotate(&state.db, &state.keys, &state.revocations, &body.refresh).await?,
     ))
 }

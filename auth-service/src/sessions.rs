@@ -36,9 +36,17 @@ fn sign(
     token_type: TokenType,
     role: Option<&str>,
     version: i64,
+    session: Option<&str>,
 ) -> Result<Issued> {
-    keys.issue(user_id, token_type, role, version, crate::now_unix())
-        .map_err(|e| Error::Internal(format!("signing failed: {e}")))
+    keys.issue(
+        user_id,
+        token_type,
+        role,
+        version,
+        session,
+        crate::now_unix(),
+    )
+    .map_err(|e| Error::Internal(format!("signing failed: {e}")))
 }
 
 const INSERT_REFRESH: &str =
@@ -59,7 +67,7 @@ async fn store_refresh(db: &Db, family_id: &str, issued: &Issued) -> Result<()> 
     Ok(())
 }
 
-fn pair(keys: &Keys, user: &Subject<'_>, refresh: Issued) -> Result<TokenPair> {
+fn pair(keys: &Keys, user: &Subject<'_>, family_id: &str, refresh: Issued) -> Result<TokenPair> {
     let user_id = user.id;
     let access = sign(
         keys,
@@ -67,6 +75,7 @@ fn pair(keys: &Keys, user: &Subject<'_>, refresh: Issued) -> Result<TokenPair> {
         TokenType::Access,
         Some(user.role),
         user.token_version,
+        Some(family_id),
     )?;
     Ok(TokenPair {
         access: access.token,
@@ -100,7 +109,7 @@ pub async fn start(db: &Db, keys: &Keys, user: Subject<'_>) -> Result<TokenPair>
     const FAMILY: &str =
         "INSERT INTO token_families (id, user_id, revoked, created_at) VALUES ($1, $2, FALSE, $3)";
     let family_id = crate::random_hex(16);
-    let refresh = sign(keys, user_id, TokenType::Refresh, None, 0)?;
+    let refresh = sign(keys, user_id, TokenType::Refresh, None, 0, None)?;
     with_db!(db, pool => async {
         let mut tx = pool.begin().await?;
         sqlx::query(FAMILY)
@@ -118,11 +127,16 @@ pub async fn start(db: &Db, keys: &Keys, user: Subject<'_>) -> Result<TokenPair>
         tx.commit().await
     }
     .await)?;
-    pair(keys, &user, refresh)
+    pair(keys, &user, &family_id, refresh)
 }
 
 /// Exchanges a refresh token for a new pair, spending it.
-pub async fn rotate(db: &Db, keys: &Keys, refresh_token: &str) -> Result<TokenPair> {
+pub async fn rotate(
+    db: &Db,
+    keys: &Keys,
+    revocations: &crate::revocations::Publisher,
+    refresh_token: &str,
+) -> Result<TokenPair> {
     let verified = keys
         .decode(refresh_token, TokenType::Refresh)
         .map_err(|reason| {
@@ -159,6 +173,7 @@ pub async fn rotate(db: &Db, keys: &Keys, refresh_token: &str) -> Result<TokenPa
                 "spent refresh token presented again; revoking its family"
             );
             revoke_family(db, &family_id).await?;
+            revocations.revoke(user_id, crate::revocations::Reason::Reuse);
         }
         return Err(Error::InvalidToken);
     };
@@ -166,14 +181,14 @@ pub async fn rotate(db: &Db, keys: &Keys, refresh_token: &str) -> Result<TokenPa
     let standing = crate::users::standing(db, user_id)
         .await?
         .ok_or(Error::InvalidToken)?;
-    let refresh = sign(keys, user_id, TokenType::Refresh, None, 0)?;
+    let refresh = sign(keys, user_id, TokenType::Refresh, None, 0, None)?;
     store_refresh(db, &family_id, &refresh).await?;
     let subject = Subject {
         id: user_id,
         role: &standing.role,
         token_version: standing.token_version,
     };
-    pair(keys, &subject, refresh)
+    pair(keys, &subject, &family_id, refresh)
 }
 
 async fn revoke_family(db: &Db, family_id: &str) -> Result<()> {
@@ -185,9 +200,9 @@ async fn revoke_family(db: &Db, family_id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Ends the session a refresh token belongs to. Answers `InvalidToken` when
-/// the token is not one this service issued.
-pub async fn revoke(db: &Db, keys: &Keys, refresh_token: &str) -> Result<()> {
+/// Ends the session a refresh token belongs to and returns its user.
+/// Answers `InvalidToken` when the token is not one this service issued.
+pub async fn revoke(db: &Db, keys: &Keys, refresh_token: &str) -> Result<i64> {
     let verified = keys
         .decode(refresh_token, TokenType::Refresh)
         .map_err(|_| Error::InvalidToken)?;
@@ -202,7 +217,7 @@ pub async fn revoke(db: &Db, keys: &Keys, refresh_token: &str) -> Result<()> {
     if affected == 0 {
         return Err(Error::InvalidToken);
     }
-    Ok(())
+    Ok(verified.user_id)
 }
 
 /// Ends every session of a user (disabled, demoted or deleted).

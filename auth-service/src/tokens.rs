@@ -38,6 +38,11 @@ pub struct Claims {
     /// refuses tokens from an older version. Absent means 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ver: Option<i64>,
+    /// The session (refresh-token family) an access token belongs to;
+    /// verify refuses it once that session is revoked, so a logout ends its
+    /// access tokens too, not only its refresh token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 /// Why a token was refused. Clients only ever see "invalid or expired
@@ -105,6 +110,7 @@ impl Keys {
         token_type: TokenType,
         role: Option<&str>,
         version: i64,
+        session: Option<&str>,
         now: u64,
     ) -> Result<Issued, jsonwebtoken::errors::Error> {
         let ttl = match token_type {
@@ -126,6 +132,10 @@ impl Keys {
             ver: match token_type {
                 TokenType::Access if version != 0 => Some(version),
                 _ => None,
+            },
+            sid: match token_type {
+                TokenType::Access => session.map(str::to_owned),
+                TokenType::Refresh => None,
             },
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
@@ -199,6 +209,7 @@ mod tests {
             token_type,
             role: Some("user".into()),
             ver: None,
+            sid: None,
         }
     }
 
@@ -213,7 +224,7 @@ mod tests {
         let t = now();
         for token_type in [TokenType::Access, TokenType::Refresh] {
             let issued = keys
-                .issue(42, token_type, Some("admin"), 3, t)
+                .issue(42, token_type, Some("admin"), 3, Some("f00d"), t)
                 .expect("issue");
             let verified = keys.decode(&issued.token, token_type).expect("decode");
             assert_eq!(verified.user_id, 42);
@@ -231,8 +242,12 @@ mod tests {
             };
             assert_eq!(verified.claims.exp, t + ttl);
         }
-        let a = keys.issue(1, TokenType::Access, None, 0, t).expect("a");
-        let b = keys.issue(1, TokenType::Access, None, 0, t).expect("b");
+        let a = keys
+            .issue(1, TokenType::Access, None, 0, None, t)
+            .expect("a");
+        let b = keys
+            .issue(1, TokenType::Access, None, 0, None, t)
+            .expect("b");
         assert_ne!(a.jti, b.jti, "every token gets its own jti");
     }
 

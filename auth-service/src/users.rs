@@ -111,6 +111,24 @@ pub async fn standing(db: &Db, id: i64) -> Result<Option<Standing>, sqlx::Error>
     with_db!(db, pool => sqlx::query_as::<_, Standing>(SQL).bind(id).fetch_optional(pool).await)
 }
 
+/// [`standing`], and only while the session `family_id` of this user is
+/// unrevoked: the check behind `/api/verify` for access tokens that name
+/// their session. Still one indexed read.
+pub async fn standing_in_session(
+    db: &Db,
+    id: i64,
+    family_id: &str,
+) -> Result<Option<Standing>, sqlx::Error> {
+    const SQL: &str = "SELECT u.role, u.token_version FROM users u \
+        JOIN token_families f ON f.user_id = u.id \
+        WHERE u.id = $1 AND u.active = TRUE AND f.id = $2 AND f.revoked = FALSE";
+    with_db!(db, pool => sqlx::query_as::<_, Standing>(SQL)
+        .bind(id)
+        .bind(family_id)
+        .fetch_optional(pool)
+        .await)
+}
+
 pub async fn list(db: &Db, limit: i64, offset: i64) -> Result<(Vec<User>, i64), sqlx::Error> {
     let sql = format!("SELECT {COLUMNS} FROM users ORDER BY id LIMIT $1 OFFSET $2");
     let users = with_db!(db, pool => sqlx::query_as::<_, User>(&sql)

@@ -78,8 +78,15 @@ async fn identify(state: &AppState, token: &str) -> Result<Identity> {
     // The signature proves who the token was issued to, not that the account
     // still exists or is enabled: that is checked on every call.
     let version = verified.claims.ver.unwrap_or(0);
-    let standing = users::standing(&state.db, verified.user_id)
-        .await?
+    // A token naming its session is honoured only while that session is:
+    // logout and refresh-token reuse revoke sessions.
+    let standing = match &verified.claims.sid {
+        Some(family_id) => {
+            users::standing_in_session(&state.db, verified.user_id, family_id).await?
+        }
+        None => users::standing(&state.db, verified.user_id).await?,
+    };
+    let standing = standing
         .filter(|s| s.token_version == version)
         .ok_or(Error::InvalidToken)?;
     Ok(Identity {

@@ -286,7 +286,20 @@ async fn logout_revokes_the_session() {
         StatusCode::UNAUTHORIZED,
         "invalid_token",
     );
+    // The session's access token ends with it, at once.
+    assert_envelope(
+        &app.post("/api/verify", json!({"access": session.str("access")}))
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    );
     // Only that session ends.
+    assert_eq!(
+        app.post("/api/verify", json!({"access": other.str("access")}))
+            .await
+            .status,
+        StatusCode::OK
+    );
     assert_eq!(
         app.refresh(&other.str("refresh")).await.status,
         StatusCode::OK
@@ -308,7 +321,14 @@ async fn verify_refuses_expired_and_future_tokens() {
     let keys = &app.state.keys;
     // Issued two hours ago with a one-hour lifetime: expired beyond the leeway.
     let expired = keys
-        .issue(user_id, TokenType::Access, Some("user"), 0, now - 7200)
+        .issue(
+            user_id,
+            TokenType::Access,
+            Some("user"),
+            0,
+            None,
+            now - 7200,
+        )
         .expect("sign");
     assert_envelope(
         &app.verify(&expired.token).await,
@@ -317,12 +337,19 @@ async fn verify_refuses_expired_and_future_tokens() {
     );
     // Expired five seconds ago: within the 15 s leeway, still accepted.
     let grace = keys
-        .issue(user_id, TokenType::Access, Some("user"), 0, now - 3605)
+        .issue(
+            user_id,
+            TokenType::Access,
+            Some("user"),
+            0,
+            None,
+            now - 3605,
+        )
         .expect("sign");
     assert_eq!(app.verify(&grace.token).await.status, StatusCode::OK);
     // Not valid for another minute.
     let early = keys
-        .issue(user_id, TokenType::Access, Some("user"), 0, now + 60)
+        .issue(user_id, TokenType::Access, Some("user"), 0, None, now + 60)
         .expect("sign");
     assert_envelope(
         &app.verify(&early.token).await,
@@ -331,7 +358,7 @@ async fn verify_refuses_expired_and_future_tokens() {
     );
     // A well-signed token for a user that never existed.
     let ghost = keys
-        .issue(999_999, TokenType::Access, Some("admin"), 0, now)
+        .issue(999_999, TokenType::Access, Some("admin"), 0, None, now)
         .expect("sign");
     assert_envelope(
         &app.verify(&ghost.token).await,

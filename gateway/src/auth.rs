@@ -153,6 +153,39 @@ struct Entry {
     until: Instant,
 }
 
+/// Which cached keys grant which user, so that a revocation can drop all of
+/// a user's entries at once, and when each user was last revoked, so that a
+/// verification already under way then cannot put a grant back afterwards.
+#[derive(Default)]
+struct ByUser {
+    /// Each key with its entry's deadline, which tells the entry apart from
+    /// a newer one under the same key when the older one's removal is
+    /// reported late.
+    keys: std::collections::HashMap<Box<str>, std::collections::HashMap<[u8; 32], Instant>>,
+    revoked: std::collections::HashMap<Box<str>, Instant>,
+}
+
+impl ByUser {
+    fn forget(&mut self, user_id: &str, key: &[u8; 32], until: Instant) {
+        if let Some(keys) = self.keys.get_mut(user_id) {
+            if keys.get(key) == Some(&until) {
+                keys.remove(key);
+            }
+            if keys.is_empty() {
+                self.keys.remove(user_id);
+            }
+        }
+    }
+}
+
+/// The index's lock. A panic while it was held leaves a usable index (at
+/// worst one key too many, which a revocation then invalidates harmlessly).
+fn lock(index: &std::sync::Mutex<ByUser>) -> std::sync::MutexGuard<'_, ByUser> {
+    index
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// One shared `Identity` per user and role, however many of that user's
 /// tokens are cached: a cache of a million tokens held by a few thousand
 /// users then holds a few thousand identities, not a million copies.
@@ -207,6 +240,7 @@ enum Source {
 pub struct Verifier {
     cache: Cache<[u8; 32], Entry>,
     identities: Identities,
+    users: Arc<std::sync::Mutex<ByUser>>,
     source: Source,
     ttl: Duration,
     negative_ttl: Duration,
@@ -293,10 +327,22 @@ impl Verifier {
                 }
             }
         };
-        let cache = Cache::builder().max_capacity(auth.cache_capacity).build();
+        let users = Arc::new(std::sync::Mutex::new(ByUser::default()));
+        // Keeps the per-user index in step with the cache: whatever removes
+        // an entry (capacity, invalidation, replacement) removes its key.
+        let index = Arc::clone(&users);
+        let cache = Cache::builder()
+            .max_capacity(auth.cache_capacity)
+            .eviction_listener(move |key: Arc<[u8; 32]>, entry: Entry, _cause| {
+                if let Verdict::Allowed(identity) = &entry.verdict {
+                    lock(&index).forget(&identity.user_id, &key, entry.until);
+                }
+            })
+            .build();
         Ok(Verifier {
             cache,
             identities: Identities::default(),
+            users,
             source,
             ttl: auth.cache_ttl.0,
             negative_ttl: auth.negative_ttl.0,
@@ -316,6 +362,7 @@ impl Verifier {
         if exp.is_some_and(|exp| time_left(exp).is_zero()) {
             return (Ok(Verdict::Denied), Outcome::Expired);
         }
+        let started = Instant::now();
         // A waiter can be handed an entry that another request inserted and
         // that has since passed its deadline; it is dropped and asked for
         // again, once: the second entry is at most milliseconds old.
@@ -344,11 +391,69 @@ impl Verifier {
                 Ok(entry) if !entry.is_fresh() && Instant::now() >= entry.value().until => {
                     self.cache.invalidate(&key).await;
                 }
+                Ok(entry) if entry.is_fresh() => {
+                    let Entry { verdict, until } = entry.into_value();
+                    if let Verdict::Allowed(identity) = &verdict
+                        && !self.index(&identity.user_id, key, until, started)
+                    {
+                        // Revoked while this verification was under way: the
+                        // answer stands for this request, but is not kept.
+                        self.cache.invalidate(&key).await;
+                    }
+                    return (Ok(verdict), outcome);
+                }
                 Ok(entry) => return (Ok(entry.into_value().verdict), outcome),
                 Err(error) => return (Err((*error).clone()), outcome),
             }
         }
         (Ok(Verdict::Denied), Outcome::Expired)
+    }
+
+    /// Records that `key` grants `user_id`; false when the user was revoked
+    /// after `asked_at`, in which case the grant must not be kept.
+    fn index(&self, user_id: &str, key: [u8; 32], until: Instant, asked_at: Instant) -> bool {
+        let mut users = lock(&self.users);
+        if users
+            .revoked
+            .get(user_id)
+            .is_some_and(|revoked| *revoked >= asked_at)
+        {
+            return false;
+        }
+        users
+            .keys
+            .entry(user_id.into())
+            .or_default()
+            .insert(key, until);
+        true
+    }
+
+    /// Drops every cached grant of `user_id` (a revocation: logout, disabled,
+    /// deleted, role changed); their next request is verified afresh.
+    /// Returns how many entries were dropped.
+    pub async fn revoke_user(&self, user_id: &str) -> usize {
+        let keys = {
+            let mut users = lock(&self.users);
+            let now = Instant::now();
+            // A verification older than the cache TTL plus its own timeout
+            // cannot still be under way: older revocation times can go.
+            let horizon = self.ttl + Duration::from_secs(60);
+            users
+                .revoked
+                .retain(|_, at| now.saturating_duration_since(*at) < horizon);
+            users.revoked.insert(user_id.into(), now);
+            users.keys.remove(user_id).unwrap_or_default()
+        };
+        // Invalidated outside the lock: the eviction listener takes it.
+        for key in keys.keys() {
+            self.cache.invalidate(key).await;
+        }
+        keys.len()
+    }
+
+    /// Drops every cached verdict (after revocations may have been missed).
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
     }
 
     /// Cached verdicts (approximate; for metrics and tests).

@@ -341,6 +341,10 @@ pub struct Server {
     /// Where Prometheus metrics are served; none when unset.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// Where the auth service reports revocations when there is no Redis
+    /// (`POST /revocations`, with `GATEWAY_ADMIN_TOKEN`); none when unset.
+    #[serde(default)]
+    pub admin_listen: Option<String>,
     /// Unix socket used to hand listeners to a new process on upgrade.
     #[serde(default = "defaults::upgrade_sock")]
     pub upgrade_sock: String,
@@ -357,6 +361,7 @@ impl Default for Server {
             upstream_keepalive_pool: defaults::upstream_keepalive_pool(),
             trusted_proxies: Vec::new(),
             metrics_listen: None,
+            admin_listen: None,
             upgrade_sock: defaults::upgrade_sock(),
         }
     }
@@ -599,6 +604,14 @@ impl Config {
             error(
                 "server.metrics_listen".into(),
                 format!("{metrics:?} is not an IP:port address"),
+            );
+        }
+        if let Some(admin) = &self.server.admin_listen
+            && admin.parse::<std::net::SocketAddr>().is_err()
+        {
+            error(
+                "server.admin_listen".into(),
+                format!("{admin:?} is not an IP:port address"),
             );
         }
         if self.server.threads == Some(0) {

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod notify;
 pub mod path;
 pub mod proxy;
+pub mod revocations;
 pub mod router;
 pub mod server;
 pub mod upstreams;

@@ -30,12 +30,27 @@ struct Cli {
     /// Serve metrics here instead of the file's `server.metrics_listen`.
     #[arg(long, env = "GATEWAY_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// Serve the admin listener (revocations without Redis) here instead of
+    /// the file's `server.admin_listen`.
+    #[arg(long, env = "GATEWAY_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
     /// Worker threads (default: the file's `server.threads`, else the number of cores).
     #[arg(long, env = "GATEWAY_THREADS")]
     threads: Option<usize>,
     /// Reload the routes file when it changes, as on SIGHUP.
     #[arg(long, env = "GATEWAY_WATCH")]
     watch: bool,
+    /// Redis to follow revocations on (logout, disabled, deleted, role
+    /// changed): the user's cached verdicts are dropped at once.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// The revocation channel; the auth service publishes on the same.
+    #[arg(
+        long,
+        env = "REVOCATION_CHANNEL",
+        default_value = "portcullis:revocations"
+    )]
+    revocation_channel: String,
     /// Take over the listeners of a running gateway, which must then be sent
     /// SIGQUIT within five seconds (zero-downtime upgrade).
     #[arg(long)]
@@ -47,7 +62,8 @@ Signals: SIGHUP reloads the routes file (an invalid file is refused and the
 running routes stay); SIGTERM drains for server.grace_period and exits;
 SIGQUIT hands the listeners to a process started with --upgrade.
 
-Environment: JWT_SECRET_KEY is read when auth.mode is local.";
+Environment: JWT_SECRET_KEY is read when auth.mode is local;
+GATEWAY_ADMIN_TOKEN (at least 32 characters) authenticates the admin listener.";
 
 fn main() -> ExitCode {
     // Before anything else: SIGHUP would otherwise kill the process.
@@ -86,9 +102,17 @@ fn main() -> ExitCode {
         config_path: cli.config,
         listen: cli.listen,
         metrics_listen: cli.metrics_listen,
+        admin_listen: cli.admin_listen,
+        admin_token: std::env::var("GATEWAY_ADMIN_TOKEN").ok(),
         threads: cli.threads,
         upgrade: cli.upgrade,
         watch: cli.watch,
+        revocations: cli
+            .redis_url
+            .map(|redis_url| gateway::revocations::Subscription {
+                redis_url,
+                channel: cli.revocation_channel,
+            }),
     };
     match gateway::server::run(options, hangups) {
         Ok(()) => ExitCode::SUCCESS,

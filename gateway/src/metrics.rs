@@ -3,7 +3,7 @@
 
 use crate::auth::Outcome;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
 };
 use std::sync::OnceLock;
 
@@ -26,6 +26,19 @@ pub struct Metrics {
     pub upstream_healthy: IntGaugeVec,
     /// Reloads of routes.yaml by result: applied, rejected.
     pub reloads: IntCounterVec,
+    /// Revocation messages received from the auth service.
+    pub revocations: IntCounter,
+    /// Cached verdicts dropped by revocations.
+    pub revoked_entries: IntCounter,
+    /// 1 while the revocation channel is subscribed.
+    pub revocation_subscribed: IntGauge,
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    register(
+        IntCounter::new(name, help)
+            .unwrap_or_else(|e| unreachable!("metric {name} is well-formed: {e}")),
+    )
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(collector: C) -> C {
@@ -101,12 +114,9 @@ pub fn get() -> &'static Metrics {
                 "Verifications without an answer (answered 503), by reason.",
                 &["reason"],
             ),
-            identity_stripped: register(
-                IntCounter::new(
-                    "portcullis_identity_headers_stripped_total",
-                    "Client-sent x-user-id / x-user-role headers removed.",
-                )
-                .unwrap_or_else(|e| unreachable!("well-formed: {e}")),
+            identity_stripped: counter(
+                "portcullis_identity_headers_stripped_total",
+                "Client-sent x-user-id / x-user-role headers removed.",
             ),
             upstream_healthy: register(
                 IntGaugeVec::new(
@@ -122,6 +132,21 @@ pub fn get() -> &'static Metrics {
                 "portcullis_config_reloads_total",
                 "Reloads of the routes file: applied or rejected.",
                 &["result"],
+            ),
+            revocations: counter(
+                "portcullis_revocations_total",
+                "Revocation messages received from the auth service.",
+            ),
+            revoked_entries: counter(
+                "portcullis_revoked_entries_total",
+                "Cached verdicts dropped by revocations.",
+            ),
+            revocation_subscribed: register(
+                IntGauge::new(
+                    "portcullis_revocation_subscribed",
+                    "1 while the revocation channel is subscribed.",
+                )
+                .unwrap_or_else(|e| unreachable!("well-formed: {e}")),
             ),
         }
     })

@@ -17,11 +17,16 @@ pub struct Options {
     pub config_path: PathBuf,
     pub listen: Option<String>,
     pub metrics_listen: Option<String>,
+    pub admin_listen: Option<String>,
+    /// `GATEWAY_ADMIN_TOKEN`, required when there is an admin listener.
+    pub admin_token: Option<String>,
     pub threads: Option<usize>,
     /// Take the listeners over from a running gateway (zero-downtime upgrade).
     pub upgrade: bool,
     /// Reload when the routes file changes, as on SIGHUP.
     pub watch: bool,
+    /// Follow revocations on this Redis channel.
+    pub revocations: Option<crate::revocations::Subscription>,
 }
 
 /// Installs the SIGHUP handler. Must run first thing: until a handler is
@@ -71,6 +76,22 @@ pub fn run(options: Options, hangups: mpsc::UnboundedReceiver<()>) -> Result<(),
     if let Some(metrics_listen) = options.metrics_listen {
         config.server.metrics_listen = Some(metrics_listen);
     }
+    if let Some(admin_listen) = options.admin_listen {
+        config.server.admin_listen = Some(admin_listen);
+    }
+    // Never an admin listener anyone could use: it needs a real token.
+    let admin_token = match (&config.server.admin_listen, options.admin_token) {
+        (None, _) => None,
+        (Some(_), Some(token)) if token.len() >= crate::revocations::MIN_ADMIN_TOKEN_LEN => {
+            Some(token)
+        }
+        (Some(_), _) => {
+            return Err(format!(
+                "server.admin_listen needs GATEWAY_ADMIN_TOKEN (at least {} characters)",
+                crate::revocations::MIN_ADMIN_TOKEN_LEN
+            ));
+        }
+    };
     if let Some(threads) = options.threads {
         config.server.threads = Some(threads);
     }
@@ -79,12 +100,16 @@ pub fn run(options: Options, hangups: mpsc::UnboundedReceiver<()>) -> Result<(),
         if let Some(metrics_listen) = &config.server.metrics_listen {
             config.server.metrics_listen = Some(reserve(metrics_listen, "metrics")?);
         }
+        if let Some(admin_listen) = &config.server.admin_listen {
+            config.server.admin_listen = Some(reserve(admin_listen, "admin")?);
+        }
     }
     let threads = config.server.threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
     let listen = config.listen.clone();
     let metrics_listen = config.server.metrics_listen.clone();
+    let admin_listen = config.server.admin_listen.clone();
     let server_conf = ServerConf {
         threads,
         work_stealing: true,
@@ -130,12 +155,26 @@ pub fn run(options: Options, hangups: mpsc::UnboundedReceiver<()>) -> Result<(),
         server.add_service(service);
     }
 
+    if let (Some(admin_listen), Some(token)) = (&admin_listen, admin_token) {
+        let mut service = pingora::services::listening::Service::new(
+            "admin".to_string(),
+            Admin {
+                gateway: Arc::clone(&gateway),
+                token,
+            },
+        );
+        service.add_tcp(admin_listen);
+        service.threads = Some(1);
+        server.add_service(service);
+    }
+
     let control = background_service(
         "control",
         Control {
             gateway,
             hangups: Mutex::new(Some(hangups)),
             watch: options.watch,
+            revocations: options.revocations,
         },
     );
     server.add_service(control);
@@ -144,11 +183,86 @@ pub fn run(options: Options, hangups: mpsc::UnboundedReceiver<()>) -> Result<(),
     if let Some(metrics_listen) = &metrics_listen {
         println!("metrics on {metrics_listen}");
     }
+    if let Some(admin_listen) = &admin_listen {
+        println!("admin on {admin_listen}");
+    }
     tracing::info!(%listen, threads, routes, "gateway started");
     // The listeners are bound (or, on an upgrade, received) by now, so
     // connections queue from here on even before the first accept.
     crate::notify::ready();
     server.run_forever()
+}
+
+/// The admin listener: revocations reported by the auth service when there
+/// is no Redis between them. The decision is `revocations::admin_request`.
+struct Admin {
+    gateway: Arc<Gateway>,
+    token: String,
+}
+
+/// Admin request bodies are one small JSON object.
+const ADMIN_BODY_LIMIT: usize = 4096;
+
+#[async_trait]
+impl pingora::apps::http_app::ServeHttp for Admin {
+    async fn response(
+        &self,
+        session: &mut pingora::protocols::http::ServerSession,
+    ) -> http::Response<Vec<u8>> {
+        use crate::revocations::{AdminRequest, admin_request};
+        let mut body = Vec::new();
+        let mut too_large = false;
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            body.extend_from_slice(&chunk);
+            if body.len() > ADMIN_BODY_LIMIT {
+                too_large = true;
+                break;
+            }
+        }
+        let request = session.req_header();
+        let decision = if too_large {
+            AdminRequest::Refused(413, "payload_too_large", "the body is too large")
+        } else {
+            admin_request(
+                request.method.as_str(),
+                request.uri.path(),
+                request
+                    .headers
+                    .get(http::header::AUTHORIZATION)
+                    .map(|v| v.as_bytes()),
+                &body,
+                &self.token,
+            )
+        };
+        let (status, json) = match decision {
+            AdminRequest::Revoke(user_id) => {
+                let m = metrics::get();
+                m.revocations.inc();
+                let verifier = Arc::clone(&self.gateway.current.load().verifier);
+                let purged = verifier.revoke_user(&user_id).await;
+                m.revoked_entries.inc_by(purged as u64);
+                tracing::info!(user_id, purged, "revocation applied (admin listener)");
+                (200, format!(r#"{{"purged":{purged}}}"#))
+            }
+            AdminRequest::Refused(status, code, message) => {
+                (status, service_kit::error::render(code, message))
+            }
+        };
+        let length = json.len();
+        let mut response = http::Response::new(json.into_bytes());
+        *response.status_mut() =
+            http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from(length),
+        );
+        response
+    }
 }
 
 /// Reloads on SIGHUP (and on file changes with `--watch`), and runs the
@@ -157,6 +271,7 @@ struct Control {
     gateway: Arc<Gateway>,
     hangups: Mutex<Option<mpsc::UnboundedReceiver<()>>>,
     watch: bool,
+    revocations: Option<crate::revocations::Subscription>,
 }
 
 fn fingerprint(path: &std::path::Path) -> Option<u64> {
@@ -193,6 +308,16 @@ impl Control {
 impl BackgroundService for Control {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         self.gateway.current.load().start_checks();
+        let followed = self.revocations.clone().map(|subscription| {
+            let mut stop = shutdown.clone();
+            tokio::spawn(crate::revocations::follow(
+                Arc::clone(&self.gateway),
+                subscription,
+                Box::pin(async move {
+                    let _ = stop.changed().await;
+                }),
+            ))
+        });
         let mut hangups = self.hangups.lock().ok().and_then(|mut h| h.take());
         let mut last = fingerprint(&self.gateway.config_path);
         let mut poll = tokio::time::interval(Duration::from_secs(1));
@@ -216,6 +341,9 @@ impl BackgroundService for Control {
                     }
                 }
             }
+        }
+        if let Some(task) = followed {
+            task.abort();
         }
         self.gateway.current.load().retire();
     }

@@ -54,6 +54,9 @@ struct Prepared {
     plan: Plan,
     secret: Secret,
     databases: Databases,
+    /// Authenticates the auth service to the gateway's admin listener; new
+    /// on every start, known to those two processes only.
+    admin_token: String,
 }
 
 /// Every check that can fail before a process starts. Each problem is one
@@ -96,11 +99,13 @@ async fn prepare(options: &Options) -> Result<Prepared, Vec<String>> {
     databases.prepare().await.map_err(|e| vec![e])?;
     let secret = Secret::resolve(std::env::var("JWT_SECRET_KEY").ok(), &options.data_dir)
         .map_err(|e| vec![e])?;
+    let admin_token = secret::random_hex().map_err(|e| vec![e])?;
     Ok(Prepared {
         config,
         plan,
         secret,
         databases,
+        admin_token,
     })
 }
 
@@ -243,8 +248,10 @@ async fn start_and_watch(
         plan,
         secret,
         databases,
+        admin_token,
     } = prepared;
-    if let Err(problem) = start_services(options, plan, secret, databases, supervisor) {
+    if let Err(problem) = start_services(options, plan, secret, admin_token, databases, supervisor)
+    {
         return Stop::Failed(problem);
     }
     if let Err(stop) = supervisor.wait_healthy(signals).await {
@@ -259,10 +266,18 @@ async fn start_and_watch(
             "--listen".into(),
             plan.gateway_listen.clone(),
         ],
-        env: vec![("JWT_SECRET_KEY", secret.value.clone())],
+        env: vec![
+            ("JWT_SECRET_KEY", secret.value.clone()),
+            ("GATEWAY_ADMIN_TOKEN", admin_token.clone()),
+        ],
         // The stack checked these addresses and this file; the environment
         // must not move the gateway elsewhere behind its back.
-        env_remove: &["GATEWAY_CONFIG", "GATEWAY_LISTEN", "GATEWAY_METRICS_LISTEN"],
+        env_remove: &[
+            "GATEWAY_CONFIG",
+            "GATEWAY_LISTEN",
+            "GATEWAY_METRICS_LISTEN",
+            "GATEWAY_ADMIN_LISTEN",
+        ],
         health_url: format!("http://{}/healthz", connect_address(&plan.gateway_listen)),
         grace: config.server.grace_period.0,
     };
@@ -280,6 +295,7 @@ fn start_services(
     options: &Options,
     plan: &Plan,
     secret: &Secret,
+    admin_token: &str,
     databases: &Databases,
     supervisor: &mut Supervisor,
 ) -> Result<(), String> {
@@ -290,7 +306,18 @@ fn start_services(
             env.push(("DATABASE_URL", databases.url(service.kind)));
         }
         match service.kind {
-            Kind::Auth => env.push(("JWT_SECRET_KEY", secret.value.clone())),
+            Kind::Auth => {
+                env.push(("JWT_SECRET_KEY", secret.value.clone()));
+                // Revocations go straight to the gateway's admin listener,
+                // so a logout or a disabled user is refused at once.
+                if let Some(admin) = &plan.admin_listen {
+                    env.push(("GATEWAY_ADMIN_TOKEN", admin_token.to_owned()));
+                    env.push((
+                        "AUTH_REVOCATION_WEBHOOKS",
+                        format!("http://{}/revocations", connect_address(admin)),
+                    ));
+                }
+            }
             Kind::Orders => {
                 if let Some(url) = &plan.inventory_url {
                     args.extend(["--inventory-url".to_owned(), url.clone()]);
@@ -310,7 +337,7 @@ fn start_services(
             env_remove: if service.kind == Kind::Auth {
                 &[]
             } else {
-                &["JWT_SECRET_KEY"]
+                &["JWT_SECRET_KEY", "GATEWAY_ADMIN_TOKEN"]
             },
             health_url: format!("http://{}/healthz", connect_address(&service.listen)),
             grace: Duration::ZERO,

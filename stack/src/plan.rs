@@ -76,6 +76,9 @@ pub struct Plan {
     pub inventory_url: Option<String>,
     pub gateway_listen: String,
     pub metrics_listen: Option<String>,
+    /// The gateway's admin listener, where the auth service reports
+    /// revocations.
+    pub admin_listen: Option<String>,
     /// Upstreams of the file that the stack does not start (other services
     /// the user runs themselves), named so that nobody wonders.
     pub not_started: Vec<String>,
@@ -118,6 +121,7 @@ impl Plan {
             inventory_url,
             gateway_listen: config.listen.clone(),
             metrics_listen: config.server.metrics_listen.clone(),
+            admin_listen: config.server.admin_listen.clone(),
             not_started,
         }
     }
@@ -144,6 +148,9 @@ impl Plan {
         all.push((self.gateway_listen.clone(), "gateway".into()));
         if let Some(metrics) = &self.metrics_listen {
             all.push((metrics.clone(), "gateway metrics".into()));
+        }
+        if let Some(admin) = &self.admin_listen {
+            all.push((admin.clone(), "gateway admin".into()));
         }
         all
     }

@@ -98,7 +98,8 @@ impl Secret {
     }
 }
 
-fn random_hex() -> Result<String, String> {
+/// 64 hex characters of fresh randomness.
+pub fn random_hex() -> Result<String, String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for a secret: {e}"))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())

@@ -25,6 +25,7 @@ impl Workspace {
         let addresses = Addresses {
             gateway: port(),
             metrics: port(),
+            admin: port(),
             auth: port(),
             tasks: vec![port()],
             orders: vec![port(), port()],

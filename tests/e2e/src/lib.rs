@@ -35,6 +35,7 @@ pub fn shipped_routes() -> String {
 pub struct Addresses {
     pub gateway: String,
     pub metrics: String,
+    pub admin: String,
     pub auth: String,
     pub tasks: Vec<String>,
     pub orders: Vec<String>,
@@ -74,6 +75,10 @@ pub fn routes_for(addresses: &Addresses, timings: &Timings, upgrade_sock: &str) 
         (
             "metrics_listen: 127.0.0.1:9090",
             format!("metrics_listen: {}", addresses.metrics),
+        ),
+        (
+            "admin_listen: 127.0.0.1:9091",
+            format!("admin_listen: {}", addresses.admin),
         ),
         ("127.0.0.1:9001", addresses.auth.clone()),
         ("servers: [127.0.0.1:9101]", servers(&addresses.tasks)),
@@ -165,6 +170,7 @@ pub struct Stack {
 }
 
 const SECRET: &str = "end-to-end-signing-secret-of-forty-bytes!!";
+const ADMIN_TOKEN: &str = "end-to-end-gateway-admin-token-of-forty!!";
 
 fn service(name: &str, binary: &str, db: &TestDatabase, extra: &[&str]) -> ChildService {
     let mut command = Command::new(workspace_binary(binary));
@@ -188,12 +194,20 @@ impl Stack {
         let inventory_db = TestDatabase::new().await;
         let dir = tempfile::tempdir().expect("temporary directory");
 
+        // The gateway's admin listener is chosen first: the auth service
+        // reports revocations there, as in the one-command stack.
+        let admin = format!("127.0.0.1:{}", unused_port());
         let mut auth_command = Command::new(workspace_binary("auth-service"));
         auth_command
             .args(["--listen", "127.0.0.1:0"])
             .env("DATABASE_URL", &auth_db.url)
             .env("JWT_SECRET_KEY", SECRET)
-            .env("JWT_ACCESS_TTL", options.access_ttl.to_string());
+            .env("JWT_ACCESS_TTL", options.access_ttl.to_string())
+            .env("GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env(
+                "AUTH_REVOCATION_WEBHOOKS",
+                format!("http://{admin}/revocations"),
+            );
         let auth = ChildService::start("auth-service", auth_command);
         let tasks = service("tasks", "tasks", &tasks_db, &[]);
         let inventory = service("inventory", "inventory", &inventory_db, &[]);
@@ -219,6 +233,7 @@ impl Stack {
         let addresses = Addresses {
             gateway: format!("127.0.0.1:{}", unused_port()),
             metrics: format!("127.0.0.1:{}", unused_port()),
+            admin,
             auth: auth.addr.to_string(),
             tasks: vec![tasks.addr.to_string()],
             orders: orders.iter().map(|o| o.addr.to_string()).collect(),
@@ -237,7 +252,10 @@ impl Stack {
         )
         .expect("write routes.yaml");
         let mut command = Command::new(workspace_binary("gateway"));
-        command.arg("--config").arg(&routes_path);
+        command
+            .arg("--config")
+            .arg(&routes_path)
+            .env("GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN);
         let mut gateway = ChildService::start("gateway", command);
         // Pingora announces its address as it binds; wait until it accepts.
         let addr = addresses.gateway.parse().expect("gateway address");

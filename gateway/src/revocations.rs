@@ -1,0 +1,255 @@
+//! Revocations from the auth service, over Redis pub/sub: each message names
+//! a user whose cached verdicts must go now (logout, disabled, deleted, role
+//! changed, a stolen refresh token), not when they expire.
+//!
+//! The subscription is kept up for the life of the gateway. A gap in it may
+//! have missed revocations, so after every reconnection the whole verdict
+//! cache is dropped: the price is one verification per active token, the
+//! gain is that no revoked grant outlives a Redis outage.
+
+use crate::{Gateway, metrics};
+use futures::StreamExt;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Deserialize)]
+struct Revocation {
+    user_id: serde_json::Value,
+}
+
+/// The user a message revokes, as the gateway writes user ids (a positive
+/// decimal integer); `None` for anything else.
+pub fn user_of(payload: &[u8]) -> Option<String> {
+    let revocation: Revocation = serde_json::from_slice(payload).ok()?;
+    let raw = match revocation.user_id {
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::String(s) => s,
+        _ => return None,
+    };
+    service_kit::identity::parse_user_id(&raw).map(|id| id.to_string())
+}
+
+/// The shortest admin token accepted: guessing it must be out of reach.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
+
+/// What the admin listener answers a request with.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AdminRequest {
+    /// An authenticated revocation of this user.
+    Revoke(String),
+    /// Refused: status, error code, message.
+    Refused(u16, &'static str, &'static str),
+}
+
+/// Judges a request to the admin listener. Only `POST /revocations` with
+/// `Authorization: Bearer <GATEWAY_ADMIN_TOKEN>` and a body naming one user
+/// is accepted; the token is compared in constant time.
+pub fn admin_request(
+    method: &str,
+    path: &str,
+    authorization: Option<&[u8]>,
+    body: &[u8],
+    token: &str,
+) -> AdminRequest {
+    if path != "/revocations" {
+        return AdminRequest::Refused(404, "not_found", "no such resource");
+    }
+    if method != "POST" {
+        return AdminRequest::Refused(405, "method_not_allowed", "use POST");
+    }
+    let presented = authorization
+        .and_then(|value| value.strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    if !same(presented, token.as_bytes()) {
+        return AdminRequest::Refused(401, "unauthenticated", "a valid admin token is required");
+    }
+    match user_of(body) {
+        Some(user_id) => AdminRequest::Revoke(user_id),
+        None => AdminRequest::Refused(
+            422,
+            "invalid_body",
+            "the body must be {\"user_id\": <positive integer>}",
+        ),
+    }
+}
+
+/// Equality whose time does not depend on where the inputs differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// Where to listen.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub redis_url: String,
+    pub channel: String,
+}
+
+/// Follows the channel until `shutdown` resolves, reconnecting with a
+/// growing pause (up to 10 s) when Redis is away.
+pub async fn follow(
+    gateway: Arc<Gateway>,
+    subscription: Subscription,
+    mut shutdown: impl std::future::Future<Output = ()> + Unpin,
+) {
+    let client = match redis::Client::open(subscription.redis_url.as_str()) {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(%error, "invalid REDIS_URL; revocations are not followed");
+            return;
+        }
+    };
+    let m = metrics::get();
+    let mut pause = Duration::from_millis(250);
+    // Successful subscriptions so far.
+    let mut connections = 0u64;
+    loop {
+        let before = connections;
+        let session = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&subscription.channel).await?;
+            if connections > 0 {
+                gateway.current.load().verifier.clear();
+                tracing::warn!("revocation channel back after a gap; cached verdicts dropped");
+            }
+            connections += 1;
+            m.revocation_subscribed.set(1);
+            tracing::info!(channel = %subscription.channel, "following revocations");
+            let mut messages = pubsub.into_on_message();
+            while let Some(message) = messages.next().await {
+                m.revocations.inc();
+                let Some(user_id) = user_of(message.get_payload_bytes()) else {
+                    tracing::warn!("unreadable revocation message ignored");
+                    continue;
+                };
+                let verifier = Arc::clone(&gateway.current.load().verifier);
+                let purged = verifier.revoke_user(&user_id).await;
+                m.revoked_entries.inc_by(purged as u64);
+                tracing::info!(user_id, purged, "revocation applied");
+            }
+            Ok::<(), redis::RedisError>(())
+        };
+        tokio::select! {
+            () = &mut shutdown => return,
+            outcome = session => {
+                m.revocation_subscribed.set(0);
+                match outcome {
+                    Ok(()) => tracing::warn!("revocation channel closed; reconnecting"),
+                    Err(error) => tracing::warn!(%error, "revocation channel unavailable; retrying"),
+                }
+            }
+        }
+        // A connection that worked starts the pauses over.
+        if connections > before {
+            pause = Duration::from_millis(250);
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_authenticated_post_naming_a_user_revokes() {
+        let token = "t".repeat(40);
+        let good = format!("Bearer {token}");
+        let body = br#"{"user_id":7}"#.as_slice();
+        type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a [u8], AdminRequest);
+        let cases: Vec<Case> = vec![
+            (
+                "POST",
+                "/revocations",
+                Some(&good),
+                body,
+                AdminRequest::Revoke("7".into()),
+            ),
+            (
+                "POST",
+                "/revocations",
+                None,
+                body,
+                AdminRequest::Refused(401, "unauthenticated", "a valid admin token is required"),
+            ),
+            (
+                "POST",
+                "/revocations",
+                Some("Bearer wrong"),
+                body,
+                AdminRequest::Refused(401, "unauthenticated", "a valid admin token is required"),
+            ),
+            (
+                "POST",
+                "/revocations",
+                Some(&token),
+                body,
+                AdminRequest::Refused(401, "unauthenticated", "a valid admin token is required"),
+            ),
+            (
+                "POST",
+                "/revocations",
+                Some(&good),
+                b"{}",
+                AdminRequest::Refused(
+                    422,
+                    "invalid_body",
+                    "the body must be {\"user_id\": <positive integer>}",
+                ),
+            ),
+            (
+                "GET",
+                "/revocations",
+                Some(&good),
+                body,
+                AdminRequest::Refused(405, "method_not_allowed", "use POST"),
+            ),
+            (
+                "POST",
+                "/revocations/",
+                Some(&good),
+                body,
+                AdminRequest::Refused(404, "not_found", "no such resource"),
+            ),
+            (
+                "POST",
+                "/metrics",
+                Some(&good),
+                body,
+                AdminRequest::Refused(404, "not_found", "no such resource"),
+            ),
+        ];
+        for (method, path, authorization, body, expected) in cases {
+            assert_eq!(
+                admin_request(method, path, authorization.map(str::as_bytes), body, &token),
+                expected,
+                "{method} {path} {authorization:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn messages_name_one_positive_user_id() {
+        for (payload, expected) in [
+            (r#"{"user_id":7,"reason":"logout"}"#, Some("7")),
+            (r#"{"user_id":"12"}"#, Some("12")),
+            (r#"{"user_id":0}"#, None),
+            (r#"{"user_id":-3}"#, None),
+            (r#"{"user_id":"7 OR 1=1"}"#, None),
+            (r#"{"user_id":[7]}"#, None),
+            (r#"{"reason":"logout"}"#, None),
+            ("not json", None),
+        ] {
+            assert_eq!(
+                user_of(payload.as_bytes()).as_deref(),
+                expected,
+                "{payload}"
+            );
+        }
+    }
+}
