@@ -241,6 +241,7 @@ pub struct Verifier {
     cache: Cache<[u8; 32], Entry>,
     identities: Identities,
     users: Arc<std::sync::Mutex<ByUser>>,
+    revocable: bool,
     source: Source,
     ttl: Duration,
     negative_ttl: Duration,
@@ -285,7 +286,10 @@ fn identity(user_id: &str, role: Option<&str>) -> Option<Identity> {
 
 impl Verifier {
     /// A verifier for `auth`. Local mode needs the signing secret.
-    pub fn new(auth: &Auth, secret: Option<&[u8]>) -> Result<Self, String> {
+    /// `revocable`: whether revocations can arrive (Redis or the admin
+    /// listener), and so whether cached grants are indexed by user; without
+    /// them the index would only cost memory (about 100 bytes per token).
+    pub fn new(auth: &Auth, secret: Option<&[u8]>, revocable: bool) -> Result<Self, String> {
         let source = match auth.mode {
             AuthMode::Remote => {
                 let url = auth
@@ -343,6 +347,7 @@ impl Verifier {
             cache,
             identities: Identities::default(),
             users,
+            revocable,
             source,
             ttl: auth.cache_ttl.0,
             negative_ttl: auth.negative_ttl.0,
@@ -412,6 +417,9 @@ impl Verifier {
     /// Records that `key` grants `user_id`; false when the user was revoked
     /// after `asked_at`, in which case the grant must not be kept.
     fn index(&self, user_id: &str, key: [u8; 32], until: Instant, asked_at: Instant) -> bool {
+        if !self.revocable {
+            return true;
+        }
         let mut users = lock(&self.users);
         if users
             .revoked
@@ -661,7 +669,7 @@ mod tests {
     async fn expired_tokens_are_refused_before_any_lookup() {
         let auth: Auth =
             serde_yaml::from_str("verify_url: http://127.0.0.1:9/api/verify").expect("auth");
-        let verifier = Verifier::new(&auth, None).expect("verifier");
+        let verifier = Verifier::new(&auth, None, true).expect("verifier");
         let token = format!("{}.{}.sig", b64("{}"), b64(r#"{"exp":1000}"#));
         let (verdict, outcome) = verifier.verify(&token).await;
         assert_eq!(verdict, Ok(Verdict::Denied));

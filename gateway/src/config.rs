@@ -165,6 +165,19 @@ impl Prefix {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether `other` lies strictly inside this prefix, on whole segments
+    /// (`/api` contains `/api/tasks`, never `/apix`).
+    pub fn contains(&self, other: &Prefix) -> bool {
+        let (outer, inner) = (self.0.as_str(), other.0.as_str());
+        if outer == inner {
+            return false;
+        }
+        outer == "/"
+            || inner
+                .strip_prefix(outer)
+                .is_some_and(|rest| rest.starts_with('/'))
+    }
 }
 
 impl<'de> Deserialize<'de> for Prefix {
@@ -455,6 +468,16 @@ pub enum Access {
     Protected,
 }
 
+impl Access {
+    /// As written in `routes.yaml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Access::Public => "public",
+            Access::Protected => "protected",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
@@ -567,6 +590,43 @@ impl Config {
         } else {
             Err(ConfigErrors(errors))
         }
+    }
+
+    /// Routes nested inside a route of the other access: a public route
+    /// inside a protected one opens part of it to anyone; a protected route
+    /// inside a public one closes part of it. Both can be meant, neither is
+    /// an error, and both are worth a second look, so `--check` and every
+    /// load report them with both lines.
+    pub fn shadowing(&self, source: &str) -> Vec<ConfigError> {
+        let lines = crate::yaml_lines::KeyLines::index(source);
+        let line = |i: usize| lines.line(&format!("routes[{i}].prefix"));
+        let mut found = Vec::new();
+        for (o, outer) in self.routes.iter().enumerate() {
+            for (i, inner) in self.routes.iter().enumerate() {
+                if outer.access == inner.access || !outer.prefix.contains(&inner.prefix) {
+                    continue;
+                }
+                let at = |i: usize| line(i).map(|l| format!(" (line {l})")).unwrap_or_default();
+                let effect = match inner.access {
+                    Access::Public => "requests under it skip authentication",
+                    Access::Protected => "requests under it need a token",
+                };
+                found.push(ConfigError {
+                    path: format!("routes[{i}].prefix"),
+                    message: format!(
+                        "{} route {}{} lies inside {} route {}{}: {effect}",
+                        inner.access.name(),
+                        inner.prefix.as_str(),
+                        at(i),
+                        outer.access.name(),
+                        outer.prefix.as_str(),
+                        at(o),
+                    ),
+                    line: None,
+                });
+            }
+        }
+        found
     }
 
     /// Reads and parses a file.
@@ -751,6 +811,69 @@ routes:
     upstream: tasks
     access: protected
 "#;
+
+    #[test]
+    fn prefixes_contain_on_whole_segments_only() {
+        let p = |s: &str| Prefix::parse(s).expect("prefix");
+        for (outer, inner, expected) in [
+            ("/api", "/api/tasks", true),
+            ("/api", "/api/tasks/7", true),
+            ("/", "/api", true),
+            ("/api", "/apix", false),
+            ("/api", "/api", false),
+            ("/api/tasks", "/api", false),
+            ("/", "/", false),
+        ] {
+            assert_eq!(p(outer).contains(&p(inner)), expected, "{outer} ⊃ {inner}");
+        }
+    }
+
+    #[test]
+    fn routes_nested_in_the_other_access_are_reported_with_both_lines() {
+        let source = r#"
+auth:
+  verify_url: http://127.0.0.1:9001/api/verify
+upstreams:
+  app:
+    servers: ["127.0.0.1:9101"]
+routes:
+  - prefix: /api
+    upstream: app
+    access: protected
+  - prefix: /api/tasks/export
+    upstream: app
+    access: public
+  - prefix: /docs
+    upstream: app
+    access: public
+  - prefix: /docs/internal
+    upstream: app
+    access: protected
+  - prefix: /api/orders
+    upstream: app
+    access: protected
+  - prefix: /docsets
+    upstream: app
+    access: protected
+"#;
+        let config = Config::parse(source).expect("valid");
+        let found: Vec<String> = config
+            .shadowing(source)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "routes[1].prefix: public route /api/tasks/export (line 11) lies inside protected route /api (line 8): requests under it skip authentication",
+                "routes[3].prefix: protected route /docs/internal (line 17) lies inside public route /docs (line 14): requests under it need a token",
+            ]
+        );
+        // The shipped file has no such nesting.
+        let shipped = include_str!("../../routes.yaml");
+        let config = Config::parse(shipped).expect("shipped routes");
+        assert!(config.shadowing(shipped).is_empty());
+    }
 
     #[test]
     fn minimal_file_gets_the_documented_defaults() {

@@ -40,7 +40,11 @@ pub struct Generation {
 impl Generation {
     /// Builds a generation, resolving upstream names. The verifier (and its
     /// cache) of `previous` is kept when the auth settings did not change.
-    pub fn build(config: Config, previous: Option<&Generation>) -> Result<Generation, String> {
+    pub fn build(
+        config: Config,
+        previous: Option<&Generation>,
+        revocable: bool,
+    ) -> Result<Generation, String> {
         let mut pools = HashMap::new();
         for (name, upstream) in &config.upstreams {
             pools.insert(
@@ -55,6 +59,7 @@ impl Generation {
                 Arc::new(auth::Verifier::new(
                     &config.auth,
                     secret.as_deref().map(str::as_bytes),
+                    revocable,
                 )?)
             }
         };
@@ -92,6 +97,8 @@ impl Generation {
 pub struct Gateway {
     pub current: ArcSwap<Generation>,
     pub config_path: PathBuf,
+    /// Whether revocations can arrive (Redis or the admin listener).
+    pub revocable: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,10 +110,11 @@ pub enum ReloadError {
 }
 
 impl Gateway {
-    pub fn new(first: Generation, config_path: PathBuf) -> Self {
+    pub fn new(first: Generation, config_path: PathBuf, revocable: bool) -> Self {
         Gateway {
             current: ArcSwap::from_pointee(first),
             config_path,
+            revocable,
         }
     }
 
@@ -120,12 +128,15 @@ impl Gateway {
         // needs a restart, and the running one is kept meanwhile.
         if config.listen != old.config.listen
             || config.server.metrics_listen != old.config.server.metrics_listen
+            || config.server.admin_listen != old.config.server.admin_listen
         {
             tracing::warn!("listen addresses in the routes file changed; they apply on restart");
         }
         config.listen = old.config.listen.clone();
         config.server.metrics_listen = old.config.server.metrics_listen.clone();
-        let next = Generation::build(config, Some(&old)).map_err(ReloadError::Build)?;
+        config.server.admin_listen = old.config.server.admin_listen.clone();
+        let next =
+            Generation::build(config, Some(&old), self.revocable).map_err(ReloadError::Build)?;
         next.check_all().await;
         next.start_checks();
         let routes = next.routes.len();

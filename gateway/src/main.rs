@@ -81,6 +81,10 @@ fn main() -> ExitCode {
     if cli.check {
         return match Config::load(&cli.config) {
             Ok(config) => {
+                let source = std::fs::read_to_string(&cli.config).unwrap_or_default();
+                for warning in config.shadowing(&source) {
+                    eprintln!("{}: warning: {warning}", cli.config.display());
+                }
                 println!(
                     "{}: ok ({} routes, {} upstreams)",
                     cli.config.display(),

@@ -70,6 +70,10 @@ fn one_line(errors: &ConfigErrors) -> String {
 /// ends the process. Returns only on a start-up error.
 pub fn run(options: Options, hangups: mpsc::UnboundedReceiver<()>) -> Result<(), String> {
     let mut config = Config::load(&options.config_path).map_err(|e| e.to_string())?;
+    let source = std::fs::read_to_string(&options.config_path).unwrap_or_default();
+    for warning in config.shadowing(&source) {
+        tracing::warn!(%warning, "route nested inside a route of the other access");
+    }
     if let Some(listen) = options.listen {
         config.listen = listen;
     }
@@ -120,7 +124,8 @@ pub fn run(options: Options, hangups: mpsc::UnboundedReceiver<()>) -> Result<(),
         ..ServerConf::default()
     };
 
-    let generation = Generation::build(config, None)?;
+    let revocable = options.revocations.is_some() || config.server.admin_listen.is_some();
+    let generation = Generation::build(config, None, revocable)?;
     // Pingora treats a server as healthy until checked: check before serving.
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -128,7 +133,11 @@ pub fn run(options: Options, hangups: mpsc::UnboundedReceiver<()>) -> Result<(),
         .map_err(|e| format!("cannot start a runtime: {e}"))?
         .block_on(generation.check_all());
     let routes = generation.routes.len();
-    let gateway = Arc::new(Gateway::new(generation, options.config_path.clone()));
+    let gateway = Arc::new(Gateway::new(
+        generation,
+        options.config_path.clone(),
+        revocable,
+    ));
 
     let opt = Opt {
         upgrade: options.upgrade,

@@ -412,6 +412,41 @@ async fn requests_fail_over_to_the_live_server_of_a_pool() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_pooled_connection_is_retried_for_get_and_never_for_post() {
+    let db = TestDatabase::new().await;
+    let auth = auth_service(&db, &[]);
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&routes(auth.addr, &[upstream.addr], ""), &[]);
+    let gw = gateway.addr();
+    upstream
+        .drop_second
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+
+    // The first request leaves its connection in the pool; the second goes
+    // on it, the server drops it, and the gateway sends it again on a new
+    // connection.
+    assert_eq!(raw(gw, "GET", "/api/public/one", &[], "").await.status, 200);
+    let reply = raw(gw, "GET", "/api/public/two", &[], "").await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let targets: Vec<String> = upstream.seen().iter().map(|s| s.target.clone()).collect();
+    assert_eq!(
+        targets,
+        ["/api/public/one", "/api/public/two", "/api/public/two"]
+    );
+
+    // A POST that meets the same fate is answered 502 and sent only once:
+    // the server may have acted on it.
+    let reply = raw(gw, "POST", "/api/public/three", &[], "{}").await;
+    assert_eq!(reply.status, 502, "{:?}", reply.body);
+    let posts = upstream
+        .seen()
+        .iter()
+        .filter(|s| s.target == "/api/public/three")
+        .count();
+    assert_eq!(posts, 1, "a POST was sent twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_upstream_gives_504() {
     let s = stack(&[]).await;
     s.tasks.hang.store(true, Ordering::SeqCst);

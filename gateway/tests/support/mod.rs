@@ -44,6 +44,10 @@ pub struct Upstream {
     pub hang: Arc<AtomicBool>,
     /// Milliseconds to wait before answering.
     pub delay_ms: Arc<AtomicU64>,
+    /// When set, a connection's second request is read, recorded, and
+    /// answered by closing the connection: a keep-alive connection the
+    /// server dropped while it sat in the gateway's pool.
+    pub drop_second: Arc<AtomicBool>,
     tasks: Arc<Mutex<JoinSet<()>>>,
 }
 
@@ -52,8 +56,10 @@ async fn serve_connection(
     seen: Arc<Mutex<Vec<Seen>>>,
     hang: Arc<AtomicBool>,
     delay_ms: Arc<AtomicU64>,
+    drop_second: Arc<AtomicBool>,
 ) {
     let mut reader = BufReader::new(stream);
+    let mut served = 0;
     loop {
         let mut request_line = String::new();
         if reader.read_line(&mut request_line).await.unwrap_or(0) == 0 {
@@ -95,6 +101,10 @@ async fn serve_connection(
                 target: target.clone(),
                 headers,
             });
+            served += 1;
+            if served == 2 && drop_second.load(Ordering::SeqCst) {
+                return;
+            }
             if hang.load(Ordering::SeqCst) {
                 std::future::pending::<()>().await;
             }
@@ -155,14 +165,21 @@ impl Upstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let hang = Arc::new(AtomicBool::new(false));
         let delay_ms = Arc::new(AtomicU64::new(0));
+        let drop_second = Arc::new(AtomicBool::new(false));
         let tasks = Arc::new(Mutex::new(JoinSet::new()));
-        let (s, h, d, t) = (seen.clone(), hang.clone(), delay_ms.clone(), tasks.clone());
+        let (s, h, d, x, t) = (
+            seen.clone(),
+            hang.clone(),
+            delay_ms.clone(),
+            drop_second.clone(),
+            tasks.clone(),
+        );
         tasks.lock().expect("lock").spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (s, h, d) = (s.clone(), h.clone(), d.clone());
+                let (s, h, d, x) = (s.clone(), h.clone(), d.clone(), x.clone());
                 t.lock()
                     .expect("lock")
-                    .spawn(serve_connection(stream, s, h, d));
+                    .spawn(serve_connection(stream, s, h, d, x));
             }
         });
         Upstream {
@@ -170,6 +187,7 @@ impl Upstream {
             seen,
             hang,
             delay_ms,
+            drop_second,
             tasks,
         }
     }
