@@ -178,10 +178,11 @@ impl ByUser {
     }
 }
 
-/// The index's lock. A panic while it was held leaves a usable index (at
-/// worst one key too many, which a revocation then invalidates harmlessly).
-fn lock(index: &std::sync::Mutex<ByUser>) -> std::sync::MutexGuard<'_, ByUser> {
-    index
+/// Takes a lock even if a thread panicked while holding it: both maps kept
+/// under locks here stay usable (at worst one index key too many, which a
+/// revocation then invalidates harmlessly; or one identity not shared).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -204,13 +205,8 @@ struct Interned {
 
 impl Identities {
     fn share(&self, identity: Identity) -> Arc<Identity> {
-        // Only misses come here, one per verification; a poisoned lock only
-        // means another thread panicked mid-insert, and the map is still a
-        // valid cache of weak references.
-        let mut known = self
-            .known
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Only misses come here, one per verification.
+        let mut known = lock(&self.known);
         if let Some(shared) = known.map.get(&identity).and_then(std::sync::Weak::upgrade) {
             return shared;
         }
@@ -332,17 +328,19 @@ impl Verifier {
             }
         };
         let users = Arc::new(std::sync::Mutex::new(ByUser::default()));
-        // Keeps the per-user index in step with the cache: whatever removes
-        // an entry (capacity, invalidation, replacement) removes its key.
-        let index = Arc::clone(&users);
-        let cache = Cache::builder()
-            .max_capacity(auth.cache_capacity)
-            .eviction_listener(move |key: Arc<[u8; 32]>, entry: Entry, _cause| {
+        let mut builder = Cache::builder().max_capacity(auth.cache_capacity);
+        if revocable {
+            // Keeps the per-user index in step with the cache: whatever
+            // removes an entry (capacity, invalidation, replacement) removes
+            // its key. Without revocations there is no index to keep.
+            let index = Arc::clone(&users);
+            builder = builder.eviction_listener(move |key: Arc<[u8; 32]>, entry: Entry, _cause| {
                 if let Verdict::Allowed(identity) = &entry.verdict {
                     lock(&index).forget(&identity.user_id, &key, entry.until);
                 }
-            })
-            .build();
+            });
+        }
+        let cache = builder.build();
         Ok(Verifier {
             cache,
             identities: Identities::default(),

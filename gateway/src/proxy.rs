@@ -418,11 +418,11 @@ impl ProxyHttp for Proxy {
         let mut e = e.more_context(format!("upstream {peer}"));
         // A pooled connection the server has closed since its last use can
         // fail on write as well as on read; Pingora retries only the read
-        // failures. Either way nothing reached the server and nothing was
-        // answered yet, so an idempotent request goes to a fresh connection
-        // (the same server, or the next if that one refuses).
-        // A request that is not idempotent is never sent twice: the server
-        // may have acted on it before the connection failed.
+        // failures. Nothing was answered yet and the request is idempotent,
+        // so it goes again on a fresh connection (the same server, or the
+        // next if that one refuses). A request that is not idempotent is
+        // never sent twice: the server may have acted on it before the
+        // connection failed.
         let replayable = session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none();

@@ -79,6 +79,16 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
+/// Drops `user_id`'s cached grants in the current generation and counts
+/// them; `via` names the path the revocation came by, for the log.
+pub async fn apply(gateway: &Gateway, user_id: &str, via: &'static str) -> usize {
+    let verifier = Arc::clone(&gateway.current.load().verifier);
+    let purged = verifier.revoke_user(user_id).await;
+    metrics::get().revoked_entries.inc_by(purged as u64);
+    tracing::info!(user_id, purged, via, "revocation applied");
+    purged
+}
+
 /// Where to listen.
 #[derive(Debug, Clone)]
 pub struct Subscription {
@@ -123,10 +133,7 @@ pub async fn follow(
                     tracing::warn!("unreadable revocation message ignored");
                     continue;
                 };
-                let verifier = Arc::clone(&gateway.current.load().verifier);
-                let purged = verifier.revoke_user(&user_id).await;
-                m.revoked_entries.inc_by(purged as u64);
-                tracing::info!(user_id, purged, "revocation applied");
+                apply(&gateway, &user_id, "redis").await;
             }
             Ok::<(), redis::RedisError>(())
         };

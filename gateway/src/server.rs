@@ -245,12 +245,9 @@ impl pingora::apps::http_app::ServeHttp for Admin {
         };
         let (status, json) = match decision {
             AdminRequest::Revoke(user_id) => {
-                let m = metrics::get();
-                m.revocations.inc();
-                let verifier = Arc::clone(&self.gateway.current.load().verifier);
-                let purged = verifier.revoke_user(&user_id).await;
-                m.revoked_entries.inc_by(purged as u64);
-                tracing::info!(user_id, purged, "revocation applied (admin listener)");
+                metrics::get().revocations.inc();
+                let purged =
+                    crate::revocations::apply(&self.gateway, &user_id, "admin listener").await;
                 (200, format!(r#"{{"purged":{purged}}}"#))
             }
             AdminRequest::Refused(status, code, message) => {
