@@ -69,6 +69,57 @@ pub fn bearer<'a>(values: &[&'a [u8]]) -> Result<&'a str, BearerError> {
     Ok(token)
 }
 
+/// The subprotocol name under which browsers send a token on a WebSocket
+/// upgrade (`Sec-WebSocket-Protocol: bearer, <token>`): they cannot set
+/// `Authorization` there, and a token in the URL would end up in logs.
+pub const BEARER_SUBPROTOCOL: &str = "bearer";
+
+/// A token offered as a WebSocket subprotocol.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SubprotocolBearer<'a> {
+    /// `None` when no `bearer` subprotocol was offered.
+    pub token: Option<&'a str>,
+    /// The other subprotocols offered, in order, to forward upstream
+    /// (empty: send none).
+    pub others: String,
+}
+
+/// Reads `Sec-WebSocket-Protocol` values (one list, however many lines):
+/// `bearer` followed by the token, among any other subprotocols. `bearer`
+/// twice, or without a well-formed token after it, is malformed.
+pub fn subprotocol_bearer<'a>(values: &[&'a [u8]]) -> Result<SubprotocolBearer<'a>, BearerError> {
+    let mut items = Vec::new();
+    for value in values {
+        let value = std::str::from_utf8(value).map_err(|_| BearerError::Malformed)?;
+        items.extend(value.split(',').map(|p| p.trim_matches([' ', '\t'])));
+    }
+    let mut token = None;
+    let mut others: Vec<&str> = Vec::new();
+    let mut items = items.into_iter().filter(|p| !p.is_empty());
+    while let Some(item) = items.next() {
+        if item == BEARER_SUBPROTOCOL {
+            if token.is_some() {
+                return Err(BearerError::Malformed);
+            }
+            let candidate = items.next().ok_or(BearerError::Malformed)?;
+            let parts = candidate.split('.').collect::<Vec<_>>();
+            if candidate.len() > MAX_TOKEN_BYTES
+                || parts.len() != 3
+                || !parts.iter().all(|p| is_base64url(p))
+            {
+                return Err(BearerError::Malformed);
+            }
+            token = Some(candidate);
+        } else {
+            others.push(item);
+        }
+    }
+    Ok(SubprotocolBearer {
+        token,
+        others: others.join(", "),
+    })
+}
+
 /// The `exp` claim of a JWT, read without checking the signature.
 pub fn peek_exp(token: &str) -> Option<u64> {
     #[derive(Deserialize)]
@@ -457,6 +508,17 @@ impl Verifier {
         keys.len()
     }
 
+    /// Whether `user_id` was revoked at or after `since` (always false when
+    /// revocations cannot arrive). A proxied WebSocket admitted at `since`
+    /// is cut when this turns true.
+    pub fn revoked_since(&self, user_id: &str, since: Instant) -> bool {
+        self.revocable
+            && lock(&self.users)
+                .revoked
+                .get(user_id)
+                .is_some_and(|at| *at >= since)
+    }
+
     /// Drops every cached verdict (after revocations may have been missed).
     pub fn clear(&self) {
         self.cache.invalidate_all();
@@ -583,6 +645,54 @@ mod tests {
 
     fn b64(json: &str) -> String {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    #[test]
+    fn subprotocol_bearer_shapes() {
+        let token = "aGVhZGVy.cGF5bG9hZA.c2ln";
+        let parse = |lines: &[&str]| {
+            let values: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+            subprotocol_bearer(&values).map(|p| (p.token.map(str::to_owned), p.others))
+        };
+        let cases: Vec<(Vec<String>, Result<(Option<String>, String), BearerError>)> = vec![
+            (vec![], Ok((None, String::new()))),
+            (vec!["chat".into()], Ok((None, "chat".into()))),
+            (
+                vec![format!("bearer, {token}")],
+                Ok((Some(token.into()), String::new())),
+            ),
+            (
+                vec![format!("chat, bearer,{token} , v2")],
+                Ok((Some(token.into()), "chat, v2".into())),
+            ),
+            (
+                vec!["bearer".into(), token.into()],
+                Ok((Some(token.into()), String::new())),
+            ),
+            (vec!["bearer".into()], Err(BearerError::Malformed)),
+            (vec!["bearer, chat".into()], Err(BearerError::Malformed)),
+            (
+                vec![format!("bearer, {token}.x")],
+                Err(BearerError::Malformed),
+            ),
+            (
+                vec![format!("bearer, {token}, bearer, {token}")],
+                Err(BearerError::Malformed),
+            ),
+            // Subprotocol names are case-sensitive: this is some other one.
+            (
+                vec![format!("Bearer, {token}")],
+                Ok((None, format!("Bearer, {token}"))),
+            ),
+        ];
+        for (lines, expected) in cases {
+            let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+            assert_eq!(parse(&lines), expected, "{lines:?}");
+        }
+        assert_eq!(
+            subprotocol_bearer(&[b"bearer, \xff"]).err(),
+            Some(BearerError::Malformed)
+        );
     }
 
     #[test]

@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const USER_ID: &str = "x-user-id";
 pub const USER_ROLE: &str = "x-user-role";
 pub const REQUEST_ID: &str = "x-request-id";
+/// On WebSocket upgrades: when the caller's token expires (seconds since the
+/// epoch), so that the upstream can close the socket then.
+pub const AUTH_EXPIRES: &str = "x-auth-expires";
 
 /// Whether a client-sent header name is a spelling of an identity header:
 /// any case, with `-` or `_` as separators. All of them are removed, so that
@@ -18,7 +21,7 @@ pub fn is_identity_header(name: &str) -> bool {
                 .zip(target.bytes())
                 .all(|(a, b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
     };
-    normalised(USER_ID) || normalised(USER_ROLE)
+    normalised(USER_ID) || normalised(USER_ROLE) || normalised(AUTH_EXPIRES)
 }
 
 /// Whether a `Connection` option names a header the gateway sets itself. A
@@ -122,6 +125,8 @@ mod tests {
             "X_User-Id",
             "x-user-role",
             "X_USER_ROLE",
+            "x-auth-expires",
+            "X_Auth_Expires",
         ] {
             assert!(is_identity_header(name), "{name}");
         }

@@ -32,6 +32,9 @@ pub struct Metrics {
     pub revoked_entries: IntCounter,
     /// 1 while the revocation channel is subscribed.
     pub revocation_subscribed: IntGauge,
+    /// Proxied WebSockets cut because their token expired or their user was
+    /// revoked, by reason.
+    pub sockets_cut: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -147,6 +150,11 @@ pub fn get() -> &'static Metrics {
                     "1 while the revocation channel is subscribed.",
                 )
                 .unwrap_or_else(|e| unreachable!("well-formed: {e}")),
+            ),
+            sockets_cut: counter_vec(
+                "portcullis_websockets_cut_total",
+                "Proxied WebSockets cut because their token expired or their user was revoked.",
+                &["reason"],
             ),
         }
     })

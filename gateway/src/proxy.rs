@@ -6,7 +6,7 @@
 
 use crate::auth::{self, BearerError, Outcome, Verdict};
 use crate::config::Access;
-use crate::headers::{self, REQUEST_ID, USER_ID, USER_ROLE};
+use crate::headers::{self, AUTH_EXPIRES, REQUEST_ID, USER_ID, USER_ROLE};
 use crate::router::{Lookup, Route};
 use crate::upstreams::Pool;
 use crate::{Gateway, Generation, metrics, path};
@@ -18,7 +18,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub struct Proxy {
     pub gateway: Arc<Gateway>,
@@ -40,6 +40,20 @@ pub struct Ctx {
     upstream_start: Option<Instant>,
     body_bytes: u64,
     websocket: bool,
+    /// On a WebSocket upgrade that offered subprotocols: the ones to
+    /// forward (a `bearer` token removed), and whether `bearer` was among
+    /// them (then the 101 names it, as browsers require).
+    subprotocols: Option<(String, bool)>,
+    /// On an authenticated WebSocket: what the socket may live on.
+    grant: Option<Grant>,
+}
+
+/// The authority an upgraded connection was admitted with. The connection is
+/// cut at the first frame, either way, after the token's `exp` or after a
+/// revocation of its user.
+struct Grant {
+    expires: Option<u64>,
+    admitted: Instant,
 }
 
 /// A refusal written by the gateway itself.
@@ -143,6 +157,39 @@ fn header_bytes(request: &RequestHeader) -> usize {
 }
 
 impl Proxy {
+    /// Cuts an upgraded connection whose token has expired or whose user
+    /// was revoked since it was admitted.
+    fn check_grant(&self, ctx: &Ctx) -> Result<()> {
+        let (Some(grant), Some(identity)) = (&ctx.grant, &ctx.identity) else {
+            return Ok(());
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let lapsed = if grant.expires.is_some_and(|exp| now >= exp) {
+            "expired"
+        } else if self
+            .gateway
+            .current
+            .load()
+            .verifier
+            .revoked_since(&identity.user_id, grant.admitted)
+        {
+            "revoked"
+        } else {
+            return Ok(());
+        };
+        metrics::get()
+            .sockets_cut
+            .with_label_values(&[lapsed])
+            .inc();
+        tracing::info!(request_id = %ctx.request_id, user_id = %identity.user_id, reason = lapsed, "closing a WebSocket whose grant lapsed");
+        Err(Error::explain(
+            ErrorType::Custom("grant lapsed"),
+            "the WebSocket's token expired or was revoked",
+        ))
+    }
+
     /// Decides what happens to a request: `Ok(())` to forward it, or the
     /// refusal to send.
     async fn admit(
@@ -204,6 +251,30 @@ impl Proxy {
             }
         }
 
+        // A token offered as a WebSocket subprotocol is taken out of what is
+        // forwarded on every route, and counts on protected ones when there
+        // is no Authorization header.
+        let mut subprotocol_token = None;
+        if ctx.websocket {
+            let offered: Vec<&[u8]> = request
+                .headers
+                .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect();
+            if !offered.is_empty() {
+                let parsed = auth::subprotocol_bearer(&offered).map_err(|_| {
+                    Refusal::new(
+                        401,
+                        "invalid_token",
+                        "the bearer subprotocol must be followed by one well-formed token",
+                    )
+                })?;
+                subprotocol_token = parsed.token;
+                ctx.subprotocols = Some((parsed.others, parsed.token.is_some()));
+            }
+        }
+
         if route.access == Access::Protected {
             let values: Vec<&[u8]> = request
                 .headers
@@ -211,7 +282,11 @@ impl Proxy {
                 .iter()
                 .map(|v| v.as_bytes())
                 .collect();
-            let token = auth::bearer(&values).map_err(|e| match e {
+            let token = match (auth::bearer(&values), subprotocol_token) {
+                (Err(BearerError::Missing), Some(token)) => Ok(token),
+                (result, _) => result,
+            };
+            let token = token.map_err(|e| match e {
                 BearerError::Missing => {
                     Refusal::new(401, "unauthenticated", "a Bearer token is required")
                 }
@@ -236,6 +311,12 @@ impl Proxy {
                             "forbidden",
                             "your role does not allow this route",
                         ));
+                    }
+                    if ctx.websocket {
+                        ctx.grant = Some(Grant {
+                            expires: auth::peek_exp(token),
+                            admitted: started,
+                        });
                     }
                     ctx.identity = Some(identity);
                 }
@@ -284,6 +365,8 @@ impl ProxyHttp for Proxy {
             upstream_start: None,
             body_bytes: 0,
             websocket: false,
+            subprotocols: None,
+            grant: None,
         }
     }
 
@@ -516,6 +599,16 @@ impl ProxyHttp for Proxy {
             upstream.insert_header(USER_ID, &*identity.user_id)?;
             upstream.insert_header(USER_ROLE, &*identity.role)?;
         }
+        if let Some(expires) = ctx.grant.as_ref().and_then(|g| g.expires) {
+            upstream.insert_header(AUTH_EXPIRES, expires.to_string())?;
+        }
+        if let Some((others, _)) = &ctx.subprotocols {
+            if others.is_empty() {
+                upstream.remove_header(&http::header::SEC_WEBSOCKET_PROTOCOL);
+            } else {
+                upstream.insert_header(http::header::SEC_WEBSOCKET_PROTOCOL, others.as_str())?;
+            }
+        }
         if !route.forward_authorization {
             upstream.remove_header(&http::header::AUTHORIZATION);
         }
@@ -554,11 +647,16 @@ impl ProxyHttp for Proxy {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         _end: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if session.was_upgraded() {
+            // A socket's frames are not a request body: no size limit, but
+            // the grant is checked on each.
+            return self.check_grant(ctx);
+        }
         if let (Some(chunk), Some(route)) = (body.as_ref(), ctx.route.as_ref()) {
             ctx.body_bytes += chunk.len() as u64;
             if ctx.body_bytes > route.max_body_bytes {
@@ -578,7 +676,34 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         response.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+        // A browser that offered subprotocols fails the handshake unless
+        // the 101 names one of them; the upstream never saw `bearer`.
+        if response.status == http::StatusCode::SWITCHING_PROTOCOLS
+            && matches!(ctx.subprotocols, Some((_, true)))
+            && response
+                .headers
+                .get(http::header::SEC_WEBSOCKET_PROTOCOL)
+                .is_none()
+        {
+            response.insert_header(
+                http::header::SEC_WEBSOCKET_PROTOCOL,
+                auth::BEARER_SUBPROTOCOL,
+            )?;
+        }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if session.was_upgraded() {
+            self.check_grant(ctx)?;
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

@@ -8,6 +8,8 @@
 
 pub mod db;
 pub mod error;
+#[cfg(feature = "events")]
+pub mod events;
 pub mod extract;
 pub mod identity;
 pub mod server;

@@ -7,6 +7,9 @@
 //! Cancelling: release the reservation (idempotent), then mark the order
 //! cancelled. Reservations carry an id chosen here, so a retried call never
 //! takes or returns stock twice.
+//!
+//! Placed and cancelled orders are announced to the notifications service
+//! once written (`order.placed`, `order.cancelled`).
 
 pub mod inventory_client;
 pub mod orders;
@@ -23,6 +26,7 @@ pub static MIGRATIONS: service_kit::db::Migrations = service_kit::migrations!();
 pub struct AppState {
     pub db: Db,
     pub inventory: inventory_client::InventoryClient,
+    pub events: service_kit::events::Publisher,
 }
 
 impl AsRef<Db> for AppState {

@@ -25,6 +25,8 @@ struct Cli {
     /// Timeout for calls to the inventory service, in milliseconds.
     #[arg(long, env = "INVENTORY_TIMEOUT_MS", default_value_t = 2000)]
     inventory_timeout_ms: u64,
+    #[command(flatten)]
+    events: service_kit::events::EventArgs,
 }
 
 #[tokio::main]
@@ -39,7 +41,12 @@ async fn main() -> ExitCode {
         |db| {
             let inventory =
                 InventoryClient::new(&cli.inventory_url, timeout).map_err(|e| e.to_string())?;
-            Ok(orders::app(orders::AppState { db, inventory }))
+            let events = service_kit::events::Publisher::from_args(&cli.events)?;
+            Ok(orders::app(orders::AppState {
+                db,
+                inventory,
+                events,
+            }))
         },
     )
     .await

@@ -140,6 +140,7 @@ pub async fn place(
     match inserted {
         Ok(order) => {
             tracing::info!(order = order.id, user_id = user, sku = %order.sku, quantity = order.quantity, "order placed");
+            state.events.publish(user, "order.placed", &order);
             Ok((StatusCode::CREATED, Json(order)))
         }
         Err(error) => {
@@ -180,5 +181,6 @@ pub async fn cancel(
         .await)
     .map_err(db_error)?
     .ok_or_else(ApiError::not_found)?;
+    state.events.publish(user, "order.cancelled", &order);
     Ok(Json(order))
 }

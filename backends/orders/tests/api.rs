@@ -39,6 +39,7 @@ async fn orders_against(inventory_url: &str) -> (RouterClient, TestDatabase) {
             .await
             .expect("orders db"),
         inventory: InventoryClient::new(inventory_url, Duration::from_secs(2)).expect("client"),
+        events: service_kit::events::Publisher::none(),
     };
     (RouterClient::new(orders::app(state)), db)
 }

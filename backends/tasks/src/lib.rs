@@ -4,6 +4,9 @@
 //! nothing else: a `user_id` in a body or query string is ignored. Every
 //! statement carries the owner in its `WHERE` clause, so another user's task
 //! is indistinguishable from a missing one (404).
+//!
+//! Every change is announced to the notifications service once it has
+//! committed (`task.created`, `task.updated`, `task.deleted`).
 
 pub mod tasks;
 
@@ -18,6 +21,7 @@ pub static MIGRATIONS: service_kit::db::Migrations = service_kit::migrations!();
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
+    pub events: service_kit::events::Publisher,
 }
 
 pub fn app(state: AppState) -> Router {

@@ -17,6 +17,8 @@ struct Cli {
         hide_env_values = true
     )]
     database_url: String,
+    #[command(flatten)]
+    events: service_kit::events::EventArgs,
 }
 
 #[tokio::main]
@@ -27,7 +29,10 @@ async fn main() -> ExitCode {
         &cli.listen,
         &cli.database_url,
         &tasks::MIGRATIONS,
-        |db| Ok(tasks::app(tasks::AppState { db })),
+        |db| {
+            let events = service_kit::events::Publisher::from_args(&cli.events)?;
+            Ok(tasks::app(tasks::AppState { db, events }))
+        },
     )
     .await
 }

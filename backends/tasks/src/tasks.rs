@@ -125,6 +125,7 @@ pub async fn create(
         .fetch_one(pool)
         .await)
     .map_err(db_error)?;
+    state.events.publish(user, "task.created", &task);
     Ok((StatusCode::CREATED, Json(task)))
 }
 
@@ -155,7 +156,7 @@ pub async fn update(
         "UPDATE tasks SET title = COALESCE($3, title), completed = COALESCE($4, completed), \
          updated_at = $5 WHERE id = $1 AND user_id = $2 RETURNING {COLUMNS}"
     );
-    with_db!(&state.db, pool => sqlx::query_as::<_, Task>(&sql)
+    let task = with_db!(&state.db, pool => sqlx::query_as::<_, Task>(&sql)
         .bind(id)
         .bind(user)
         .bind(title)
@@ -164,8 +165,9 @@ pub async fn update(
         .fetch_optional(pool)
         .await)
     .map_err(db_error)?
-    .map(Json)
-    .ok_or_else(ApiError::not_found)
+    .ok_or_else(ApiError::not_found)?;
+    state.events.publish(user, "task.updated", &task);
+    Ok(Json(task))
 }
 
 pub async fn delete(
@@ -184,6 +186,9 @@ pub async fn delete(
     if deleted == 0 {
         return Err(ApiError::not_found());
     }
+    state
+        .events
+        .publish(user, "task.deleted", serde_json::json!({ "id": id }));
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -14,7 +14,10 @@ async fn service() -> (RouterClient, TestDatabase) {
         .await
         .expect("database");
     (
-        RouterClient::new(tasks::app(tasks::AppState { db: database })),
+        RouterClient::new(tasks::app(tasks::AppState {
+            db: database,
+            events: service_kit::events::Publisher::none(),
+        })),
         db,
     )
 }
