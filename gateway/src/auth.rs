@@ -654,7 +654,8 @@ mod tests {
             let values: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
             subprotocol_bearer(&values).map(|p| (p.token.map(str::to_owned), p.others))
         };
-        let cases: Vec<(Vec<String>, Result<(Option<String>, String), BearerError>)> = vec![
+        type Parsed = Result<(Option<String>, String), BearerError>;
+        let cases: Vec<(Vec<String>, Parsed)> = vec![
             (vec![], Ok((None, String::new()))),
             (vec!["chat".into()], Ok((None, "chat".into()))),
             (
