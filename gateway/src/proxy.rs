@@ -158,11 +158,18 @@ fn header_bytes(request: &RequestHeader) -> usize {
 
 impl Proxy {
     /// Cuts an upgraded connection whose token has expired or whose user
-    /// was revoked since it was admitted.
-    fn check_grant(&self, ctx: &Ctx) -> Result<()> {
+    /// was revoked since it was admitted, at the first chunk either way.
+    /// A chunk that starts a WebSocket close frame is let through: that is
+    /// the upstream (or the client) closing, typically for this very reason,
+    /// and the other side should learn the code.
+    fn check_grant(&self, ctx: &Ctx, chunk: Option<&Bytes>) -> Result<()> {
         let (Some(grant), Some(identity)) = (&ctx.grant, &ctx.identity) else {
             return Ok(());
         };
+        // FIN set, opcode 8 (close).
+        if chunk.is_some_and(|c| c.first() == Some(&0x88)) {
+            return Ok(());
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -655,7 +662,7 @@ impl ProxyHttp for Proxy {
         if session.was_upgraded() {
             // A socket's frames are not a request body: no size limit, but
             // the grant is checked on each.
-            return self.check_grant(ctx);
+            return self.check_grant(ctx, body.as_ref());
         }
         if let (Some(chunk), Some(route)) = (body.as_ref(), ctx.route.as_ref()) {
             ctx.body_bytes += chunk.len() as u64;
@@ -696,12 +703,12 @@ impl ProxyHttp for Proxy {
     fn response_body_filter(
         &self,
         session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         _end: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
         if session.was_upgraded() {
-            self.check_grant(ctx)?;
+            self.check_grant(ctx, body.as_ref())?;
         }
         Ok(None)
     }

@@ -318,15 +318,20 @@ fn start_services(
                     ));
                 }
             }
-            Kind::Orders => {
-                if let Some(url) = &plan.inventory_url {
+            Kind::Orders | Kind::Tasks => {
+                if let (Kind::Orders, Some(url)) = (service.kind, &plan.inventory_url) {
                     args.extend(["--inventory-url".to_owned(), url.clone()]);
+                }
+                // Live events go straight to the notifications service; a
+                // REDIS_URL in the environment takes precedence.
+                if let Some(url) = &plan.notifications_url {
+                    env.push(("NOTIFICATIONS_URL", url.clone()));
                 }
             }
             Kind::Web => {
                 args.extend(["--dir".to_owned(), options.web_dir.display().to_string()]);
             }
-            Kind::Tasks | Kind::Inventory => {}
+            Kind::Inventory | Kind::Notifications => {}
         }
         supervisor.spawn(Launch {
             name: &service.name,

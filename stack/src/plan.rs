@@ -18,20 +18,23 @@ pub enum Kind {
     Inventory,
     /// The browser client's page server.
     Web,
+    /// Live events over WebSockets.
+    Notifications,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Auth,
         Kind::Tasks,
         Kind::Orders,
         Kind::Inventory,
         Kind::Web,
+        Kind::Notifications,
     ];
 
     /// Whether it keeps data (and so gets a `DATABASE_URL`).
     pub fn has_database(self) -> bool {
-        self != Kind::Web
+        !matches!(self, Kind::Web | Kind::Notifications)
     }
 
     /// The upstream name in `routes.yaml`.
@@ -42,6 +45,7 @@ impl Kind {
             Kind::Orders => "orders",
             Kind::Inventory => "inventory",
             Kind::Web => "web",
+            Kind::Notifications => "notifications",
         }
     }
 
@@ -53,6 +57,7 @@ impl Kind {
             Kind::Orders => "orders",
             Kind::Inventory => "inventory",
             Kind::Web => "web",
+            Kind::Notifications => "notifications",
         }
     }
 }
@@ -74,6 +79,9 @@ pub struct Plan {
     pub services: Vec<Service>,
     /// Where orders finds inventory: the first inventory server.
     pub inventory_url: Option<String>,
+    /// Where tasks and orders post live events without Redis: the first
+    /// notifications server.
+    pub notifications_url: Option<String>,
     pub gateway_listen: String,
     pub metrics_listen: Option<String>,
     /// The gateway's admin listener, where the auth service reports
@@ -105,11 +113,15 @@ impl Plan {
                 });
             }
         }
-        let inventory_url = config
-            .upstreams
-            .get(Kind::Inventory.upstream())
-            .and_then(|u| u.servers.first())
-            .map(|server| format!("http://{}", reachable(server)));
+        let first_url = |kind: Kind| {
+            config
+                .upstreams
+                .get(kind.upstream())
+                .and_then(|u| u.servers.first())
+                .map(|server| format!("http://{}", reachable(server)))
+        };
+        let inventory_url = first_url(Kind::Inventory);
+        let notifications_url = first_url(Kind::Notifications);
         let not_started = config
             .upstreams
             .keys()
@@ -119,6 +131,7 @@ impl Plan {
         Plan {
             services,
             inventory_url,
+            notifications_url,
             gateway_listen: config.listen.clone(),
             metrics_listen: config.server.metrics_listen.clone(),
             admin_listen: config.server.admin_listen.clone(),
@@ -191,6 +204,7 @@ upstreams:
   tasks: { servers: [127.0.0.1:9101] }
   orders: { servers: [127.0.0.1:9201, 127.0.0.1:9202] }
   inventory: { servers: ['[::]:9301'] }
+  notifications: { servers: [127.0.0.1:9401] }
   billing: { servers: [10.0.0.7:80] }
 routes:
   - { prefix: /api/tasks, upstream: tasks, access: protected }
@@ -212,15 +226,27 @@ routes:
                 ("orders-1", "127.0.0.1:9201"),
                 ("orders-2", "127.0.0.1:9202"),
                 ("inventory", "[::]:9301"),
+                ("notifications", "127.0.0.1:9401"),
             ]
         );
         assert_eq!(plan.inventory_url.as_deref(), Some("http://[::1]:9301"));
+        assert_eq!(
+            plan.notifications_url.as_deref(),
+            Some("http://127.0.0.1:9401")
+        );
         assert_eq!(plan.not_started, ["billing"]);
         assert_eq!(
             plan.binaries(),
-            ["auth-service", "tasks", "orders", "inventory", "gateway"]
+            [
+                "auth-service",
+                "tasks",
+                "orders",
+                "inventory",
+                "notifications",
+                "gateway"
+            ]
         );
-        assert_eq!(plan.addresses().len(), 7);
+        assert_eq!(plan.addresses().len(), 8);
     }
 
     #[test]
@@ -244,6 +270,7 @@ routes:
         let plan = Plan::from_config(&config);
         assert!(plan.services.is_empty());
         assert_eq!(plan.inventory_url, None);
+        assert_eq!(plan.notifications_url, None);
         assert_eq!(plan.binaries(), ["gateway"]);
     }
 }

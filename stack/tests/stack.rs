@@ -31,6 +31,7 @@ impl Workspace {
             orders: vec![port(), port()],
             inventory: port(),
             web: port(),
+            notifications: vec![port()],
         };
         let dir = tempfile::tempdir().expect("temporary directory");
         let sock = dir.path().join("upgrade.sock").display().to_string();
@@ -162,6 +163,7 @@ fn the_stack_runs_everything_and_stops_on_sigterm_keeping_data_and_secret() {
         "orders-2",
         "inventory",
         "web",
+        "notifications",
         "gateway",
     ] {
         assert!(
@@ -178,6 +180,28 @@ fn the_stack_runs_everything_and_stops_on_sigterm_keeping_data_and_secret() {
     let output = run_printed_commands(&stack, ws.dir.path());
     assert!(output.contains(r#""title":"try Portcullis""#), "{output}");
     let access = login(&ws.addresses.gateway);
+    // Live events work without Redis: tasks posts them straight to the
+    // notifications service, whose socket the gateway opens with the token
+    // given as the browser gives it.
+    let mut socket = open_socket(&ws.addresses.gateway, &access);
+    let created = curl(
+        &ws.addresses.gateway,
+        "/api/tasks",
+        &[
+            "-H",
+            &format!("authorization: Bearer {access}"),
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"title":"announced"}"#,
+        ],
+    );
+    assert!(created.contains("announced"), "{created}");
+    let event = next_text(&mut socket);
+    assert!(
+        event.contains(r#""type":"task.created""#) && event.contains("announced"),
+        "{event}"
+    );
     // The page's route reaches the web service, which says how to build a
     // page that this scratch directory does not have.
     let page = curl(&ws.addresses.gateway, "/app/", &[]);
@@ -200,6 +224,7 @@ fn the_stack_runs_everything_and_stops_on_sigterm_keeping_data_and_secret() {
         "orders-2",
         "inventory",
         "web",
+        "notifications",
     ] {
         assert!(
             logs.contains(&format!("{name} stopped")),
@@ -229,6 +254,49 @@ fn curl(gateway: &str, path: &str, args: &[&str]) -> String {
         .output()
         .expect("run curl");
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+type Socket = tokio_tungstenite::tungstenite::WebSocket<
+    tokio_tungstenite::tungstenite::stream::MaybeTlsStream<std::net::TcpStream>,
+>;
+
+/// Opens the notifications socket through the gateway and reads `ready`.
+fn open_socket(gateway: &str, access: &str) -> Socket {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{gateway}/api/notifications/ws")
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("bearer, {access}").parse().expect("header"),
+    );
+    let (mut socket, response) =
+        tokio_tungstenite::tungstenite::connect(request).expect("the socket opens");
+    assert_eq!(
+        response
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("bearer")
+    );
+    if let tokio_tungstenite::tungstenite::stream::MaybeTlsStream::Plain(stream) = socket.get_mut()
+    {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+    }
+    assert!(next_text(&mut socket).contains("ready"));
+    socket
+}
+
+/// The next text message (pings skipped); panics after the read timeout.
+fn next_text(socket: &mut Socket) -> String {
+    loop {
+        match socket.read().expect("a message in time") {
+            tokio_tungstenite::tungstenite::Message::Text(text) => return text.to_string(),
+            _ => continue,
+        }
+    }
 }
 
 fn login(gateway: &str) -> String {
@@ -351,13 +419,14 @@ fn nothing_starts_when_the_setup_is_wrong_and_each_problem_is_one_line() {
     let (code, _, stderr) = run_to_exit(command);
     assert_eq!(code, 2);
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 6, "{stderr}");
+    assert_eq!(lines.len(), 7, "{stderr}");
     for (line, binary) in lines.iter().zip([
         "auth-service",
         "tasks",
         "orders",
         "inventory",
         "web",
+        "notifications",
         "gateway",
     ]) {
         assert!(

@@ -9,7 +9,7 @@
 //!   sent; everything later arrives live.
 //!
 //! The socket is closed by the service when the token it was opened with
-//! expires (4001, from the gateway's `x-auth-expires`), when the user's
+//! expires (4001, a second before the gateway's `x-auth-expires`), when the user's
 //! sessions are revoked (4003, with Redis), when events become unavailable
 //! (1013) and at shutdown (1001). Pings every `ping_interval` find dead
 //! clients, and keep a gateway in between checking the grant.
@@ -28,6 +28,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// The header in which the gateway says when the caller's token expires
 /// (seconds since the epoch).
 pub const AUTH_EXPIRES_HEADER: &str = "x-auth-expires";
+
+/// A socket is closed this long before its token's exp: the gateway cuts the
+/// tunnel at the first frame after exp, and the close frame (4001) must be
+/// through by then for the client to learn why.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
 
 /// Messages from clients are not expected; anything larger is refused.
 const MAX_CLIENT_MESSAGE: usize = 4096;
@@ -158,7 +163,8 @@ impl Session {
             .ok()?;
 
         let expiry = async {
-            match expires.and_then(|at| at.duration_since(SystemTime::now()).ok()) {
+            let close_at = expires.map(|at| at - EXPIRY_MARGIN);
+            match close_at.and_then(|at| at.duration_since(SystemTime::now()).ok()) {
                 Some(left) => tokio::time::sleep(left).await,
                 None if expires.is_some() => {}
                 None => std::future::pending().await,

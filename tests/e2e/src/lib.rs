@@ -1,7 +1,7 @@
 //! A test language for the whole stack, spoken through the gateway.
 //!
 //! [`Stack::start`] runs the real binaries (auth service, tasks, orders,
-//! inventory, web page, gateway) as processes on ephemeral ports, with the shipped
+//! inventory, web page, notifications, gateway) as processes on ephemeral ports, with the shipped
 //! `routes.yaml` pointed at them, so the tests exercise the routes users
 //! get. A test then talks like a user:
 //!
@@ -13,6 +13,8 @@
 //!
 //! Every process is killed when the stack is dropped, and a failing test
 //! prints what each one said.
+
+pub mod sockets;
 
 use serde_json::{Value, json};
 use service_kit::testing::{ChildService, TestDatabase, unused_port, workspace_binary};
@@ -41,6 +43,7 @@ pub struct Addresses {
     pub orders: Vec<String>,
     pub inventory: String,
     pub web: String,
+    pub notifications: Vec<String>,
 }
 
 /// Timings shortened for tests.
@@ -92,6 +95,10 @@ pub fn routes_for(addresses: &Addresses, timings: &Timings, upgrade_sock: &str) 
             servers(std::slice::from_ref(&addresses.web)),
         ),
         (
+            "servers: [127.0.0.1:9401]",
+            servers(&addresses.notifications),
+        ),
+        (
             "cache_ttl: 30s",
             format!("cache_ttl: {}", timings.cache_ttl),
         ),
@@ -122,6 +129,10 @@ pub struct Options {
     /// Access token lifetime, seconds.
     pub access_ttl: u64,
     pub orders_replicas: usize,
+    pub notifications_replicas: usize,
+    /// A Redis for events and revocations (the services then use it rather
+    /// than direct calls); each stack gets its own channels and keys on it.
+    pub redis: Option<String>,
     pub timings: Timings,
 }
 
@@ -130,6 +141,8 @@ impl Default for Options {
         Options {
             access_ttl: 3600,
             orders_replicas: 1,
+            notifications_replicas: 1,
+            redis: None,
             timings: Timings::default(),
         }
     }
@@ -143,6 +156,7 @@ pub enum Service {
     Orders(usize),
     Inventory,
     Web,
+    Notifications(usize),
 }
 
 /// The built browser client (`npm --prefix web run build`).
@@ -162,6 +176,9 @@ pub struct Stack {
     orders: Vec<Option<ChildService>>,
     inventory: Option<ChildService>,
     web: Option<ChildService>,
+    notifications: Vec<Option<ChildService>>,
+    /// How a notifications replica is started (again, on its address).
+    notifications_env: Vec<(&'static str, String)>,
     auth_db: TestDatabase,
     _tasks_db: TestDatabase,
     _orders_db: TestDatabase,
@@ -172,14 +189,38 @@ pub struct Stack {
 const SECRET: &str = "end-to-end-signing-secret-of-forty-bytes!!";
 const ADMIN_TOKEN: &str = "end-to-end-gateway-admin-token-of-forty!!";
 
-fn service(name: &str, binary: &str, db: &TestDatabase, extra: &[&str]) -> ChildService {
+fn service(
+    name: &str,
+    binary: &str,
+    db: &TestDatabase,
+    extra: &[&str],
+    env: &[(&str, String)],
+) -> ChildService {
     let mut command = Command::new(workspace_binary(binary));
     command
         .args(["--listen", "127.0.0.1:0"])
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("DATABASE_URL", &db.url)
         .env("RUST_LOG", "info,tower_http=debug");
     ChildService::start(name, command)
+}
+
+fn notifications_replica(i: usize, listen: &str, env: &[(&'static str, String)]) -> ChildService {
+    let mut command = Command::new(workspace_binary("notifications"));
+    command
+        .args(["--listen", listen])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RUST_LOG", "info,tower_http=debug");
+    ChildService::start(&format!("notifications-{}", i + 1), command)
+}
+
+/// A name no other test run uses, for Redis channels and keys.
+pub fn unique_namespace() -> String {
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).expect("randomness");
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("e2e-{hex}")
 }
 
 impl Stack {
@@ -208,9 +249,44 @@ impl Stack {
                 "AUTH_REVOCATION_WEBHOOKS",
                 format!("http://{admin}/revocations"),
             );
+        // With Redis, every service shares one namespace of its own, so
+        // that stacks running side by side never see each other's events
+        // or revocations.
+        let mut notifications_env = vec![("NOTIFICATIONS_PING_SECONDS", "1".to_owned())];
+        let mut revocation_args = Vec::new();
+        if let Some(redis) = &options.redis {
+            let namespace = unique_namespace();
+            let channel = format!("{namespace}:revocations");
+            auth_command
+                .env("REDIS_URL", redis)
+                .env("REVOCATION_CHANNEL", &channel);
+            notifications_env.extend([
+                ("REDIS_URL", redis.clone()),
+                ("EVENTS_NAMESPACE", namespace),
+                ("REVOCATION_CHANNEL", channel.clone()),
+            ]);
+            revocation_args = vec![
+                "--redis-url".to_owned(),
+                redis.clone(),
+                "--revocation-channel".to_owned(),
+                channel,
+            ];
+        }
         let auth = ChildService::start("auth-service", auth_command);
-        let tasks = service("tasks", "tasks", &tasks_db, &[]);
-        let inventory = service("inventory", "inventory", &inventory_db, &[]);
+        let notifications: Vec<ChildService> = (0..options.notifications_replicas)
+            .map(|i| notifications_replica(i, "127.0.0.1:0", &notifications_env))
+            .collect();
+        // Without Redis, events are posted to the first replica.
+        let mut events_env: Vec<(&str, String)> = notifications_env
+            .iter()
+            .filter(|(name, _)| matches!(*name, "REDIS_URL" | "EVENTS_NAMESPACE"))
+            .cloned()
+            .collect();
+        if let Some(first) = notifications.first() {
+            events_env.push(("NOTIFICATIONS_URL", format!("http://{}", first.addr)));
+        }
+        let tasks = service("tasks", "tasks", &tasks_db, &[], &events_env);
+        let inventory = service("inventory", "inventory", &inventory_db, &[], &[]);
         let inventory_url = format!("http://{}", inventory.addr);
         let orders: Vec<ChildService> = (0..options.orders_replicas)
             .map(|i| {
@@ -219,6 +295,7 @@ impl Stack {
                     "orders",
                     &orders_db,
                     &["--inventory-url", &inventory_url],
+                    &events_env,
                 )
             })
             .collect();
@@ -239,6 +316,7 @@ impl Stack {
             orders: orders.iter().map(|o| o.addr.to_string()).collect(),
             inventory: inventory.addr.to_string(),
             web: web.addr.to_string(),
+            notifications: notifications.iter().map(|n| n.addr.to_string()).collect(),
         };
         let routes_path = dir.path().join("routes.yaml");
         let upgrade_sock = dir.path().join("upgrade.sock");
@@ -255,6 +333,7 @@ impl Stack {
         command
             .arg("--config")
             .arg(&routes_path)
+            .args(&revocation_args)
             .env("GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN);
         let mut gateway = ChildService::start("gateway", command);
         // Pingora announces its address as it binds; wait until it accepts.
@@ -279,6 +358,8 @@ impl Stack {
             orders: orders.into_iter().map(Some).collect(),
             inventory: Some(inventory),
             web: Some(web),
+            notifications: notifications.into_iter().map(Some).collect(),
+            notifications_env,
             auth_db,
             _tasks_db: tasks_db,
             _orders_db: orders_db,
@@ -350,6 +431,7 @@ impl Stack {
             Service::Inventory => &mut self.inventory,
             Service::Orders(i) => &mut self.orders[i],
             Service::Web => &mut self.web,
+            Service::Notifications(i) => &mut self.notifications[i],
         }
     }
 
@@ -360,6 +442,7 @@ impl Stack {
             Service::Inventory => &self.inventory,
             Service::Orders(i) => &self.orders[i],
             Service::Web => &self.web,
+            Service::Notifications(i) => &self.notifications[i],
         };
         slot.as_ref().expect("the service is running")
     }
@@ -374,6 +457,32 @@ impl Stack {
             status.is_some_and(|s| s.success()),
             "{which:?} did not stop cleanly: {status:?}"
         );
+    }
+
+    /// Starts a stopped notifications replica again on its address.
+    pub fn restart_notifications(&mut self, i: usize, addr: std::net::SocketAddr) {
+        assert!(self.notifications[i].is_none(), "replica {i} is running");
+        self.notifications[i] = Some(notifications_replica(
+            i,
+            &addr.to_string(),
+            &self.notifications_env,
+        ));
+    }
+
+    /// Opens `user_id`'s socket straight on notifications replica `i`, as
+    /// the gateway would (`x-user-id`).
+    pub async fn socket_on_replica(
+        &self,
+        i: usize,
+        user_id: i64,
+        query: &str,
+    ) -> Result<sockets::Socket, (u16, String)> {
+        let addr = self.address(Service::Notifications(i));
+        sockets::open(
+            &format!("ws://{addr}/api/notifications/ws{query}"),
+            &[("x-user-id", &user_id.to_string())],
+        )
+        .await
     }
 
     /// The gateway's base URL, `http://127.0.0.1:PORT`.
@@ -541,6 +650,17 @@ impl User {
 
     pub async fn delete(&self, path: &str) -> Reply {
         self.send(http::Method::DELETE, path, None).await
+    }
+
+    /// Opens this user's notifications socket through the gateway as a
+    /// browser does: the access token as the `bearer` subprotocol.
+    pub async fn socket(&self, query: &str) -> Result<sockets::Socket, (u16, String)> {
+        let url = format!(
+            "{}/api/notifications/ws{query}",
+            self.client.base.replacen("http://", "ws://", 1)
+        );
+        let protocols = format!("bearer, {}", self.access);
+        sockets::open(&url, &[("sec-websocket-protocol", &protocols)]).await
     }
 
     /// Logs in again; keeps the new tokens on success.
