@@ -1,5 +1,6 @@
 import { useCallback, useEffect, useRef, useState } from "react";
-import { api, logout, onSessionChange, restore, session, syncWithStorage, type Me } from "./api";
+import { api, logout, onSessionChange, restore, session, socketToken, syncWithStorage, type Me } from "./api";
+import { connectLive, socketUrl, type LiveEvent, type LiveStatus, type SubscribeLive } from "./live";
 import { AuthForm } from "./auth-form";
 import { describeError, reportFailure, type Message } from "./messages";
 import { StockAndOrders } from "./orders";
@@ -163,8 +164,35 @@ function Account({ onSignOut, notify }: { onSignOut: () => Promise<void>; notify
   );
 }
 
+const LIVE_TEXT: Record<LiveStatus, string> = {
+  connecting: "Connecting live updates…",
+  live: "Live updates on",
+  reconnecting: "Live updates paused; reconnecting…",
+  stopped: "Live updates off",
+};
+
 function Dashboard({ notify }: { notify: (m: Message) => void }) {
   const main = useRef<HTMLElement>(null);
+  const [liveStatus, setLiveStatus] = useState<LiveStatus>("connecting");
+  const listeners = useRef(new Set<(event: LiveEvent) => void>());
+  const subscribe = useCallback<SubscribeLive>((listener) => {
+    listeners.current.add(listener);
+    return () => {
+      listeners.current.delete(listener);
+    };
+  }, []);
+
+  // One socket per signed-in page, closed when the session ends (the
+  // dashboard is unmounted then).
+  useEffect(() => {
+    const live = connectLive({
+      url: socketUrl("/api/notifications/ws"),
+      token: socketToken,
+      onEvent: (event) => listeners.current.forEach((listener) => listener(event)),
+      onStatus: setLiveStatus,
+    });
+    return () => live.stop();
+  }, []);
 
   useEffect(() => {
     // The sign-in form that had focus is gone; start keyboard users at the
@@ -174,8 +202,11 @@ function Dashboard({ notify }: { notify: (m: Message) => void }) {
 
   return (
     <main ref={main} tabIndex={-1} className="dashboard" aria-label="Your tasks and orders">
-      <Tasks notify={notify} />
-      <StockAndOrders notify={notify} />
+      <p className={`live-status ${liveStatus}`} data-testid="live-status">
+        {LIVE_TEXT[liveStatus]}
+      </p>
+      <Tasks notify={notify} subscribe={subscribe} />
+      <StockAndOrders notify={notify} subscribe={subscribe} />
     </main>
   );
 }

@@ -161,6 +161,25 @@ describe("bearer tokens", () => {
   });
 });
 
+describe("tokens for WebSockets", () => {
+  test("the current token, a new one only for the stale one, and one refresh for many", async () => {
+    const { server, client } = setup();
+    await client.login("a@example.com", "password1");
+    await expect(client.socketToken()).resolves.toBe("access-1");
+    await expect(client.socketToken("an-older-token")).resolves.toBe("access-1");
+    expect(server.count("POST", "/api/auth/refresh")).toBe(0);
+
+    const both = await Promise.all([client.socketToken("access-1"), client.socketToken("access-1")]);
+    expect(both).toEqual(["access-2", "access-2"]);
+    expect(server.count("POST", "/api/auth/refresh")).toBe(1);
+  });
+
+  test("signed out, it is refused", async () => {
+    const { client } = setup();
+    expect((await rejection(client.socketToken())).code).toBe("signed_out");
+  });
+});
+
 describe("refresh on 401", () => {
   test("a 401 leads to exactly one refresh and a retry with the new token", async () => {
     const { server, client, storage } = setup();

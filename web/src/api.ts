@@ -443,6 +443,18 @@ export function createClient(options: ClientOptions = {}) {
       return held || current !== null;
     },
 
+    /**
+     * An access token for a WebSocket, which cannot go through `api`'s
+     * refresh-on-401. `stale` is a token a socket was refused with or that
+     * expired: a different one is returned, refreshing (once, shared with
+     * any request doing the same) when needed. Rejects when signed out.
+     */
+    async socketToken(stale: string | null = null): Promise<string> {
+      if (access !== null && access !== stale) return access;
+      if (access === null && readSaved() === null) throw signedOut();
+      return renew(stale ?? access);
+    },
+
     session(): SessionState {
       const current = readSaved();
       return { signedIn: access !== null || current !== null, userId: userId ?? current?.user_id ?? null };
@@ -571,3 +583,4 @@ export const restore = client.restore;
 export const session = client.session;
 export const onSessionChange = client.onSessionChange;
 export const syncWithStorage = client.syncWithStorage;
+export const socketToken = client.socketToken;

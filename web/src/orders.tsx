@@ -1,4 +1,5 @@
 import { useEffect, useId, useState, type FormEvent } from "react";
+import type { SubscribeLive } from "./live";
 import { api, ApiError, type Order, type StockItem } from "./api";
 import { reportFailure, type Notify } from "./messages";
 import { useAbortSignal } from "./use-abort-signal";
@@ -7,7 +8,13 @@ import { useAbortSignal } from "./use-abort-signal";
  * Stock and orders together, because they change together: placing or
  * cancelling an order moves stock, so both lists are reloaded afterwards.
  */
-export function StockAndOrders({ notify }: { notify: Notify }) {
+export function StockAndOrders({
+  notify,
+  subscribe,
+}: {
+  notify: Notify;
+  subscribe?: SubscribeLive;
+}) {
   const signal = useAbortSignal();
   const [stock, setStock] = useState<StockItem[] | null>(null);
   const [orders, setOrders] = useState<Order[] | null>(null);
@@ -48,6 +55,15 @@ export function StockAndOrders({ notify }: { notify: Notify }) {
     void loadStock();
     void loadOrders();
   }
+
+  // An order placed or cancelled elsewhere moves stock too: both reload.
+  useEffect(
+    () =>
+      subscribe?.((event) => {
+        if (event.type.startsWith("order.")) reloadAfterChange();
+      }),
+    [subscribe],
+  );
 
   return (
     <>

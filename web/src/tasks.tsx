@@ -2,9 +2,24 @@ import { useEffect, useId, useRef, useState, type FormEvent, type KeyboardEvent 
 import { api, ApiError, type Task } from "./api";
 import { reportFailure, type Notify } from "./messages";
 import { useAbortSignal } from "./use-abort-signal";
+import type { SubscribeLive } from "./live";
 
-/** The signed-in user's tasks: list, add, rename, complete and delete. */
-export function Tasks({ notify }: { notify: Notify }) {
+function isTask(value: unknown): value is Task {
+  return (
+    typeof value === "object" &&
+    value !== null &&
+    typeof (value as Task).id === "number" &&
+    typeof (value as Task).title === "string" &&
+    typeof (value as Task).completed === "boolean"
+  );
+}
+
+/**
+ * The signed-in user's tasks: list, add, rename, complete and delete; kept
+ * up to date with changes made elsewhere (another tab, another device)
+ * through live events.
+ */
+export function Tasks({ notify, subscribe }: { notify: Notify; subscribe?: SubscribeLive }) {
   const signal = useAbortSignal();
   // null until the first answer, so "loading" and "no tasks" read differently.
   const [tasks, setTasks] = useState<Task[] | null>(null);
@@ -32,6 +47,26 @@ export function Tasks({ notify }: { notify: Notify }) {
     // Loads once per mount; the section is remounted for each session.
   }, []);
 
+  useEffect(
+    () =>
+      subscribe?.((event) => {
+        const data = event.data;
+        if ((event.type === "task.created" || event.type === "task.updated") && isTask(data)) {
+          // This page's own change arrives too; it is applied once either way.
+          setTasks((current) => {
+            if (current === null) return current;
+            return current.some((t) => t.id === data.id)
+              ? current.map((t) => (t.id === data.id ? data : t))
+              : [data, ...current];
+          });
+        } else if (event.type === "task.deleted") {
+          const id = (data as { id?: unknown } | null)?.id;
+          if (typeof id === "number") setTasks((current) => current?.filter((t) => t.id !== id) ?? current);
+        }
+      }),
+    [subscribe],
+  );
+
   async function add(event: FormEvent<HTMLFormElement>) {
     event.preventDefault();
     if (adding) return;
@@ -40,7 +75,8 @@ export function Tasks({ notify }: { notify: Notify }) {
     try {
       // The server trims and checks the title, so its rules live in one place.
       const task = await api<Task>("/api/tasks", { method: "POST", json: { title }, signal: s });
-      setTasks((current) => [task, ...(current ?? [])]);
+      // Its live event may have arrived first; the task is listed once.
+      setTasks((current) => [task, ...(current ?? []).filter((t) => t.id !== task.id)]);
       setTitle("");
       notify({ kind: "info", text: "Task added." });
     } catch (error) {

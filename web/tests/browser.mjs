@@ -114,6 +114,28 @@ try {
     "completion was not kept",
   );
 
+  // --- Live updates: a change made on one device shows on another. ---
+  step("alice signs in on a second device; changes show up live");
+  const aliceElsewhere = await person();
+  await aliceElsewhere.page.getByLabel("Email").fill(aliceEmail);
+  await aliceElsewhere.page.getByLabel("Password").fill(password);
+  await aliceElsewhere.page.getByRole("button", { name: "Sign in" }).click();
+  await taskList(aliceElsewhere.page).getByText("alice: buy milk", { exact: true }).waitFor();
+  for (const page of [alice.page, aliceElsewhere.page, bob.page]) {
+    await page.getByTestId("live-status").getByText("Live updates on").waitFor();
+  }
+  await addTask(alice.page, "alice: added on the laptop");
+  await taskList(aliceElsewhere.page).getByText("alice: added on the laptop", { exact: true }).waitFor();
+  await aliceElsewhere.page.getByRole("button", { name: "Delete “alice: added on the laptop”", exact: true }).click();
+  await taskList(alice.page)
+    .getByText("alice: added on the laptop", { exact: true })
+    .waitFor({ state: "detached" });
+  assert.ok(
+    !(await taskTitles(bob.page)).some((t) => t.startsWith("alice")),
+    "alice's task appeared on bob's page",
+  );
+  await aliceElsewhere.context.close();
+
   // --- Stock and orders, with the clear messages for 409 and 422. ---
   step("alice places an order and stock goes down");
   const stockRow = (page, sku) => page.getByTestId("stock-table").locator("tr", { hasText: sku });
@@ -158,15 +180,23 @@ try {
   }
 
   // --- The access token expires; the next action still succeeds. ---
+  // The live socket is closed as its token expires and asks for a fresh one,
+  // so the page refreshes on its own; either way, one refresh per expiry,
+  // never a refused one, and the user stays signed in.
   step(`waiting ${accessTtl + 1} s for alice's access token to expire`);
-  await alice.page.waitForTimeout((accessTtl + 1) * 1000);
   alice.calls.length = 0;
+  await alice.page.waitForTimeout((accessTtl + 1) * 1000);
   await addTask(alice.page, "alice: after expiry");
+  await alice.page.getByTestId("live-status").getByText("Live updates on").waitFor();
   const sequence = alice.calls.join("\n");
-  assert.match(sequence, /POST \/api\/tasks 401/, `no refused call before the refresh:\n${sequence}`);
-  assert.match(sequence, /POST \/api\/auth\/refresh 200/, `no refresh:\n${sequence}`);
-  assert.match(sequence, /POST \/api\/tasks 201/, `no successful retry:\n${sequence}`);
-  assert.equal(sequence.match(/\/api\/auth\/refresh/g).length, 1, `more than one refresh:\n${sequence}`);
+  const refreshes = sequence.match(/POST \/api\/auth\/refresh \d+/g) ?? [];
+  assert.ok(refreshes.length >= 1, `no refresh:\n${sequence}`);
+  assert.ok(
+    refreshes.every((r) => r.endsWith(" 200")),
+    `a refresh was refused:\n${sequence}`,
+  );
+  assert.ok(refreshes.length <= 3, `refreshing in a loop:\n${sequence}`);
+  assert.match(sequence, /POST \/api\/tasks 201/, `the task was not added:\n${sequence}`);
 
   // --- Sign out, then Back: nothing private anywhere. ---
   step("alice signs out; Back shows nothing private");
