@@ -36,6 +36,9 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
 
 /// Messages from clients are not expected; anything larger is refused.
 const MAX_CLIENT_MESSAGE: usize = 4096;
+/// What clients send is pongs and a close frame: a small read buffer (it
+/// grows for a larger message) keeps an idle socket cheap.
+const READ_BUFFER: usize = 512;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,7 +117,7 @@ pub async fn connect(
     let ping = state.limits.ping_interval;
     let shutdown = state.shutdown.clone();
     Ok(upgrade
-        .read_buffer_size(MAX_CLIENT_MESSAGE)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
