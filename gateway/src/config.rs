@@ -503,6 +503,35 @@ pub struct Route {
     /// Request body limit for this route.
     #[serde(default)]
     pub max_body_bytes: Option<Bytes>,
+    /// Rate limits for this route; none by default.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimits>,
+}
+
+/// `{requests: 100, per: 1s, burst: 200}`: on average `requests` every
+/// `per`, and up to `burst` at once (default: `requests`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub requests: u32,
+    pub per: Dur,
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+/// A route's rate limits. `per_ip` and `route` apply before
+/// authentication, so a flood is refused before any token is checked;
+/// `per_user` after it (protected routes only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    #[serde(default)]
+    pub per_ip: Option<Rate>,
+    #[serde(default)]
+    pub per_user: Option<Rate>,
+    /// All clients of the route together.
+    #[serde(default)]
+    pub route: Option<Rate>,
 }
 
 mod defaults {
@@ -752,6 +781,31 @@ impl Config {
             if route.access == Access::Public && !route.roles.is_empty() {
                 error(format!("{at}.roles"), "roles need access: protected".into());
             }
+            if let Some(limits) = &route.rate_limit {
+                if route.access == Access::Public && limits.per_user.is_some() {
+                    error(
+                        format!("{at}.rate_limit.per_user"),
+                        "needs access: protected (a public route has no user)".into(),
+                    );
+                }
+                for (key, rate) in [
+                    ("per_ip", &limits.per_ip),
+                    ("per_user", &limits.per_user),
+                    ("route", &limits.route),
+                ] {
+                    let Some(rate) = rate else { continue };
+                    let at = format!("{at}.rate_limit.{key}");
+                    if rate.requests == 0 {
+                        error(format!("{at}.requests"), "must be at least 1".into());
+                    }
+                    if rate.per.0 < Duration::from_millis(1) {
+                        error(format!("{at}.per"), "must be at least 1ms".into());
+                    }
+                    if rate.burst == Some(0) {
+                        error(format!("{at}.burst"), "must be at least 1".into());
+                    }
+                }
+            }
             for role in &route.roles {
                 if role.is_empty() || !role.bytes().all(|b| b.is_ascii_graphic()) {
                     error(format!("{at}.roles"), format!("invalid role {role:?}"));
@@ -992,6 +1046,37 @@ routes:
             );
         }
         assert_eq!(rendered.len(), expected.len(), "{rendered:#?}");
+    }
+
+    #[test]
+    fn rate_limits_are_checked_with_their_paths() {
+        let source = format!(
+            "{MINIMAL}  - prefix: /api/open\n    upstream: tasks\n    access: public\n    rate_limit:\n      per_ip: {{ requests: 0, per: 1s }}\n      per_user: {{ requests: 5, per: 1s }}\n  - prefix: /api/closed\n    upstream: tasks\n    access: protected\n    rate_limit: {{ route: {{ requests: 5, per: 0ms, burst: 0 }} }}\n"
+        );
+        let errors = Config::parse(&source).expect_err("invalid").0;
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "routes[1].rate_limit.per_user",
+                "routes[1].rate_limit.per_ip.requests",
+                "routes[2].rate_limit.route.per",
+                "routes[2].rate_limit.route.burst",
+            ]
+        );
+        let unknown = format!(
+            "{MINIMAL}  - prefix: /api/x\n    upstream: tasks\n    access: public\n    rate_limit: {{ per_ip: {{ requests: 5, per: 1s, brust: 9 }} }}\n"
+        );
+        let error = Config::parse(&unknown)
+            .expect_err("unknown key")
+            .to_string();
+        assert!(error.contains("brust"), "{error}");
+        let fine = format!(
+            "{MINIMAL}  - prefix: /api/x\n    upstream: tasks\n    access: protected\n    rate_limit: {{ per_ip: {{ requests: 100, per: 1s, burst: 200 }}, per_user: {{ requests: 5, per: 1s }} }}\n"
+        );
+        let config = Config::parse(&fine).expect("valid");
+        let limits = config.routes[1].rate_limit.as_ref().expect("limits");
+        assert_eq!(limits.per_ip.as_ref().and_then(|r| r.burst), Some(200));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Header rules that do not depend on the proxy engine.
 
+use std::net::IpAddr;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -69,6 +70,31 @@ pub fn scrub_connection(value: &str) -> Option<String> {
 pub fn is_forwarding_header(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     lower == "forwarded" || lower == "x-real-ip" || lower.starts_with("x-forwarded-")
+}
+
+/// The client's address as far as rate limits go: the peer's, unless the
+/// peer is a trusted proxy, in which case the right-most `X-Forwarded-For`
+/// address that is not itself a trusted proxy. Addresses further left were
+/// written by the client and are never believed; an entry that is not an
+/// address stops the walk at the last trusted hop.
+pub fn limit_address(
+    peer: Option<IpAddr>,
+    forwarded_for: &[&str],
+    trusted: impl Fn(IpAddr) -> bool,
+) -> Option<IpAddr> {
+    let peer = peer?;
+    if !trusted(peer) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    for entry in forwarded_for.iter().rev().flat_map(|v| v.rsplit(',')) {
+        match entry.trim().parse::<IpAddr>() {
+            Ok(hop) if trusted(hop) => client = hop,
+            Ok(hop) => return Some(hop),
+            Err(_) => return Some(client),
+        }
+    }
+    Some(client)
 }
 
 /// Method-override headers. Some frameworks let them turn a GET into a PUT,
@@ -175,6 +201,42 @@ mod tests {
         }
         assert!(is_method_override("X-HTTP-Method-Override"));
         assert!(!is_method_override("x-http"));
+    }
+
+    #[test]
+    fn the_limited_address_is_the_first_untrusted_hop_from_the_right() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let trusted = |ip: IpAddr| ip.to_string().starts_with("10.");
+        let client = |peer: &str, xff: &[&str]| {
+            limit_address(Some(peer.parse().unwrap()), xff, trusted).map(|ip| ip.to_string())
+        };
+        let cases: [(&str, &[&str], &str); 7] = [
+            // Not a trusted proxy: its header is ignored.
+            ("203.0.113.9", &["198.51.100.1"], "203.0.113.9"),
+            ("10.0.0.1", &[], "10.0.0.1"),
+            ("10.0.0.1", &["198.51.100.1"], "198.51.100.1"),
+            // The client wrote the left part; the proxy appended its peer.
+            ("10.0.0.1", &["1.2.3.4, 198.51.100.1"], "198.51.100.1"),
+            (
+                "10.0.0.1",
+                &["1.2.3.4, 198.51.100.1, 10.0.0.7"],
+                "198.51.100.1",
+            ),
+            ("10.0.0.1", &["1.2.3.4", "198.51.100.1"], "198.51.100.1"),
+            ("10.0.0.1", &["1.2.3.4, garbage, 10.0.0.7"], "10.0.0.7"),
+        ];
+        for (peer, xff, expected) in cases {
+            assert_eq!(
+                client(peer, xff).as_deref(),
+                Some(expected),
+                "{peer} {xff:?}"
+            );
+        }
+        assert_eq!(limit_address(None, &[], |_| true), None);
+        assert_eq!(
+            limit_address(Some(proxy), &["10.0.0.2"], trusted),
+            "10.0.0.2".parse().ok()
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod config;
 pub mod headers;
+pub mod limits;
 pub mod metrics;
 pub mod notify;
 pub mod path;

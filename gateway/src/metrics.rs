@@ -35,6 +35,8 @@ pub struct Metrics {
     /// Proxied WebSockets cut because their token expired or their user was
     /// revoked, by reason.
     pub sockets_cut: IntCounterVec,
+    /// Requests refused by a rate limit, by route and scope (ip, route, user).
+    pub rate_limited: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -155,6 +157,11 @@ pub fn get() -> &'static Metrics {
                 "portcullis_websockets_cut_total",
                 "Proxied WebSockets cut because their token expired or their user was revoked.",
                 &["reason"],
+            ),
+            rate_limited: counter_vec(
+                "portcullis_rate_limited_total",
+                "Requests refused by a rate limit, by route and scope.",
+                &["route", "scope"],
             ),
         }
     })

@@ -7,6 +7,7 @@
 use crate::auth::{self, BearerError, Outcome, Verdict};
 use crate::config::Access;
 use crate::headers::{self, AUTH_EXPIRES, REQUEST_ID, USER_ID, USER_ROLE};
+use crate::limits::{Decision, Scope};
 use crate::router::{Lookup, Route};
 use crate::upstreams::Pool;
 use crate::{Gateway, Generation, metrics, path};
@@ -46,6 +47,8 @@ pub struct Ctx {
     subprotocols: Option<(String, bool)>,
     /// On an authenticated WebSocket: what the socket may live on.
     grant: Option<Grant>,
+    /// The route's tightest rate-limit decision, for the response headers.
+    rate: Option<Decision>,
 }
 
 /// The authority an upgraded connection was admitted with. The connection is
@@ -63,6 +66,8 @@ struct Refusal {
     message: String,
     retry_after: Option<u64>,
     allow: Option<String>,
+    /// The rate limit that refused the request, for its headers.
+    rate: Option<Decision>,
 }
 
 impl Refusal {
@@ -73,6 +78,7 @@ impl Refusal {
             message: message.into(),
             retry_after: None,
             allow: None,
+            rate: None,
         }
     }
 }
@@ -97,6 +103,9 @@ async fn respond(session: &mut Session, ctx: &Ctx, refusal: &Refusal) -> Result<
     if let Some(allow) = &refusal.allow {
         header.insert_header("allow", allow.as_str())?;
     }
+    if let Some(rate) = &refusal.rate {
+        rate_headers(&mut header, rate)?;
+    }
     let head = session.req_header().method == http::Method::HEAD;
     session
         .write_response_header(Box::new(header), head)
@@ -105,6 +114,50 @@ async fn respond(session: &mut Session, ctx: &Ctx, refusal: &Refusal) -> Result<
         session.write_response_body(Some(body), true).await?;
     }
     Ok(())
+}
+
+/// `RateLimit` and `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers):
+/// the burst, what is left of it, and when it is whole again.
+fn rate_headers(header: &mut ResponseHeader, rate: &Decision) -> Result<()> {
+    header.insert_header(
+        "ratelimit",
+        format!(
+            "limit={}, remaining={}, reset={}",
+            rate.limit,
+            rate.remaining,
+            Decision::seconds(rate.reset)
+        ),
+    )?;
+    header.insert_header(
+        "ratelimit-policy",
+        format!("{};w={}", rate.limit, Decision::seconds(rate.window)),
+    )?;
+    Ok(())
+}
+
+/// The 429 for a request a limit refused.
+fn rate_limited(route: &Route, scope: Scope, decision: Decision) -> Refusal {
+    metrics::get()
+        .rate_limited
+        .with_label_values(&[route.prefix.as_str(), scope.label()])
+        .inc();
+    let wait = Decision::seconds(decision.retry_after).max(1);
+    let mut refusal = Refusal::new(
+        429,
+        "rate_limited",
+        format!("too many requests; retry in {wait} s"),
+    );
+    refusal.retry_after = Some(wait);
+    refusal.rate = Some(decision);
+    refusal
+}
+
+/// Keeps the decision with the fewest requests left, for the headers.
+fn tighter(current: Option<Decision>, new: Decision) -> Option<Decision> {
+    match current {
+        Some(old) if old.remaining <= new.remaining => Some(old),
+        _ => Some(new),
+    }
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
@@ -242,6 +295,32 @@ impl Proxy {
             ctx.websocket = true;
         }
 
+        // Per client IP and per route, before anything is verified: a flood
+        // is refused here and never reaches the auth service.
+        if let Some(limits) = &route.limits {
+            let trusted = &generation.config.server.trusted_proxies;
+            let forwarded: Vec<&str> = if trusted.is_empty() {
+                Vec::new()
+            } else {
+                session
+                    .req_header()
+                    .headers
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect()
+            };
+            let ip = headers::limit_address(client_ip(session), &forwarded, |ip| {
+                trusted.iter().any(|net| net.contains(ip))
+            });
+            if let Some((scope, decision)) = limits.before_auth(ip) {
+                if !decision.allowed {
+                    return Err(rate_limited(&route, scope, decision));
+                }
+                ctx.rate = tighter(ctx.rate, decision);
+            }
+        }
+
         let request = session.req_header();
         if let Some(length) = request.headers.get(http::header::CONTENT_LENGTH) {
             let length = length
@@ -319,6 +398,16 @@ impl Proxy {
                             "your role does not allow this route",
                         ));
                     }
+                    if let Some((scope, decision)) = route
+                        .limits
+                        .as_ref()
+                        .and_then(|limits| limits.after_auth(&identity.user_id))
+                    {
+                        if !decision.allowed {
+                            return Err(rate_limited(&route, scope, decision));
+                        }
+                        ctx.rate = tighter(ctx.rate, decision);
+                    }
                     if ctx.websocket {
                         ctx.grant = Some(Grant {
                             expires: auth::peek_exp(token),
@@ -374,6 +463,7 @@ impl ProxyHttp for Proxy {
             websocket: false,
             subprotocols: None,
             grant: None,
+            rate: None,
         }
     }
 
@@ -683,6 +773,9 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         response.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+        if let Some(rate) = &ctx.rate {
+            rate_headers(response, rate)?;
+        }
         // A browser that offered subprotocols fails the handshake unless
         // the 101 names one of them; the upstream never saw `bearer`.
         if response.status == http::StatusCode::SWITCHING_PROTOCOLS

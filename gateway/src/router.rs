@@ -22,6 +22,8 @@ pub struct Route {
     pub forward_authorization: bool,
     pub websocket: bool,
     pub max_body_bytes: u64,
+    /// The route's rate limits and their buckets, when it has any.
+    pub limits: Option<Arc<crate::limits::RouteLimits>>,
 }
 
 impl Route {
@@ -92,6 +94,11 @@ impl RouteTable {
                 forward_authorization: route.forward_authorization,
                 websocket: route.websocket,
                 max_body_bytes: config.body_limit(route),
+                limits: route
+                    .rate_limit
+                    .as_ref()
+                    .and_then(crate::limits::RouteLimits::new)
+                    .map(Arc::new),
             };
             by_prefix
                 .entry(compiled.prefix.clone())
