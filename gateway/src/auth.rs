@@ -284,8 +284,25 @@ enum Source {
     },
 }
 
+/// A grant kept for stale-if-error: served, within a route's allowance past
+/// `until`, only while the verifier cannot answer.
+#[derive(Clone)]
+struct Stale {
+    identity: Arc<Identity>,
+    /// When the fresh grant ended (as its cache entry).
+    until: Instant,
+    /// The token's `exp`; never served past it.
+    exp: Option<u64>,
+    /// When the verifier was asked; a revocation since then voids it.
+    verified: Instant,
+}
+
 pub struct Verifier {
     cache: Cache<[u8; 32], Entry>,
+    /// Positive grants for stale-if-error, kept `ttl + stale_window`; only
+    /// when some route allows stale answers.
+    stale: Option<moka::sync::Cache<[u8; 32], Stale>>,
+    stale_window: Duration,
     identities: Identities,
     users: Arc<std::sync::Mutex<ByUser>>,
     revocable: bool,
@@ -394,6 +411,8 @@ impl Verifier {
         let cache = builder.build();
         Ok(Verifier {
             cache,
+            stale: None,
+            stale_window: Duration::ZERO,
             identities: Identities::default(),
             users,
             revocable,
@@ -401,6 +420,38 @@ impl Verifier {
             ttl: auth.cache_ttl.0,
             negative_ttl: auth.negative_ttl.0,
         })
+    }
+
+    /// Keeps positive grants for up to `window` past their end, for routes
+    /// that allow stale answers while the verifier is unavailable (zero:
+    /// none kept).
+    pub fn keeping_stale(mut self, window: Duration, capacity: u64) -> Self {
+        self.stale_window = window;
+        self.stale = (!window.is_zero()).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(self.ttl + window)
+                .build()
+        });
+        self
+    }
+
+    /// How long grants are kept past their end for stale-if-error.
+    pub fn stale_window(&self) -> Duration {
+        self.stale_window
+    }
+
+    /// A grant for `token` that ended at most `allowance` ago, for use only
+    /// when the verifier cannot answer: never a refusal, never past the
+    /// token's `exp`, never for a user revoked since it was verified.
+    pub fn stale(&self, token: &str, allowance: Duration) -> Option<Arc<Identity>> {
+        let stale = self.stale.as_ref()?;
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let kept = stale.get(&key)?;
+        let usable = Instant::now() < kept.until + allowance.min(self.stale_window)
+            && kept.exp.is_none_or(|exp| !time_left(exp).is_zero())
+            && !self.revoked_since(&kept.identity.user_id, kept.verified);
+        usable.then_some(kept.identity)
     }
 
     /// The verdict for `token` (already shape-checked by [`bearer`]).
@@ -447,12 +498,23 @@ impl Verifier {
                 }
                 Ok(entry) if entry.is_fresh() => {
                     let Entry { verdict, until } = entry.into_value();
-                    if let Verdict::Allowed(identity) = &verdict
-                        && !self.index(&identity.user_id, key, until, started)
-                    {
-                        // Revoked while this verification was under way: the
-                        // answer stands for this request, but is not kept.
-                        self.cache.invalidate(&key).await;
+                    if let Verdict::Allowed(identity) = &verdict {
+                        if !self.index(&identity.user_id, key, until, started) {
+                            // Revoked while this verification was under way:
+                            // the answer stands for this request, but is not
+                            // kept.
+                            self.cache.invalidate(&key).await;
+                        } else if let Some(stale) = &self.stale {
+                            stale.insert(
+                                key,
+                                Stale {
+                                    identity: Arc::clone(identity),
+                                    until,
+                                    exp,
+                                    verified: started,
+                                },
+                            );
+                        }
                     }
                     return (Ok(verdict), outcome);
                 }
@@ -494,7 +556,7 @@ impl Verifier {
             let now = Instant::now();
             // A verification older than the cache TTL plus its own timeout
             // cannot still be under way: older revocation times can go.
-            let horizon = self.ttl + Duration::from_secs(60);
+            let horizon = self.ttl + self.stale_window + Duration::from_secs(60);
             users
                 .revoked
                 .retain(|_, at| now.saturating_duration_since(*at) < horizon);
@@ -522,6 +584,9 @@ impl Verifier {
     /// Drops every cached verdict (after revocations may have been missed).
     pub fn clear(&self) {
         self.cache.invalidate_all();
+        if let Some(stale) = &self.stale {
+            stale.invalidate_all();
+        }
     }
 
     /// Cached verdicts (approximate; for metrics and tests).
@@ -784,5 +849,65 @@ mod tests {
         assert_eq!(verdict, Ok(Verdict::Denied));
         assert_eq!(outcome, Outcome::Expired);
         assert_eq!(verifier.cached(), 0);
+    }
+
+    fn signed(secret: &[u8], user: &str) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let claims = serde_json::json!({
+            "sub": user, "type": "access", "role": "user",
+            "iat": now, "nbf": now, "exp": now + 3600,
+        });
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret),
+        )
+        .expect("token")
+    }
+
+    #[tokio::test]
+    async fn stale_grants_are_kept_only_when_asked_and_never_after_a_revocation() {
+        let secret = b"a-signing-secret-of-at-least-thirty-two-bytes";
+        let auth: Auth = serde_yaml::from_str("mode: local").expect("auth");
+        let keeping = Verifier::new(&auth, Some(secret), true)
+            .expect("verifier")
+            .keeping_stale(Duration::from_secs(10), 100);
+        let alice = signed(secret, "7");
+        let bob = signed(secret, "8");
+        assert!(matches!(
+            keeping.verify(&alice).await.0,
+            Ok(Verdict::Allowed(_))
+        ));
+        assert!(matches!(
+            keeping.verify(&bob).await.0,
+            Ok(Verdict::Allowed(_))
+        ));
+        assert_eq!(
+            keeping
+                .stale(&alice, Duration::from_secs(5))
+                .map(|i| i.user_id.clone()),
+            Some("7".into())
+        );
+        let never_seen = signed(secret, "9");
+        assert!(keeping.stale(&never_seen, Duration::from_secs(5)).is_none());
+        keeping.revoke_user("7").await;
+        assert!(
+            keeping.stale(&alice, Duration::from_secs(5)).is_none(),
+            "a revoked user's grant served stale"
+        );
+        assert!(keeping.stale(&bob, Duration::from_secs(5)).is_some());
+        keeping.clear();
+        assert!(keeping.stale(&bob, Duration::from_secs(5)).is_none());
+
+        let plain = Verifier::new(&auth, Some(secret), true).expect("verifier");
+        assert!(matches!(
+            plain.verify(&alice).await.0,
+            Ok(Verdict::Allowed(_))
+        ));
+        assert!(plain.stale(&alice, Duration::from_secs(5)).is_none());
+        assert_eq!(plain.stale_window(), Duration::ZERO);
     }
 }

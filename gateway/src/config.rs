@@ -506,6 +506,10 @@ pub struct Route {
     /// Rate limits for this route; none by default.
     #[serde(default)]
     pub rate_limit: Option<RateLimits>,
+    /// While the auth service cannot answer, a cached grant that ended at
+    /// most this long ago may still be used (protected routes; opt-in).
+    #[serde(default)]
+    pub stale_if_error: Option<Dur>,
 }
 
 /// `{requests: 100, per: 1s, burst: 200}`: on average `requests` every
@@ -780,6 +784,20 @@ impl Config {
             }
             if route.access == Access::Public && !route.roles.is_empty() {
                 error(format!("{at}.roles"), "roles need access: protected".into());
+            }
+            if let Some(stale) = route.stale_if_error {
+                if route.access == Access::Public {
+                    error(
+                        format!("{at}.stale_if_error"),
+                        "needs access: protected".into(),
+                    );
+                }
+                if stale.0.is_zero() || stale.0 > Duration::from_secs(3600) {
+                    error(
+                        format!("{at}.stale_if_error"),
+                        "must be between 1ms and 1h".into(),
+                    );
+                }
             }
             if let Some(limits) = &route.rate_limit {
                 if route.access == Access::Public && limits.per_user.is_some() {

@@ -53,15 +53,31 @@ impl Generation {
                 Arc::new(upstreams::Pool::build(name, upstream)?),
             );
         }
+        // Grants are kept past their end as long as the longest
+        // stale-if-error allowance of any route.
+        let stale_window = config
+            .routes
+            .iter()
+            .filter_map(|r| r.stale_if_error.map(|d| d.0))
+            .max()
+            .unwrap_or_default();
         let verifier = match previous {
-            Some(previous) if previous.config.auth == config.auth => Arc::clone(&previous.verifier),
+            Some(previous)
+                if previous.config.auth == config.auth
+                    && previous.verifier.stale_window() == stale_window =>
+            {
+                Arc::clone(&previous.verifier)
+            }
             _ => {
                 let secret = std::env::var("JWT_SECRET_KEY").ok();
-                Arc::new(auth::Verifier::new(
-                    &config.auth,
-                    secret.as_deref().map(str::as_bytes),
-                    revocable,
-                )?)
+                Arc::new(
+                    auth::Verifier::new(
+                        &config.auth,
+                        secret.as_deref().map(str::as_bytes),
+                        revocable,
+                    )?
+                    .keeping_stale(stale_window, config.auth.cache_capacity),
+                )
             }
         };
         let (stop, _) = watch::channel(false);

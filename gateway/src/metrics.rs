@@ -37,6 +37,9 @@ pub struct Metrics {
     pub sockets_cut: IntCounterVec,
     /// Requests refused by a rate limit, by route and scope (ip, route, user).
     pub rate_limited: IntCounterVec,
+    /// Requests let through on a stale grant while the verifier was
+    /// unavailable (stale-if-error).
+    pub verify_stale: IntCounter,
 }
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -162,6 +165,10 @@ pub fn get() -> &'static Metrics {
                 "portcullis_rate_limited_total",
                 "Requests refused by a rate limit, by route and scope.",
                 &["route", "scope"],
+            ),
+            verify_stale: counter(
+                "portcullis_verify_stale_total",
+                "Requests let through on a stale grant while the verifier was unavailable.",
             ),
         }
     })

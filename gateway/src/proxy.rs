@@ -49,6 +49,8 @@ pub struct Ctx {
     grant: Option<Grant>,
     /// The route's tightest rate-limit decision, for the response headers.
     rate: Option<Decision>,
+    /// The identity is a stale grant (stale-if-error).
+    stale: bool,
 }
 
 /// The authority an upgraded connection was admitted with. The connection is
@@ -389,33 +391,8 @@ impl Proxy {
             if outcome == Outcome::Miss {
                 m.verify_latency.observe(started.elapsed().as_secs_f64());
             }
-            match verdict {
-                Ok(Verdict::Allowed(identity)) => {
-                    if !route.admits(&identity.role) {
-                        return Err(Refusal::new(
-                            403,
-                            "forbidden",
-                            "your role does not allow this route",
-                        ));
-                    }
-                    if let Some((scope, decision)) = route
-                        .limits
-                        .as_ref()
-                        .and_then(|limits| limits.after_auth(&identity.user_id))
-                    {
-                        if !decision.allowed {
-                            return Err(rate_limited(&route, scope, decision));
-                        }
-                        ctx.rate = tighter(ctx.rate, decision);
-                    }
-                    if ctx.websocket {
-                        ctx.grant = Some(Grant {
-                            expires: auth::peek_exp(token),
-                            admitted: started,
-                        });
-                    }
-                    ctx.identity = Some(identity);
-                }
+            let identity = match verdict {
+                Ok(Verdict::Allowed(identity)) => identity,
                 Ok(Verdict::Denied) => {
                     return Err(Refusal::new(
                         401,
@@ -425,16 +402,52 @@ impl Proxy {
                 }
                 Err(error) => {
                     m.verify_failures.with_label_values(&[error.label()]).inc();
-                    tracing::warn!(request_id = %ctx.request_id, error = %error, "token verification unavailable");
-                    let mut refusal = Refusal::new(
-                        503,
-                        "auth_unavailable",
-                        "the token could not be verified right now; retry shortly",
-                    );
-                    refusal.retry_after = Some(1);
-                    return Err(refusal);
+                    // Stale-if-error, where the route allows it: a grant
+                    // that ended a moment ago (never a refusal, never past
+                    // exp, never after a revocation) rather than a 503.
+                    let stale = route
+                        .stale_if_error
+                        .and_then(|allowance| generation.verifier.stale(token, allowance));
+                    let Some(identity) = stale else {
+                        tracing::warn!(request_id = %ctx.request_id, error = %error, "token verification unavailable");
+                        let mut refusal = Refusal::new(
+                            503,
+                            "auth_unavailable",
+                            "the token could not be verified right now; retry shortly",
+                        );
+                        refusal.retry_after = Some(1);
+                        return Err(refusal);
+                    };
+                    m.verify_stale.inc();
+                    ctx.stale = true;
+                    tracing::warn!(request_id = %ctx.request_id, error = %error, user_id = %identity.user_id, "token verification unavailable; serving a stale grant");
+                    identity
                 }
+            };
+            if !route.admits(&identity.role) {
+                return Err(Refusal::new(
+                    403,
+                    "forbidden",
+                    "your role does not allow this route",
+                ));
             }
+            if let Some((scope, decision)) = route
+                .limits
+                .as_ref()
+                .and_then(|limits| limits.after_auth(&identity.user_id))
+            {
+                if !decision.allowed {
+                    return Err(rate_limited(&route, scope, decision));
+                }
+                ctx.rate = tighter(ctx.rate, decision);
+            }
+            if ctx.websocket {
+                ctx.grant = Some(Grant {
+                    expires: auth::peek_exp(token),
+                    admitted: started,
+                });
+            }
+            ctx.identity = Some(identity);
         }
 
         ctx.pool = generation.pools.get(&route.upstream).cloned();
@@ -464,6 +477,7 @@ impl ProxyHttp for Proxy {
             subprotocols: None,
             grant: None,
             rate: None,
+            stale: false,
         }
     }
 
@@ -907,6 +921,8 @@ impl ProxyHttp for Proxy {
             // Evaluated only when the access log is enabled.
             server = %ctx.selected.map(|a| a.to_string()).unwrap_or_default(),
             user_id,
+            // The identity came from a stale grant (stale-if-error).
+            stale = ctx.stale,
             duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
             error = error.map(|e| e.etype().as_str()).unwrap_or(""),
         );

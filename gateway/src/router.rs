@@ -24,6 +24,9 @@ pub struct Route {
     pub max_body_bytes: u64,
     /// The route's rate limits and their buckets, when it has any.
     pub limits: Option<Arc<crate::limits::RouteLimits>>,
+    /// How long past its end a cached grant may serve while the verifier
+    /// is unavailable.
+    pub stale_if_error: Option<std::time::Duration>,
 }
 
 impl Route {
@@ -99,6 +102,7 @@ impl RouteTable {
                     .as_ref()
                     .and_then(crate::limits::RouteLimits::new)
                     .map(Arc::new),
+                stale_if_error: route.stale_if_error.map(|d| d.0),
             };
             by_prefix
                 .entry(compiled.prefix.clone())

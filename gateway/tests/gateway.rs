@@ -1433,3 +1433,56 @@ async fn per_user_limits_keep_users_apart() {
     );
     assert_eq!(tasks.seen().len(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_if_error_serves_a_recent_grant_within_its_bound_and_nothing_else() {
+    let db = TestDatabase::new().await;
+    let mut auth = auth_service(&db, &[]);
+    let tasks = Upstream::start().await;
+    let extra =
+        "  - { prefix: /api/steady, upstream: tasks, access: protected, stale_if_error: 2s }\n";
+    let config = routes(auth.addr, &[tasks.addr], extra).replace("cache_ttl: 30s", "cache_ttl: 1s");
+    let gateway = Gateway::start(&config, &[]);
+    let gw = gateway.addr();
+    let (token, _) = register(gw, "stale@example.com").await;
+    let (unseen, _) = register(gw, "unseen@example.com").await;
+    let get = async |path: &str, token: &str| {
+        raw(gw, "GET", path, &[("authorization", &bearer(token))], "")
+            .await
+            .status
+    };
+    assert_eq!(get("/api/steady/1", &token).await, 200);
+    assert_eq!(get("/api/steady/1", &forged(1)).await, 401);
+
+    // The auth service goes away. Once the cached grant has ended, a route
+    // without stale-if-error answers 503…
+    auth.kill();
+    let ended = eventually(Duration::from_secs(5), async || {
+        get("/api/tasks", &token).await == 503
+    })
+    .await;
+    assert!(ended, "the grant never ended");
+    let grant_ended = std::time::Instant::now();
+    // …while this one still serves the grant it had, and only that: not a
+    // token it never saw, not a refusal it once gave.
+    assert_eq!(get("/api/steady/2", &token).await, 200);
+    assert_eq!(get("/api/steady/2", &unseen).await, 503);
+    assert!(gateway.metric("portcullis_verify_stale_total").await >= 1.0);
+
+    // Past the allowance, it refuses too.
+    let refused = eventually(Duration::from_secs(6), async || {
+        get("/api/steady/3", &token).await == 503
+    })
+    .await;
+    assert!(refused, "a stale grant was served past its allowance");
+    let served_for = grant_ended.elapsed();
+    assert!(
+        served_for >= Duration::from_millis(1500),
+        "refused after {served_for:?}, before the 2 s allowance"
+    );
+    // The refusal once cached is not kept past its own TTL either.
+    assert_eq!(get("/api/steady/4", &forged(1)).await, 503);
+    let seen: Vec<String> = tasks.seen().iter().map(|s| s.target.clone()).collect();
+    assert!(seen.contains(&"/api/steady/2".to_owned()));
+    assert!(!seen.contains(&"/api/steady/4".to_owned()));
+}
