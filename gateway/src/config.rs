@@ -322,9 +322,42 @@ pub struct Config {
     pub listen: String,
     #[serde(default)]
     pub server: Server,
+    /// TLS termination on a listener of its own; none by default.
+    #[serde(default)]
+    pub tls: Option<Tls>,
     pub auth: Auth,
     pub upstreams: BTreeMap<String, Upstream>,
     pub routes: Vec<Route>,
+}
+
+/// `tls:`: HTTPS on `listen`, with the certificate chain and key in PEM
+/// files (paths relative to the routes file). Both are read again on every
+/// reload; TLS 1.2 and 1.3 only.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub listen: String,
+    pub cert: String,
+    pub key: String,
+    /// Offer HTTP/2 by ALPN (h2, then http/1.1); otherwise HTTP/1.1 only.
+    #[serde(default = "defaults::yes")]
+    pub http2: bool,
+    /// Answer every plain-HTTP request (but `/healthz`) on the top-level
+    /// `listen` with a 308 to the same path over HTTPS.
+    #[serde(default)]
+    pub redirect_http: bool,
+}
+
+/// `upstreams.NAME.tls`: connect to the pool's servers over TLS, verifying
+/// their certificates against `ca` (a PEM file) or the system's roots, for
+/// the name `sni` (default: the first server's host).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    #[serde(default)]
+    pub sni: Option<String>,
+    #[serde(default)]
+    pub ca: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -459,6 +492,9 @@ pub struct Upstream {
     /// How long an idle pooled upstream connection is kept.
     #[serde(default = "defaults::idle_timeout")]
     pub idle_timeout: Dur,
+    /// TLS to this pool's servers; plain HTTP when unset.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -557,6 +593,9 @@ mod defaults {
     }
     pub fn upstream_keepalive_pool() -> usize {
         256
+    }
+    pub fn yes() -> bool {
+        true
     }
     pub fn upgrade_sock() -> String {
         "/tmp/portcullis-gateway-upgrade.sock".into()
@@ -662,7 +701,8 @@ impl Config {
         found
     }
 
-    /// Reads and parses a file.
+    /// Reads and parses a file. Relative file paths in it (certificates,
+    /// keys, CA files) are taken relative to the file's directory.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigErrors> {
         let source = std::fs::read_to_string(path).map_err(|e| {
             ConfigErrors(vec![ConfigError {
@@ -671,7 +711,27 @@ impl Config {
                 line: None,
             }])
         })?;
-        Config::parse(&source)
+        let mut config = Config::parse(&source)?;
+        config.resolve_paths(path.parent().unwrap_or(std::path::Path::new(".")));
+        Ok(config)
+    }
+
+    /// Makes relative file paths relative to `base`.
+    pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        let resolve = |path: &mut String| {
+            if std::path::Path::new(path.as_str()).is_relative() {
+                *path = base.join(path.as_str()).display().to_string();
+            }
+        };
+        if let Some(tls) = &mut self.tls {
+            resolve(&mut tls.cert);
+            resolve(&mut tls.key);
+        }
+        for upstream in self.upstreams.values_mut() {
+            if let Some(ca) = upstream.tls.as_mut().and_then(|t| t.ca.as_mut()) {
+                resolve(ca);
+            }
+        }
     }
 
     fn check(&self, lines: &crate::yaml_lines::KeyLines) -> Vec<ConfigError> {
@@ -706,6 +766,24 @@ impl Config {
                 "server.admin_listen".into(),
                 format!("{admin:?} is not an IP:port address"),
             );
+        }
+        if let Some(tls) = &self.tls {
+            match tls.listen.parse::<std::net::SocketAddr>() {
+                Err(_) => error(
+                    "tls.listen".into(),
+                    format!("{:?} is not an IP:port address", tls.listen),
+                ),
+                Ok(addr) if Some(addr) == self.listen.parse().ok() && addr.port() != 0 => error(
+                    "tls.listen".into(),
+                    "must differ from the plain listen address".into(),
+                ),
+                Ok(_) => {}
+            }
+            for (key, value) in [("cert", &tls.cert), ("key", &tls.key)] {
+                if value.is_empty() {
+                    error(format!("tls.{key}"), "needs a file path".into());
+                }
+            }
         }
         if self.server.threads == Some(0) {
             error("server.threads".into(), "must be at least 1".into());
@@ -753,6 +831,14 @@ impl Config {
                     format!("{at}.servers"),
                     "needs at least one host:port".into(),
                 );
+            }
+            if let Some(tls) = &upstream.tls {
+                if tls.sni.as_deref().is_some_and(str::is_empty) {
+                    error(format!("{at}.tls.sni"), "must not be empty".into());
+                }
+                if tls.ca.as_deref().is_some_and(str::is_empty) {
+                    error(format!("{at}.tls.ca"), "needs a file path".into());
+                }
             }
             if let Some(check) = &upstream.health_check
                 && check.interval.0 < Duration::from_millis(100)

@@ -97,6 +97,33 @@ pub fn limit_address(
     Some(client)
 }
 
+/// The name part of a `Host` header value (`example.com`, `[::1]`,
+/// `192.0.2.1`, without its port), when it is nothing but a host name or an
+/// address: what may go into a redirect's `Location`.
+pub fn host_name(host: &str) -> Option<&str> {
+    let name = if host.starts_with('[') {
+        let end = host.find(']')?;
+        let (name, rest) = host.split_at(end + 1);
+        (rest.is_empty() || rest[1..].bytes().all(|b| b.is_ascii_digit()) && rest.starts_with(':'))
+            .then_some(name)?
+    } else {
+        match host.split_once(':') {
+            Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+                name
+            }
+            Some(_) => return None,
+            None => host,
+        }
+    };
+    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.');
+    let ok = if let Some(inner) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        inner.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !name.is_empty() && name.len() <= 253 && name.bytes().all(plain)
+    };
+    ok.then_some(name)
+}
+
 /// Method-override headers. Some frameworks let them turn a GET into a PUT,
 /// which would bypass a route that is public for GET only.
 pub fn is_method_override(name: &str) -> bool {
@@ -237,6 +264,28 @@ mod tests {
             limit_address(Some(proxy), &["10.0.0.2"], trusted),
             "10.0.0.2".parse().ok()
         );
+    }
+
+    #[test]
+    fn host_names_for_redirects() {
+        let cases = [
+            ("example.com", Some("example.com")),
+            ("example.com:8080", Some("example.com")),
+            ("192.0.2.1:80", Some("192.0.2.1")),
+            ("[::1]:8080", Some("[::1]")),
+            ("[::1]", Some("[::1]")),
+            ("", None),
+            ("example.com:", None),
+            ("example.com:80x", None),
+            ("evil.com/path", None),
+            ("a b", None),
+            ("user@host", None),
+            ("[not-v6]:80", None),
+            ("[::1]x", None),
+        ];
+        for (host, expected) in cases {
+            assert_eq!(host_name(host), expected, "{host:?}");
+        }
     }
 
     #[test]

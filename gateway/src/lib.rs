@@ -2,9 +2,10 @@
 //!
 //! Plain modules hold the rules: [`config`] parses and checks `routes.yaml`,
 //! [`path`] normalises request paths, [`router`] picks a route, [`auth`]
-//! checks and caches tokens, [`headers`] names the identity headers. Only
-//! [`proxy`] (the request hooks) and [`upstreams`] (load balancing and
-//! health checks) know Pingora, and [`server`] assembles the process.
+//! checks and caches tokens, [`headers`] names the identity headers,
+//! [`limits`] keeps rate-limit buckets. Only [`proxy`] (the request hooks),
+//! [`upstreams`] (load balancing and health checks) and [`tls`]
+//! (certificates) know Pingora, and [`server`] assembles the process.
 
 pub mod auth;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod proxy;
 pub mod revocations;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod upstreams;
 pub mod yaml_lines;
 
@@ -35,6 +37,8 @@ pub struct Generation {
     pub routes: router::RouteTable,
     pub pools: HashMap<String, Arc<upstreams::Pool>>,
     pub verifier: Arc<auth::Verifier>,
+    /// The HTTPS listener's certificate, read with this generation's file.
+    pub certificate: Option<Arc<pingora::tls::sign::CertifiedKey>>,
     stop: watch::Sender<bool>,
 }
 
@@ -80,12 +84,19 @@ impl Generation {
                 )
             }
         };
+        let certificate = config
+            .tls
+            .as_ref()
+            .map(|t| tls::load_certificate(&t.cert, &t.key))
+            .transpose()
+            .map_err(|e| format!("tls: {e}"))?;
         let (stop, _) = watch::channel(false);
         Ok(Generation {
             routes: router::RouteTable::new(&config),
             config,
             pools,
             verifier,
+            certificate,
             stop,
         })
     }

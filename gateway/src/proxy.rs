@@ -51,6 +51,8 @@ pub struct Ctx {
     rate: Option<Decision>,
     /// The identity is a stale grant (stale-if-error).
     stale: bool,
+    /// The request arrived over TLS.
+    https: bool,
 }
 
 /// The authority an upgraded connection was admitted with. The connection is
@@ -160,6 +162,56 @@ fn tighter(current: Option<Decision>, new: Decision) -> Option<Decision> {
         Some(old) if old.remaining <= new.remaining => Some(old),
         _ => Some(new),
     }
+}
+
+/// 308 to the same path and query over HTTPS, on the TLS listener's port.
+/// The host is the client's own `Host` (only its name part, and only when it
+/// is a plain host name or address), so a client can only send itself
+/// elsewhere; without a usable one, 400.
+async fn redirect_to_https(
+    session: &mut Session,
+    ctx: &Ctx,
+    generation: &Generation,
+) -> Result<()> {
+    let port = generation
+        .config
+        .tls
+        .as_ref()
+        .and_then(|t| t.listen.parse::<SocketAddr>().ok())
+        .map_or(443, |a| a.port());
+    let request = session.req_header();
+    let host = request
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(headers::host_name);
+    let Some(host) = host else {
+        return respond(
+            session,
+            ctx,
+            &Refusal::new(400, "bad_request", "a Host header is required"),
+        )
+        .await;
+    };
+    let target = request
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let location = if port == 443 {
+        format!("https://{host}{target}")
+    } else {
+        format!("https://{host}:{port}{target}")
+    };
+    let mut header = ResponseHeader::build(308, Some(4))?;
+    header.insert_header("location", location)?;
+    header.insert_header("content-length", "0")?;
+    header.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+    session.set_keepalive(None);
+    session
+        .write_response_header(Box::new(header), true)
+        .await?;
+    Ok(())
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
@@ -478,6 +530,7 @@ impl ProxyHttp for Proxy {
             grant: None,
             rate: None,
             stale: false,
+            https: false,
         }
     }
 
@@ -539,6 +592,19 @@ impl ProxyHttp for Proxy {
             if !head {
                 session.write_response_body(Some(body), true).await?;
             }
+            return Ok(true);
+        }
+        ctx.https = session
+            .digest()
+            .is_some_and(|digest| digest.ssl_digest.is_some());
+        if !ctx.https
+            && generation
+                .config
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.redirect_http)
+        {
+            redirect_to_https(session, ctx, &generation).await?;
             return Ok(true);
         }
         scrub_connection(session)?;
@@ -734,7 +800,10 @@ impl ProxyHttp for Proxy {
         };
         upstream.insert_header("x-forwarded-for", forwarded_for)?;
         if !trusted || upstream.headers.get("x-forwarded-proto").is_none() {
-            upstream.insert_header("x-forwarded-proto", "http")?;
+            upstream.insert_header(
+                "x-forwarded-proto",
+                if ctx.https { "https" } else { "http" },
+            )?;
         }
         if !trusted || upstream.headers.get("x-forwarded-host").is_none() {
             match session

@@ -107,6 +107,9 @@ pub fn run(options: Options, hangups: mpsc::UnboundedReceiver<()>) -> Result<(),
         if let Some(admin_listen) = &config.server.admin_listen {
             config.server.admin_listen = Some(reserve(admin_listen, "admin")?);
         }
+        if let Some(tls) = &mut config.tls {
+            tls.listen = reserve(&tls.listen, "tls")?;
+        }
     }
     let threads = config.server.threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -114,6 +117,7 @@ pub fn run(options: Options, hangups: mpsc::UnboundedReceiver<()>) -> Result<(),
     let listen = config.listen.clone();
     let metrics_listen = config.server.metrics_listen.clone();
     let admin_listen = config.server.admin_listen.clone();
+    let tls = config.tls.clone();
     let server_conf = ServerConf {
         threads,
         work_stealing: true,
@@ -154,6 +158,10 @@ pub fn run(options: Options, hangups: mpsc::UnboundedReceiver<()>) -> Result<(),
         "portcullis",
     );
     proxy.add_tcp(&listen);
+    if let Some(tls) = &tls {
+        let settings = crate::tls::settings(Arc::clone(&gateway), tls.http2)?;
+        proxy.add_tls_with_settings(&tls.listen, None, settings);
+    }
     server.add_service(proxy);
 
     if let Some(metrics_listen) = &metrics_listen {
@@ -189,6 +197,9 @@ pub fn run(options: Options, hangups: mpsc::UnboundedReceiver<()>) -> Result<(),
     server.add_service(control);
 
     println!("listening on {listen}");
+    if let Some(tls) = &tls {
+        println!("tls on {}", tls.listen);
+    }
     if let Some(metrics_listen) = &metrics_listen {
         println!("metrics on {metrics_listen}");
     }

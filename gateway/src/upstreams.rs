@@ -29,6 +29,28 @@ pub struct Pool {
     read_timeout: Duration,
     write_timeout: Duration,
     idle_timeout: Duration,
+    tls: Option<PoolTls>,
+}
+
+/// TLS to a pool's servers: the name their certificates must carry, and
+/// the roots to check them against (the system's when none).
+#[derive(Clone)]
+struct PoolTls {
+    sni: String,
+    roots: Option<Arc<pingora::protocols::tls::CaType>>,
+    /// Keeps this pool's connections to itself. Pingora's connection reuse
+    /// does not tell peers apart by CA: without it, a connection verified
+    /// against another pool's roots could be reused here.
+    group: u64,
+}
+
+impl PoolTls {
+    fn apply(&self, peer: &mut HttpPeer) {
+        peer.scheme = pingora::upstreams::peer::Scheme::HTTPS;
+        peer.sni.clone_from(&self.sni);
+        peer.options.ca.clone_from(&self.roots);
+        peer.group_key = self.group;
+    }
 }
 
 fn resolve(server: &config::HostPort) -> Result<Vec<SocketAddr>, String> {
@@ -47,6 +69,31 @@ fn resolve(server: &config::HostPort) -> Result<Vec<SocketAddr>, String> {
 impl Pool {
     /// Builds a pool, resolving server names once, here.
     pub fn build(name: &str, upstream: &config::Upstream) -> Result<Pool, String> {
+        let tls = upstream
+            .tls
+            .as_ref()
+            .map(|tls| -> Result<PoolTls, String> {
+                let sni = match &tls.sni {
+                    Some(sni) => sni.clone(),
+                    None => upstream
+                        .servers
+                        .first()
+                        .map(|s| s.host.clone())
+                        .unwrap_or_default(),
+                };
+                let roots = tls
+                    .ca
+                    .as_deref()
+                    .map(crate::tls::load_roots)
+                    .transpose()
+                    .map_err(|e| format!("upstreams.{name}.tls.ca: {e}"))?;
+                let group = {
+                    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+                    BuildHasherDefault::<DefaultHasher>::default().hash_one(name)
+                };
+                Ok(PoolTls { sni, roots, group })
+            })
+            .transpose()?;
         let mut servers = Vec::new();
         for server in &upstream.servers {
             for addr in resolve(server)? {
@@ -69,6 +116,9 @@ impl Pool {
                         }
                         CheckKind::Http => {
                             let mut http = HttpHealthCheck::new("portcullis-health", false);
+                            if let Some(tls) = &tls {
+                                tls.apply(&mut http.peer_template);
+                            }
                             if let Ok(mut req) = pingora::http::RequestHeader::build(
                                 "GET",
                                 check.path.as_str().as_bytes(),
@@ -131,6 +181,7 @@ impl Pool {
             read_timeout: upstream.read_timeout.0,
             write_timeout: upstream.write_timeout.0,
             idle_timeout: upstream.idle_timeout.0,
+            tls,
         })
     }
 
@@ -163,6 +214,9 @@ impl Pool {
     /// Pingora's defaults are unbounded.
     pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
         let mut peer = HttpPeer::new(addr, false, String::new());
+        if let Some(tls) = &self.tls {
+            tls.apply(&mut peer);
+        }
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.total_connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = Some(self.read_timeout);

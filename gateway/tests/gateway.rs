@@ -1301,11 +1301,6 @@ async fn systemd_is_told_which_process_serves_before_and_after_an_upgrade() {
     assert_eq!(raw(gw, "GET", "/api/public/x", &[], "").await.status, 200);
 }
 
-/// A token of the right shape that no auth service ever signed.
-fn forged(n: usize) -> String {
-    format!("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ{n:04}In0.c2lnbmF0dXJl{n:04}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_per_ip_limit_stops_a_flood_before_any_token_is_verified() {
     let db = TestDatabase::new().await;
@@ -1325,7 +1320,7 @@ async fn a_per_ip_limit_stops_a_flood_before_any_token_is_verified() {
             gw,
             "GET",
             "/api/limited",
-            &[("authorization", &bearer(&forged(n)))],
+            &[("authorization", &bearer(&forged_token(n)))],
             "",
         )
         .await;
@@ -1452,7 +1447,7 @@ async fn stale_if_error_serves_a_recent_grant_within_its_bound_and_nothing_else(
             .status
     };
     assert_eq!(get("/api/steady/1", &token).await, 200);
-    assert_eq!(get("/api/steady/1", &forged(1)).await, 401);
+    assert_eq!(get("/api/steady/1", &forged_token(1)).await, 401);
 
     // The auth service goes away. Once the cached grant has ended, a route
     // without stale-if-error answers 503…
@@ -1481,7 +1476,7 @@ async fn stale_if_error_serves_a_recent_grant_within_its_bound_and_nothing_else(
         "refused after {served_for:?}, before the 2 s allowance"
     );
     // The refusal once cached is not kept past its own TTL either.
-    assert_eq!(get("/api/steady/4", &forged(1)).await, 503);
+    assert_eq!(get("/api/steady/4", &forged_token(1)).await, 503);
     let seen: Vec<String> = tasks.seen().iter().map(|s| s.target.clone()).collect();
     assert!(seen.contains(&"/api/steady/2".to_owned()));
     assert!(!seen.contains(&"/api/steady/4".to_owned()));
