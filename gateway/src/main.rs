@@ -81,6 +81,13 @@ fn main() -> ExitCode {
     if cli.check {
         return match Config::load(&cli.config) {
             Ok(config) => {
+                let problems = gateway::tls::check_files(&config);
+                if !problems.is_empty() {
+                    for problem in &problems {
+                        eprintln!("{}: {problem}", cli.config.display());
+                    }
+                    return ExitCode::FAILURE;
+                }
                 let source = std::fs::read_to_string(&cli.config).unwrap_or_default();
                 for warning in config.shadowing(&source) {
                     eprintln!("{}: warning: {warning}", cli.config.display());

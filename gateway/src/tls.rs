@@ -37,6 +37,26 @@ pub fn load_certificate(cert: &str, key: &str) -> Result<Arc<CertifiedKey>, Stri
     Ok(Arc::new(certified))
 }
 
+/// What `--check` adds to the file's own checks: that every certificate,
+/// key and CA file it names can be read and used, each problem with its
+/// key path.
+pub fn check_files(config: &crate::config::Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(tls) = &config.tls
+        && let Err(e) = load_certificate(&tls.cert, &tls.key)
+    {
+        problems.push(format!("tls.cert/tls.key: {e}"));
+    }
+    for (name, upstream) in &config.upstreams {
+        if let Some(ca) = upstream.tls.as_ref().and_then(|t| t.ca.as_deref())
+            && let Err(e) = load_roots(ca)
+        {
+            problems.push(format!("upstreams.{name}.tls.ca: {e}"));
+        }
+    }
+    problems
+}
+
 /// Reads PEM CA certificates for checking an upstream pool's servers.
 pub fn load_roots(path: &str) -> Result<Arc<[WrappedX509]>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;

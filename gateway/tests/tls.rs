@@ -345,3 +345,46 @@ async fn upstream_pools_may_be_reached_over_tls_and_are_verified() {
             .any(|s| s.target == "/api/public/wrong/x")
     );
 }
+
+#[test]
+fn check_reads_the_certificate_files_like_nginx_t() {
+    let files = Files::new();
+    let ca = Authority::new("check CA");
+    ca.issue(&files.path("gateway.crt"), &files.path("gateway.key"));
+    let routes = files.path("routes.yaml");
+    let check = |yaml: &str| {
+        std::fs::write(&routes, yaml).expect("write");
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["--check", "--config"])
+            .arg(&routes)
+            .output()
+            .expect("run gateway --check");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    // Relative paths are the routes file's neighbours.
+    let good = "tls: { listen: 127.0.0.1:8443, cert: gateway.crt, key: gateway.key }\n\
+                auth: { mode: local }\nupstreams: {}\nroutes: []\n";
+    assert_eq!(check(good), (Some(0), String::new()));
+    std::fs::write(
+        files.path("other.key"),
+        KeyPair::generate().expect("key").serialize_pem(),
+    )
+    .expect("write");
+    let (code, stderr) = check(&good.replace("key: gateway.key", "key: other.key"));
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("tls.cert/tls.key") && stderr.contains("does not belong"),
+        "{stderr}"
+    );
+    let (code, stderr) = check(
+        "auth: { mode: local }\nupstreams:\n  a: { servers: [127.0.0.1:1], tls: { ca: missing.pem } }\nroutes: []\n",
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("upstreams.a.tls.ca") && stderr.contains("missing.pem"),
+        "{stderr}"
+    );
+}
