@@ -223,9 +223,9 @@ def header_script(token):
     return path
 
 
-def run_oha(url, token=None):
+def run_oha(url, token=None, extra=()):
     argv = ["taskset", "-c", LOAD_CPUS, "oha", "--no-tui", "--output-format", "json",
-            "-z", DURATION, "-c", str(CONNECTIONS)]
+            "-z", DURATION, "-c", str(CONNECTIONS), *extra]
     if token:
         argv += ["-H", f"authorization: Bearer {token}"]
     out = subprocess.run(argv + [url], capture_output=True, text=True, check=True).stdout
