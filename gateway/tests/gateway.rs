@@ -8,7 +8,7 @@ use service_kit::testing::{ChildService, TestDatabase};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
-use support::{Gateway, Upstream, auth_service, eventually, raw, register, routes};
+use support::{Gateway, Upstream, auth_service, eventually, get_with_token, raw, register, routes};
 
 struct Stack {
     _db: TestDatabase,
@@ -102,14 +102,7 @@ async fn protected_requests_carry_the_verified_identity_and_nothing_else() {
     );
 
     // The rewrite reaches the auth service's /api/me with the gateway's identity.
-    let me = raw(
-        gw,
-        "GET",
-        "/api/auth/me",
-        &[("authorization", &bearer(&token))],
-        "",
-    )
-    .await;
+    let me = get_with_token(gw, "/api/auth/me", &token).await;
     assert_eq!(me.status, 200, "{:?}", me.body);
     assert_eq!(me.body["user_id"], user_id);
     assert_eq!(me.body["email"], "alice@example.com");
@@ -332,14 +325,7 @@ async fn auth_service_down_means_503_and_nothing_forwarded() {
     let gw = s.gateway.addr();
     let (token, _) = register(gw, "outage@example.com").await;
     s.auth.kill();
-    let reply = raw(
-        gw,
-        "GET",
-        "/api/tasks",
-        &[("authorization", &bearer(&token))],
-        "",
-    )
-    .await;
+    let reply = get_with_token(gw, "/api/tasks", &token).await;
     assert_eq!(reply.status, 503, "{:?}", reply.body);
     assert_eq!(reply.code(), "auth_unavailable");
     assert_eq!(reply.header("retry-after"), Some("1"));
@@ -509,23 +495,9 @@ async fn gateway_errors_are_json_envelopes() {
         assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
     }
     let forged = format!("{}x", &token[..token.len() - 1]);
-    let reply = raw(
-        gw,
-        "GET",
-        "/api/tasks",
-        &[("authorization", &bearer(&forged))],
-        "",
-    )
-    .await;
+    let reply = get_with_token(gw, "/api/tasks", &forged).await;
     assert_eq!((reply.status, reply.code()), (401, "invalid_token"));
-    let user_on_admin = raw(
-        gw,
-        "GET",
-        "/api/admin/users",
-        &[("authorization", &bearer(&token))],
-        "",
-    )
-    .await;
+    let user_on_admin = get_with_token(gw, "/api/admin/users", &token).await;
     assert_eq!(
         (user_on_admin.status, user_on_admin.code()),
         (403, "forbidden")
@@ -677,14 +649,7 @@ async fn local_mode_checks_signatures_without_the_auth_service() {
         .expect("sign")
     };
     let good = sign(Algorithm::HS256, support::SECRET, "access");
-    let reply = raw(
-        gw,
-        "GET",
-        "/api/tasks",
-        &[("authorization", &bearer(&good))],
-        "",
-    )
-    .await;
+    let reply = get_with_token(gw, "/api/tasks", &good).await;
     assert_eq!(reply.status, 200);
     assert_eq!(tasks.seen()[0].all("x-user-id"), vec!["42"]);
     let refused = [
@@ -702,14 +667,7 @@ async fn local_mode_checks_signatures_without_the_auth_service() {
         ),
     ];
     for token in refused {
-        let reply = raw(
-            gw,
-            "GET",
-            "/api/tasks",
-            &[("authorization", &bearer(&token))],
-            "",
-        )
-        .await;
+        let reply = get_with_token(gw, "/api/tasks", &token).await;
         assert_eq!(reply.status, 401, "{token}");
     }
     assert_eq!(tasks.seen().len(), 1);
@@ -1316,14 +1274,7 @@ async fn a_per_ip_limit_stops_a_flood_before_any_token_is_verified() {
     let mut statuses = Vec::new();
     let mut last = None;
     for n in 0..50 {
-        let reply = raw(
-            gw,
-            "GET",
-            "/api/limited",
-            &[("authorization", &bearer(&forged_token(n)))],
-            "",
-        )
-        .await;
+        let reply = get_with_token(gw, "/api/limited", &forged_token(n)).await;
         statuses.push(reply.status);
         last = Some(reply);
     }
@@ -1381,14 +1332,7 @@ async fn per_user_limits_keep_users_apart() {
 
     let mut remaining = Vec::new();
     for _ in 0..3 {
-        let reply = raw(
-            gw,
-            "GET",
-            "/api/mine",
-            &[("authorization", &bearer(&alice))],
-            "",
-        )
-        .await;
+        let reply = get_with_token(gw, "/api/mine", &alice).await;
         assert_eq!(reply.status, 200);
         remaining.push(reply.header("ratelimit").map(str::to_owned));
     }
@@ -1401,24 +1345,10 @@ async fn per_user_limits_keep_users_apart() {
         })
         .collect();
     assert_eq!(left, ["remaining=2", "remaining=1", "remaining=0"]);
-    let refused = raw(
-        gw,
-        "GET",
-        "/api/mine",
-        &[("authorization", &bearer(&alice))],
-        "",
-    )
-    .await;
+    let refused = get_with_token(gw, "/api/mine", &alice).await;
     assert_eq!((refused.status, refused.code()), (429, "rate_limited"));
     // Bob's allowance is his own.
-    let his = raw(
-        gw,
-        "GET",
-        "/api/mine",
-        &[("authorization", &bearer(&bob))],
-        "",
-    )
-    .await;
+    let his = get_with_token(gw, "/api/mine", &bob).await;
     assert_eq!(his.status, 200);
     assert_eq!(
         gateway
@@ -1441,11 +1371,7 @@ async fn stale_if_error_serves_a_recent_grant_within_its_bound_and_nothing_else(
     let gw = gateway.addr();
     let (token, _) = register(gw, "stale@example.com").await;
     let (unseen, _) = register(gw, "unseen@example.com").await;
-    let get = async |path: &str, token: &str| {
-        raw(gw, "GET", path, &[("authorization", &bearer(token))], "")
-            .await
-            .status
-    };
+    let get = async |path: &str, token: &str| get_with_token(gw, path, token).await.status;
     assert_eq!(get("/api/steady/1", &token).await, 200);
     assert_eq!(get("/api/steady/1", &forged_token(1)).await, 401);
 

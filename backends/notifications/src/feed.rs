@@ -13,6 +13,7 @@
 //! again.
 
 use crate::hub::{Close, Hub};
+use crate::lock;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use service_kit::events::{self, Published};
@@ -333,12 +334,6 @@ fn parse_published(payload: &str) -> Option<(i64, Event)> {
     let (id, json) = rest.split_once(' ')?;
     let user = service_kit::identity::parse_user_id(user)?;
     Some((user, render_stored(EventId::parse(id)?, json)?))
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

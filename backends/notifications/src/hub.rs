@@ -7,6 +7,7 @@
 //! client reconnects and is sent what it missed.
 
 use crate::feed::Event;
+use crate::lock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -188,12 +189,6 @@ impl Hub {
 pub enum Full {
     User,
     Replica,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

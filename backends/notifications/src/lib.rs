@@ -27,6 +27,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+/// Takes a lock even if a thread panicked while holding it: the hub's and
+/// the memory feed's maps stay consistent between statements.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// What a replica accepts.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

@@ -406,6 +406,12 @@ routes:
     )
 }
 
+/// `GET path` with `Authorization: Bearer token`.
+pub async fn get_with_token(addr: SocketAddr, path: &str, token: &str) -> Reply {
+    let bearer = format!("Bearer {token}");
+    raw(addr, "GET", path, &[("authorization", &bearer)], "").await
+}
+
 /// Registers `email` through the gateway and returns (access token, user id).
 pub async fn register(gateway: SocketAddr, email: &str) -> (String, i64) {
     let body = serde_json::json!({"email": email, "password": "a long password"}).to_string();
