@@ -303,6 +303,9 @@ pub struct Verifier {
     /// when some route allows stale answers.
     stale: Option<moka::sync::Cache<[u8; 32], Stale>>,
     stale_window: Duration,
+    /// Revocations handled so far; lets a per-frame check skip the lock
+    /// while nothing was revoked.
+    revocations: std::sync::atomic::AtomicU64,
     identities: Identities,
     users: Arc<std::sync::Mutex<ByUser>>,
     revocable: bool,
@@ -413,6 +416,7 @@ impl Verifier {
             cache,
             stale: None,
             stale_window: Duration::ZERO,
+            revocations: std::sync::atomic::AtomicU64::new(0),
             identities: Identities::default(),
             users,
             revocable,
@@ -498,6 +502,12 @@ impl Verifier {
                 }
                 Ok(entry) if entry.is_fresh() => {
                     let Entry { verdict, until } = entry.into_value();
+                    if verdict == Verdict::Denied
+                        && let Some(stale) = &self.stale
+                    {
+                        // Refused now: an earlier grant may no longer stand in.
+                        stale.invalidate(&key);
+                    }
                     if let Verdict::Allowed(identity) = &verdict {
                         if !self.index(&identity.user_id, key, until, started) {
                             // Revoked while this verification was under way:
@@ -554,13 +564,17 @@ impl Verifier {
         let keys = {
             let mut users = lock(&self.users);
             let now = Instant::now();
-            // A verification older than the cache TTL plus its own timeout
-            // cannot still be under way: older revocation times can go.
-            let horizon = self.ttl + self.stale_window + Duration::from_secs(60);
+            // Revocation times are kept for a day: long enough for any
+            // verification still under way, any stale grant, and the proxied
+            // WebSockets admitted before them, which are checked against
+            // them for as long as their token lives.
+            let horizon = (self.ttl + self.stale_window + Duration::from_secs(60))
+                .max(Duration::from_secs(86_400));
             users
                 .revoked
                 .retain(|_, at| now.saturating_duration_since(*at) < horizon);
             users.revoked.insert(user_id.into(), now);
+            self.revocations.fetch_add(1, Ordering::AcqRel);
             users.keys.remove(user_id).unwrap_or_default()
         };
         // Invalidated outside the lock: the eviction listener takes it.
@@ -573,6 +587,17 @@ impl Verifier {
     /// Whether `user_id` was revoked at or after `since` (always false when
     /// revocations cannot arrive). A proxied WebSocket admitted at `since`
     /// is cut when this turns true.
+    /// How many revocations have been handled (for [`revoked_since_epoch`]).
+    pub fn revocation_epoch(&self) -> u64 {
+        self.revocations.load(Ordering::Acquire)
+    }
+
+    /// [`revoked_since`], answered without a lock while no revocation has
+    /// been handled since `epoch` was read (at `since`).
+    pub fn revoked_since_epoch(&self, user_id: &str, since: Instant, epoch: u64) -> bool {
+        self.revocation_epoch() != epoch && self.revoked_since(user_id, since)
+    }
+
     pub fn revoked_since(&self, user_id: &str, since: Instant) -> bool {
         self.revocable
             && lock(&self.users)

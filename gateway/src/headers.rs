@@ -97,6 +97,19 @@ pub fn limit_address(
     Some(client)
 }
 
+/// Whether `chunk` is exactly one WebSocket close frame, in either
+/// direction: FIN and opcode 8, a payload of at most 125 bytes (as close
+/// frames must be), masked or not, and nothing before or after it. Only such
+/// a chunk may pass a tunnel whose grant has lapsed.
+pub fn is_close_frame(chunk: &[u8]) -> bool {
+    let [0x88, second, ..] = chunk else {
+        return false;
+    };
+    let length = usize::from(second & 0x7f);
+    let mask = if second & 0x80 != 0 { 4 } else { 0 };
+    length <= 125 && chunk.len() == 2 + mask + length
+}
+
 /// The name part of a `Host` header value (`example.com`, `[::1]`,
 /// `192.0.2.1`, without its port), when it is nothing but a host name or an
 /// address: what may go into a redirect's `Location`.
@@ -263,6 +276,32 @@ mod tests {
         assert_eq!(
             limit_address(Some(proxy), &["10.0.0.2"], trusted),
             "10.0.0.2".parse().ok()
+        );
+    }
+
+    #[test]
+    fn only_a_whole_close_frame_is_a_close_frame() {
+        let cases: [(&[u8], bool); 9] = [
+            (&[0x88, 0x00], true),
+            (&[0x88, 0x02, 0x03, 0xe8], true),
+            // Masked, as clients send: four mask bytes, then the payload.
+            (&[0x88, 0x82, 1, 2, 3, 4, 0x03, 0xe8], true),
+            (&[0x88, 0x02, 0x03], false),
+            // A close frame followed by anything else.
+            (&[0x88, 0x00, 0x81, 0x01, b'x'], false),
+            (&[0x88, 0x80, 1, 2, 3, 4, 0x81], false),
+            (&[0x81, 0x00], false),
+            (&[0x88], false),
+            (&[], false),
+        ];
+        for (chunk, expected) in cases {
+            assert_eq!(is_close_frame(chunk), expected, "{chunk:?}");
+        }
+        let mut long = vec![0x88, 126, 0, 200];
+        long.extend([0; 200]);
+        assert!(
+            !is_close_frame(&long),
+            "close payloads are at most 125 bytes"
         );
     }
 

@@ -63,6 +63,22 @@ impl Decision {
     }
 }
 
+/// The key a client address is counted under: IPv4 addresses as they are,
+/// IPv6 addresses by their /64, since one subscriber usually holds a whole
+/// /64 and could otherwise take a fresh bucket with every request.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+            }
+        },
+    }
+}
+
 /// A bucket: the theoretical arrival time, in nanoseconds since `epoch`.
 struct Bucket(AtomicU64);
 
@@ -210,7 +226,7 @@ impl RouteLimits {
         let now = self.now();
         let mut tightest: Option<(Scope, Decision)> = None;
         if let (Some(limit), Some(ip)) = (&self.per_ip, ip) {
-            let decision = limit.check(ip, now);
+            let decision = limit.check(client_key(ip), now);
             if !decision.allowed {
                 return Some((Scope::Ip, decision));
             }
@@ -278,6 +294,16 @@ mod tests {
         assert_eq!(Decision::seconds(Duration::ZERO), 0);
         // A refusal costs nothing: waiting the advertised time is enough.
         assert!(take(&bucket, &r, now + SEC / 2).allowed);
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let key = |s: &str| client_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2:ffff:ffff:ffff:ffff"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:3::1"), "2001:db8:1:3::");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
     }
 
     #[test]

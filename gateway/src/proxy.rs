@@ -61,6 +61,9 @@ pub struct Ctx {
 struct Grant {
     expires: Option<u64>,
     admitted: Instant,
+    /// The verifier's revocation count at admission: while it has not
+    /// moved, no frame needs to look further.
+    epoch: u64,
 }
 
 /// A refusal written by the gateway itself.
@@ -273,8 +276,7 @@ impl Proxy {
         let (Some(grant), Some(identity)) = (&ctx.grant, &ctx.identity) else {
             return Ok(());
         };
-        // FIN set, opcode 8 (close).
-        if chunk.is_some_and(|c| c.first() == Some(&0x88)) {
+        if chunk.is_some_and(|c| headers::is_close_frame(c)) {
             return Ok(());
         }
         let now = SystemTime::now()
@@ -282,13 +284,11 @@ impl Proxy {
             .map_or(0, |d| d.as_secs());
         let lapsed = if grant.expires.is_some_and(|exp| now >= exp) {
             "expired"
-        } else if self
-            .gateway
-            .current
-            .load()
-            .verifier
-            .revoked_since(&identity.user_id, grant.admitted)
-        {
+        } else if self.gateway.current.load().verifier.revoked_since_epoch(
+            &identity.user_id,
+            grant.admitted,
+            grant.epoch,
+        ) {
             "revoked"
         } else {
             return Ok(());
@@ -436,6 +436,9 @@ impl Proxy {
                     "the Authorization header is not a well-formed Bearer token",
                 ),
             })?;
+            // Read before verifying: a revocation during the verification
+            // moves it, so a WebSocket admitted now is still checked.
+            let epoch = generation.verifier.revocation_epoch();
             let started = Instant::now();
             let (verdict, outcome) = generation.verifier.verify(token).await;
             let m = metrics::get();
@@ -497,6 +500,7 @@ impl Proxy {
                 ctx.grant = Some(Grant {
                     expires: auth::peek_exp(token),
                     admitted: started,
+                    epoch,
                 });
             }
             ctx.identity = Some(identity);

@@ -87,9 +87,18 @@ impl Pool {
                     .map(crate::tls::load_roots)
                     .transpose()
                     .map_err(|e| format!("upstreams.{name}.tls.ca: {e}"))?;
+                // The pool, its name to check and its roots: a reload that
+                // changes either starts new connections.
                 let group = {
                     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-                    BuildHasherDefault::<DefaultHasher>::default().hash_one(name)
+                    let ca = tls
+                        .ca
+                        .as_deref()
+                        .map(std::fs::read)
+                        .transpose()
+                        .ok()
+                        .flatten();
+                    BuildHasherDefault::<DefaultHasher>::default().hash_one((name, &sni, ca))
                 };
                 Ok(PoolTls { sni, roots, group })
             })

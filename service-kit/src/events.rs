@@ -84,9 +84,11 @@ pub struct Published {
 
 /// Appends to the stream and publishes with the stream's id in one step, so
 /// that ids on the channel and in the stream always agree and arrive in the
-/// order they were given. The channel message is `USER ID JSON`.
+/// order they were given. The stream is trimmed exactly (not with `~`), so
+/// that a replay of `REPLAY_LIMIT` entries is everything kept. The channel
+/// message is `USER ID JSON`.
 const SCRIPT: &str = r"
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[2])
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'event', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5] .. ' ' .. id .. ' ' .. ARGV[2])
 return id

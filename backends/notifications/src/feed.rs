@@ -146,8 +146,11 @@ struct Kept {
 impl MemoryFeed {
     /// Numbers, keeps and delivers one event.
     pub fn publish(&self, hub: &Hub, event: &Published) -> EventId {
+        // Delivered under the same lock that numbers it, so that two events
+        // posted at once reach sockets in the order of their ids (a socket
+        // skips an id lower than one it has sent).
+        let mut state = lock(&self.state);
         let rendered = {
-            let mut state = lock(&self.state);
             let millis = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
@@ -187,6 +190,7 @@ impl MemoryFeed {
         // listens either finds it kept or receives it (or both, and skips
         // the second by id).
         hub.deliver(event.user_id, rendered);
+        drop(state);
         id
     }
 
@@ -217,6 +221,10 @@ pub struct RedisFeed {
     connection: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
 }
 
+/// How often the subscription is pinged, and how long an answer may take.
+const PING_EVERY: Duration = Duration::from_secs(5);
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How long a replay read may take before the socket is refused.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -233,15 +241,21 @@ impl RedisFeed {
 
     async fn replay(&self, user: i64, after: EventId) -> Result<Vec<Event>, String> {
         let read = async {
-            let mut slot = self.connection.lock().await;
-            let connection = match slot.as_mut() {
-                Some(connection) => connection,
-                None => slot.insert(
-                    self.client
-                        .get_multiplexed_async_connection()
-                        .await
-                        .map_err(|e| e.to_string())?,
-                ),
+            // The multiplexed connection is shared by cloning it: replays
+            // run side by side, and the lock is held only to find or make it.
+            let mut connection = {
+                let mut slot = self.connection.lock().await;
+                match slot.as_ref() {
+                    Some(connection) => connection.clone(),
+                    None => slot
+                        .insert(
+                            self.client
+                                .get_multiplexed_async_connection()
+                                .await
+                                .map_err(|e| e.to_string())?,
+                        )
+                        .clone(),
+                }
             };
             let entries: redis::RedisResult<Vec<(String, Vec<String>)>> = redis::cmd("XRANGE")
                 .arg(events::stream_key(&self.namespace, user))
@@ -249,10 +263,16 @@ impl RedisFeed {
                 .arg("+")
                 .arg("COUNT")
                 .arg(events::REPLAY_LIMIT)
-                .query_async(connection)
+                .query_async(&mut connection)
                 .await;
             entries.map_err(|e| {
-                *slot = None;
+                // Only a broken connection is made again; an error answer
+                // (whatever caused it) leaves the shared one alone.
+                if (e.is_io_error() || e.is_connection_dropped())
+                    && let Ok(mut slot) = self.connection.try_lock()
+                {
+                    *slot = None;
+                }
                 e.to_string()
             })
         };
@@ -277,13 +297,33 @@ impl RedisFeed {
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.subscribe().await {
-                Ok(mut pubsub) => {
+                Ok(pubsub) => {
                     backoff = Duration::from_millis(100);
                     self.subscribed.store(true, Ordering::Release);
                     tracing::info!("subscribed to live events on Redis");
-                    let mut messages = pubsub.on_message();
-                    while let Some(message) = messages.next().await {
-                        self.dispatch(&hub, &message);
+                    let (mut sink, mut messages) = pubsub.split();
+                    // A connection that went quiet without closing (a
+                    // partition, a failover) is found by pinging it.
+                    let mut ping = tokio::time::interval(PING_EVERY);
+                    ping.tick().await;
+                    loop {
+                        tokio::select! {
+                            message = messages.next() => match message {
+                                Some(message) => self.dispatch(&hub, &message),
+                                None => break,
+                            },
+                            _ = ping.tick() => {
+                                let answered = tokio::time::timeout(
+                                    PING_TIMEOUT,
+                                    sink.ping::<redis::Value>(),
+                                )
+                                .await;
+                                if !matches!(answered, Ok(Ok(_))) {
+                                    tracing::warn!("Redis did not answer a ping on the subscription");
+                                    break;
+                                }
+                            }
+                        }
                     }
                     tracing::warn!("Redis subscription lost; live events unavailable");
                 }

@@ -83,9 +83,24 @@ pub async fn connect(
         .after
         .as_deref()
         .map(|raw| {
-            EventId::parse(raw).ok_or_else(|| {
-                ApiError::validation("after must be an event id (MILLISECONDS-SEQUENCE)")
-            })
+            EventId::parse(raw)
+                .ok_or_else(|| {
+                    ApiError::validation("after must be an event id (MILLISECONDS-SEQUENCE)")
+                })
+                .and_then(|id| {
+                    // No event can come from the future; such a cursor would
+                    // only hide the events before it.
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    if id.millis > now.saturating_add(60_000) {
+                        Err(ApiError::validation(
+                            "after names an event that cannot exist yet",
+                        ))
+                    } else {
+                        Ok(id)
+                    }
+                })
         })
         .transpose()?;
     if !state.feed.is_ready() {

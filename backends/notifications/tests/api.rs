@@ -293,6 +293,7 @@ async fn bad_requests_get_the_envelope() {
 
     for (query, expires, status) in [
         ("?after=yesterday", None, 422),
+        ("?after=99999999999999-0", None, 422),
         ("?since=1-0", None, 400),
         ("", Some(1), 401),
     ] {
