@@ -34,6 +34,9 @@ pub const AUTH_EXPIRES_HEADER: &str = "x-auth-expires";
 /// through by then for the client to learn why.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
 
+/// How long the 101 waits (see `connect`).
+const UPGRADE_DELAY: Duration = Duration::from_millis(15);
+
 /// Messages from clients are not expected; anything larger is refused.
 const MAX_CLIENT_MESSAGE: usize = 4096;
 /// What clients send is pongs and a close frame: a small read buffer (it
@@ -131,6 +134,12 @@ pub async fn connect(
     };
     let ping = state.limits.ping_interval;
     let shutdown = state.shutdown.clone();
+    // Pingora 0.9.1, which the gateway is built on, can tear a tunnel down
+    // right after the 101 when the 101 arrives before it has handled the
+    // upgrade request's own (empty) body (cloudflare/pingora#946). A few
+    // milliseconds here let it do so first; a socket opened directly loses
+    // nothing but those milliseconds.
+    tokio::time::sleep(UPGRADE_DELAY).await;
     Ok(upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)

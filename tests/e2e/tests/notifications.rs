@@ -200,7 +200,7 @@ async fn with_redis_any_replica_serves_any_user_and_a_restart_delivers_nothing_t
     assert!(ready, "the replicas never subscribed");
     let mut on_one = stack.socket_on_replica(0, alice.id, "").await.expect("one");
     let mut on_two = stack.socket_on_replica(1, alice.id, "").await.expect("two");
-    let mut through_gateway = alice.socket("").await.expect("gateway");
+    let mut through_gateway = Following::open(&alice).await;
     let mut bobs = stack.socket_on_replica(1, bob.id, "").await.expect("bob");
 
     let t1 = alice.post("/api/tasks", json!({"title": "one"})).await;
@@ -208,10 +208,7 @@ async fn with_redis_any_replica_serves_any_user_and_a_restart_delivers_nothing_t
     let seen_one = on_one.next_event(WAIT).await.expect("replica one");
     assert_eq!(summary(&seen_one), ("task.created".to_owned(), t1));
     assert_eq!(on_two.next_event(WAIT).await.as_ref(), Some(&seen_one));
-    assert_eq!(
-        through_gateway.next_event(WAIT).await.as_ref(),
-        Some(&seen_one)
-    );
+    assert_eq!(through_gateway.next().await, seen_one);
     let last = seen_one["id"].as_str().expect("id").to_owned();
 
     // Replica one restarts; an event is published meanwhile.
@@ -243,31 +240,12 @@ async fn with_redis_any_replica_serves_any_user_and_a_restart_delivers_nothing_t
     assert_eq!(next(&mut back).await, ("task.created".to_owned(), t3));
     assert_eq!(next(&mut on_two).await, ("task.created".to_owned(), t3));
     // The gateway sent its socket to either replica. On the one that
-    // restarted, it was closed (1001), and the client reconnects after the
-    // last id it saw, as the page does: it still sees each event once.
-    let mut through = Vec::new();
-    let mut last_seen = last.clone();
-    let mut reconnects = 0;
-    while through.len() < 2 {
-        match through_gateway.next_event(WAIT).await {
-            Some(event) => {
-                last_seen = event["id"].as_str().expect("id").to_owned();
-                through.push(summary(&event).1);
-            }
-            None => {
-                reconnects += 1;
-                assert!(reconnects <= 2, "the gateway's socket kept failing");
-                through_gateway = alice
-                    .socket(&format!("?after={last_seen}"))
-                    .await
-                    .expect("reconnected through the gateway");
-                for event in &through_gateway.replayed {
-                    last_seen = event["id"].as_str().expect("id").to_owned();
-                    through.push(summary(event).1);
-                }
-            }
-        }
-    }
+    // restarted, it was closed (1001), and the client resumed after the last
+    // id it saw, as the page does: it still sees each event once.
+    let through = [
+        summary(&through_gateway.next().await).1,
+        summary(&through_gateway.next().await).1,
+    ];
     assert_eq!(through, [t2, t3], "the gateway's socket saw each once");
     assert!(back.next_event(Duration::from_millis(300)).await.is_none());
 
@@ -276,7 +254,7 @@ async fn with_redis_any_replica_serves_any_user_and_a_restart_delivers_nothing_t
     assert_eq!(alice.logout().await.status, 204);
     assert_eq!(back.ended(WAIT).await.0, Some(Ended::Closed(4003)));
     assert_eq!(on_two.ended(WAIT).await.0, Some(Ended::Closed(4003)));
-    assert!(through_gateway.ended(WAIT).await.0.is_some());
+    assert!(through_gateway.socket.ended(WAIT).await.0.is_some());
     let his = bob.post("/api/tasks", json!({"title": "still here"})).await;
     assert_eq!(
         next(&mut bobs).await,
@@ -285,6 +263,51 @@ async fn with_redis_any_replica_serves_any_user_and_a_restart_delivers_nothing_t
             his.body["id"].as_i64().expect("id")
         )
     );
+}
+
+/// A socket through the gateway that, when it is closed, opens another one
+/// after the last id it saw, as the page's client does: whichever replica
+/// serves it, and however often it is replaced, each event comes once.
+struct Following<'a> {
+    user: &'a e2e::User,
+    socket: Socket,
+    last: String,
+    pending: std::collections::VecDeque<Value>,
+    reconnects: u32,
+}
+
+impl<'a> Following<'a> {
+    async fn open(user: &'a e2e::User) -> Following<'a> {
+        Following {
+            user,
+            socket: user.socket("").await.expect("socket through the gateway"),
+            // Before any event: everything kept is after it.
+            last: "0-0".to_owned(),
+            pending: Default::default(),
+            reconnects: 0,
+        }
+    }
+
+    async fn next(&mut self) -> Value {
+        loop {
+            let event = match self.pending.pop_front() {
+                Some(event) => Some(event),
+                None => self.socket.next_event(WAIT).await,
+            };
+            if let Some(event) = event {
+                self.last = event["id"].as_str().expect("id").to_owned();
+                return event;
+            }
+            self.reconnects += 1;
+            assert!(self.reconnects <= 3, "the socket kept closing");
+            self.socket = self
+                .user
+                .socket(&format!("?after={}", self.last))
+                .await
+                .expect("reconnected through the gateway");
+            self.pending.extend(self.socket.replayed.drain(..));
+        }
+    }
 }
 
 /// A Redis server of this test's own, to stop and start again on one port.
