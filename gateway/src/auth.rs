@@ -57,16 +57,19 @@ pub fn bearer<'a>(values: &[&'a [u8]]) -> Result<&'a str, BearerError> {
         return Err(BearerError::Malformed);
     }
     let token = token.trim_start_matches(' ').trim_end_matches([' ', '\t']);
-    if token.is_empty() || token.len() > MAX_TOKEN_BYTES || token.contains([' ', '\t']) {
-        return Err(BearerError::Malformed);
-    }
-    let mut parts = token.split('.');
-    let shape_ok =
-        parts.by_ref().take(3).filter(|p| is_base64url(p)).count() == 3 && parts.next().is_none();
-    if !shape_ok {
+    if !is_token_shaped(token) {
         return Err(BearerError::Malformed);
     }
     Ok(token)
+}
+
+/// A JWT's shape, wherever a token comes from: at most `MAX_TOKEN_BYTES`,
+/// three non-empty base64url parts and nothing else.
+fn is_token_shaped(token: &str) -> bool {
+    let mut parts = token.split('.');
+    token.len() <= MAX_TOKEN_BYTES
+        && parts.by_ref().take(3).filter(|p| is_base64url(p)).count() == 3
+        && parts.next().is_none()
 }
 
 /// The subprotocol name under which browsers send a token on a WebSocket
@@ -102,11 +105,7 @@ pub fn subprotocol_bearer<'a>(values: &[&'a [u8]]) -> Result<SubprotocolBearer<'
                 return Err(BearerError::Malformed);
             }
             let candidate = items.next().ok_or(BearerError::Malformed)?;
-            let parts = candidate.split('.').collect::<Vec<_>>();
-            if candidate.len() > MAX_TOKEN_BYTES
-                || parts.len() != 3
-                || !parts.iter().all(|p| is_base64url(p))
-            {
+            if !is_token_shaped(candidate) {
                 return Err(BearerError::Malformed);
             }
             token = Some(candidate);

@@ -396,6 +396,13 @@ pub struct Server {
     pub upgrade_sock: String,
 }
 
+impl Server {
+    /// Whether `ip` is one of `trusted_proxies`.
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(ip))
+    }
+}
+
 impl Default for Server {
     fn default() -> Self {
         Server {

@@ -269,9 +269,9 @@ fn header_bytes(request: &RequestHeader) -> usize {
 impl Proxy {
     /// Cuts an upgraded connection whose token has expired or whose user
     /// was revoked since it was admitted, at the first chunk either way.
-    /// A chunk that starts a WebSocket close frame is let through: that is
-    /// the upstream (or the client) closing, typically for this very reason,
-    /// and the other side should learn the code.
+    /// A chunk that is exactly one WebSocket close frame is let through:
+    /// that is the upstream (or the client) closing, typically for this very
+    /// reason, and the other side should learn the code.
     fn check_grant(&self, ctx: &Ctx, chunk: Option<&Bytes>) -> Result<()> {
         let (Some(grant), Some(identity)) = (&ctx.grant, &ctx.identity) else {
             return Ok(());
@@ -352,8 +352,8 @@ impl Proxy {
         // Per client IP and per route, before anything is verified: a flood
         // is refused here and never reaches the auth service.
         if let Some(limits) = &route.limits {
-            let trusted = &generation.config.server.trusted_proxies;
-            let forwarded: Vec<&str> = if trusted.is_empty() {
+            let server = &generation.config.server;
+            let forwarded: Vec<&str> = if server.trusted_proxies.is_empty() {
                 Vec::new()
             } else {
                 session
@@ -364,9 +364,7 @@ impl Proxy {
                     .filter_map(|v| v.to_str().ok())
                     .collect()
             };
-            let ip = headers::limit_address(client_ip(session), &forwarded, |ip| {
-                trusted.iter().any(|net| net.contains(ip))
-            });
+            let ip = headers::limit_address(client_ip(session), &forwarded, |ip| server.trusts(ip));
             if let Some((scope, decision)) = limits.before_auth(ip) {
                 if !decision.allowed {
                     return Err(rate_limited(&route, scope, decision));
@@ -737,14 +735,7 @@ impl ProxyHttp for Proxy {
         // - method-override headers;
         // - forwarding headers, unless the peer is a trusted proxy.
         let peer_ip = client_ip(session);
-        let trusted = peer_ip.is_some_and(|ip| {
-            generation
-                .config
-                .server
-                .trusted_proxies
-                .iter()
-                .any(|net| net.contains(ip))
-        });
+        let trusted = peer_ip.is_some_and(|ip| generation.config.server.trusts(ip));
         let client_forwarded_for = trusted
             .then(|| {
                 upstream

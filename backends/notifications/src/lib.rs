@@ -19,7 +19,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use feed::{Feed, MemoryFeed, RedisFeed};
-use hub::{Close, Hub};
+use hub::Hub;
 use service_kit::events::Published;
 use service_kit::{ApiError, Json};
 use std::future::Future;
@@ -171,14 +171,13 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let hub = Arc::clone(&state.hub);
     let stop = Arc::clone(&state.stop);
     let shutdown = async move {
         shutdown.await;
         // Sockets are upgraded connections, which a graceful shutdown does
-        // not wait for: they are told to close here.
+        // not wait for: every one, even one registered a moment later,
+        // watches this and closes (1001).
         stop.send_replace(true);
-        hub.close_all(Close::GoingAway);
     };
     let hub = Arc::clone(&state.hub);
     service_kit::server::serve(listener, app(state), shutdown).await?;
