@@ -133,6 +133,17 @@ pub fn peek_exp(token: &str) -> Option<u64> {
 }
 
 /// How long until `exp` (seconds since the epoch); zero once it has passed.
+/// The longest anything is kept in a cache here; moka refuses (panics on)
+/// lifetimes over 1000 years. `--check` bounds every configured time far
+/// below this.
+const MAX_KEEP: Duration = Duration::from_secs(366 * 86_400);
+
+/// `at + d`, saturating at [`MAX_KEEP`] from `at`: a configured duration
+/// must never make request handling panic on overflow.
+fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d.min(MAX_KEEP)).unwrap_or(at)
+}
+
 fn time_left(exp: u64) -> Duration {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -433,7 +444,7 @@ impl Verifier {
         self.stale = (!window.is_zero()).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(capacity)
-                .time_to_live(self.ttl + window)
+                .time_to_live(self.ttl.saturating_add(window).min(MAX_KEEP))
                 .build()
         });
         self
@@ -451,7 +462,7 @@ impl Verifier {
         let stale = self.stale.as_ref()?;
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let kept = stale.get(&key)?;
-        let usable = Instant::now() < kept.until + allowance.min(self.stale_window)
+        let usable = Instant::now() < later(kept.until, allowance.min(self.stale_window))
             && kept.exp.is_none_or(|exp| !time_left(exp).is_zero())
             && !self.revoked_since(&kept.identity.user_id, kept.verified);
         usable.then_some(kept.identity)
@@ -486,7 +497,7 @@ impl Verifier {
                         Verdict::Allowed(_) => self.ttl.min(exp.map_or(self.ttl, time_left)),
                         Verdict::Denied => self.negative_ttl,
                     };
-                    let until = Instant::now() + ttl;
+                    let until = later(Instant::now(), ttl);
                     Ok::<_, Unavailable>(Entry { verdict, until })
                 })
                 .await;
@@ -567,7 +578,7 @@ impl Verifier {
             // verification still under way, any stale grant, and the proxied
             // WebSockets admitted before them, which are checked against
             // them for as long as their token lives.
-            let horizon = (self.ttl + self.stale_window + Duration::from_secs(60))
+            let horizon = (self.ttl.saturating_add(self.stale_window) + Duration::from_secs(60))
                 .max(Duration::from_secs(86_400));
             users
                 .revoked

@@ -54,6 +54,28 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// Bounds on the file as a whole. Each is far above what a real gateway
+/// needs and low enough that checking or reloading a file at the bound
+/// stays well under a second and a few hundred megabytes.
+pub mod bounds {
+    /// Size of the routes file.
+    pub const FILE_BYTES: u64 = 8 * 1024 * 1024;
+    /// Entries under `routes`.
+    pub const ROUTES: usize = 100_000;
+    /// Entries under `upstreams`.
+    pub const UPSTREAMS: usize = 10_000;
+    /// Servers of one upstream.
+    pub const SERVERS: usize = 1_000;
+    /// Roles of one route.
+    pub const ROLES: usize = 64;
+    /// Bytes of one role name.
+    pub const ROLE_BYTES: usize = 128;
+    /// Entries under `server.trusted_proxies`.
+    pub const TRUSTED_PROXIES: usize = 1_024;
+    /// Shadowing warnings reported one by one; the rest are counted.
+    pub const WARNINGS: usize = 100;
+}
+
 // ---------------------------------------------------------------------------
 // Value types, validated while parsing.
 
@@ -62,6 +84,26 @@ impl std::error::Error for ConfigErrors {}
 pub struct Dur(pub Duration);
 
 impl Dur {
+    /// No duration in the file may be longer: every configured duration can
+    /// then be added to an `Instant` or multiplied by a configured count
+    /// without overflow. Each key has a tighter bound of its own.
+    pub const MAX: Duration = Duration::from_secs(366 * 86_400);
+    const MAX_TEXT: &str = "366 days";
+
+    /// Written back in the file's own notation, for error messages.
+    pub fn text(d: Duration) -> String {
+        let ms = d.as_millis();
+        if ms % 3_600_000 == 0 && ms > 0 {
+            format!("{}h", ms / 3_600_000)
+        } else if ms % 60_000 == 0 && ms > 0 {
+            format!("{}m", ms / 60_000)
+        } else if ms % 1000 == 0 && ms > 0 {
+            format!("{}s", ms / 1000)
+        } else {
+            format!("{ms}ms")
+        }
+    }
+
     pub fn parse(raw: &str) -> Result<Self, String> {
         let raw = raw.trim();
         let split = raw
@@ -71,14 +113,22 @@ impl Dur {
         let n: u64 = number
             .parse()
             .map_err(|_| format!("{raw:?} is not a duration like 500ms, 2s or 1m"))?;
-        let duration = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
+        let millis = match unit {
+            "ms" => Some(n),
+            "s" => n.checked_mul(1000),
+            "m" => n.checked_mul(60_000),
+            "h" => n.checked_mul(3_600_000),
             _ => return Err(format!("{raw:?} has an unknown unit: use ms, s, m or h")),
         };
-        Ok(Dur(duration))
+        match millis {
+            Some(millis) if Duration::from_millis(millis) <= Dur::MAX => {
+                Ok(Dur(Duration::from_millis(millis)))
+            }
+            _ => Err(format!(
+                "{raw:?} is too long: no duration here may exceed {}",
+                Dur::MAX_TEXT
+            )),
+        }
     }
 }
 
@@ -136,7 +186,17 @@ impl<'de> Deserialize<'de> for Bytes {
 pub struct Prefix(pub String);
 
 impl Prefix {
+    /// Longer prefixes are refused: no request path that long is routed.
+    pub const MAX_LEN: usize = 1024;
+
     pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.len() > Prefix::MAX_LEN {
+            return Err(format!(
+                "prefix is {} bytes long; at most {} are allowed",
+                raw.len(),
+                Prefix::MAX_LEN
+            ));
+        }
         if !raw.starts_with('/') {
             return Err(format!("prefix {raw:?} must start with /"));
         }
@@ -566,6 +626,15 @@ pub struct Rate {
     pub burst: Option<u32>,
 }
 
+impl Rate {
+    /// `per × burst / requests`: how far ahead of now a bucket may run.
+    /// `None` when it does not fit a `Duration`.
+    pub fn depth(&self) -> Option<Duration> {
+        let burst = self.burst.unwrap_or(self.requests);
+        (self.per.0 / self.requests.max(1)).checked_mul(burst.max(1))
+    }
+}
+
 /// A route's rate limits. `per_ip` and `route` apply before
 /// authentication, so a flood is refused before any token is checked;
 /// `per_user` after it (protected routes only).
@@ -655,14 +724,36 @@ impl Config {
     /// Parses and checks `source`. On failure, every problem found is
     /// returned, each with its key path and, where known, its line.
     pub fn parse(source: &str) -> Result<Config, ConfigErrors> {
-        let config: Config = serde_yaml::from_str(source).map_err(|e| {
+        let file_error = |path: String, message: String, line: Option<usize>| {
             ConfigErrors(vec![ConfigError {
-                path: String::new(),
-                message: e.to_string(),
-                line: None,
+                path,
+                message,
+                line,
             }])
-        })?;
-        let lines = crate::yaml_lines::KeyLines::index(source);
+        };
+        if source.len() as u64 > bounds::FILE_BYTES {
+            return Err(file_error(
+                String::new(),
+                format!(
+                    "the file is {} bytes; at most {} are read",
+                    source.len(),
+                    bounds::FILE_BYTES
+                ),
+                None,
+            ));
+        }
+        // Bounds first: serde would expand aliases and nest without limit.
+        let lines = crate::yaml_lines::KeyLines::scan(source)
+            .map_err(|r| file_error(r.path, r.message, Some(r.line)))?;
+        let config: Config =
+            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(source))
+                .map_err(|e| {
+                    let path = e.path().to_string();
+                    let e = e.into_inner();
+                    let line = e.location().map(|l| l.line());
+                    let path = if path == "." { String::new() } else { path };
+                    file_error(path.clone(), serde_message(&e, &path), line)
+                })?;
         let errors = config.check(&lines);
         if errors.is_empty() {
             Ok(config)
@@ -676,21 +767,46 @@ impl Config {
     /// inside a public one closes part of it. Both can be meant, neither is
     /// an error, and both are worth a second look, so `--check` and every
     /// load report them with both lines.
+    ///
+    /// Each route looks up its own ancestors (one per segment), never every
+    /// other route, so the cost grows with routes × depth. At most
+    /// [`bounds::WARNINGS`] are listed; one more line counts the rest.
     pub fn shadowing(&self, source: &str) -> Vec<ConfigError> {
-        let lines = crate::yaml_lines::KeyLines::index(source);
+        let lines = crate::yaml_lines::KeyLines::scan(source).unwrap_or_default();
         let line = |i: usize| lines.line(&format!("routes[{i}].prefix"));
-        let mut found = Vec::new();
-        for (o, outer) in self.routes.iter().enumerate() {
-            for (i, inner) in self.routes.iter().enumerate() {
-                if outer.access == inner.access || !outer.prefix.contains(&inner.prefix) {
-                    continue;
+        let mut by_prefix: std::collections::HashMap<&str, Vec<usize>> =
+            std::collections::HashMap::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            by_prefix.entry(route.prefix.as_str()).or_default().push(i);
+        }
+        let mut pairs = Vec::new();
+        for (i, inner) in self.routes.iter().enumerate() {
+            let mut ancestor = inner.prefix.as_str();
+            while ancestor != "/" {
+                ancestor = match ancestor.rfind('/') {
+                    Some(0) | None => "/",
+                    Some(cut) => &ancestor[..cut],
+                };
+                for &o in by_prefix.get(ancestor).into_iter().flatten() {
+                    if self.routes[o].access != inner.access {
+                        pairs.push((o, i));
+                    }
                 }
-                let at = |i: usize| line(i).map(|l| format!(" (line {l})")).unwrap_or_default();
+            }
+        }
+        pairs.sort_unstable();
+        let total = pairs.len();
+        let at = |i: usize| line(i).map(|l| format!(" (line {l})")).unwrap_or_default();
+        let mut found: Vec<ConfigError> = pairs
+            .into_iter()
+            .take(bounds::WARNINGS)
+            .map(|(o, i)| {
+                let (outer, inner) = (&self.routes[o], &self.routes[i]);
                 let effect = match inner.access {
                     Access::Public => "requests under it skip authentication",
                     Access::Protected => "requests under it need a token",
                 };
-                found.push(ConfigError {
+                ConfigError {
                     path: format!("routes[{i}].prefix"),
                     message: format!(
                         "{} route {}{} lies inside {} route {}{}: {effect}",
@@ -702,19 +818,30 @@ impl Config {
                         at(o),
                     ),
                     line: None,
-                });
-            }
+                }
+            })
+            .collect();
+        if total > bounds::WARNINGS {
+            found.push(ConfigError {
+                path: "routes".into(),
+                message: format!(
+                    "{} more routes lie inside a route of the other access",
+                    total - bounds::WARNINGS
+                ),
+                line: None,
+            });
         }
         found
     }
 
     /// Reads and parses a file. Relative file paths in it (certificates,
-    /// keys, CA files) are taken relative to the file's directory.
+    /// keys, CA files) are taken relative to the file's directory. A file
+    /// over [`bounds::FILE_BYTES`] is refused without being read whole.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigErrors> {
-        let source = std::fs::read_to_string(path).map_err(|e| {
+        let source = read_bounded(path).map_err(|message| {
             ConfigErrors(vec![ConfigError {
                 path: String::new(),
-                message: format!("cannot read {}: {e}", path.display()),
+                message,
                 line: None,
             }])
         })?;
@@ -751,6 +878,49 @@ impl Config {
                 line,
             });
         };
+        // `key` must lie within [min, max].
+        fn within(
+            error: &mut dyn FnMut(String, String),
+            key: String,
+            value: Duration,
+            min: Duration,
+            max: Duration,
+        ) {
+            if value < min || value > max {
+                let message = if min.is_zero() {
+                    format!("must be at most {}", Dur::text(max))
+                } else {
+                    format!(
+                        "must be between {} and {}",
+                        Dur::text(min),
+                        Dur::text(max)
+                    )
+                };
+                error(key, message);
+            }
+        }
+        const MS: Duration = Duration::from_millis(1);
+        const MINUTE: Duration = Duration::from_secs(60);
+        const HOUR: Duration = Duration::from_secs(3600);
+        const DAY: Duration = Duration::from_secs(86_400);
+        const MAX_BODY: u64 = 1024 * 1024 * 1024;
+
+        for (key, count, max) in [
+            ("routes", self.routes.len(), bounds::ROUTES),
+            ("upstreams", self.upstreams.len(), bounds::UPSTREAMS),
+            (
+                "server.trusted_proxies",
+                self.server.trusted_proxies.len(),
+                bounds::TRUSTED_PROXIES,
+            ),
+        ] {
+            if count > max {
+                error(
+                    key.into(),
+                    format!("has {count} entries; at most {max} are allowed"),
+                );
+            }
+        }
 
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             error(
@@ -792,15 +962,46 @@ impl Config {
                 }
             }
         }
-        if self.server.threads == Some(0) {
-            error("server.threads".into(), "must be at least 1".into());
-        }
-        if self.server.max_header_bytes.0 < 1024 {
+        if let Some(threads) = self.server.threads
+            && !(1..=512).contains(&threads)
+        {
             error(
-                "server.max_header_bytes".into(),
-                "must be at least 1KiB".into(),
+                "server.threads".into(),
+                "must be between 1 and 512".into(),
             );
         }
+        if !(1024..=1024 * 1024).contains(&self.server.max_header_bytes.0) {
+            error(
+                "server.max_header_bytes".into(),
+                "must be between 1KiB and 1MiB".into(),
+            );
+        }
+        if self.server.max_body_bytes.0 > MAX_BODY {
+            error(
+                "server.max_body_bytes".into(),
+                "must be at most 1GiB".into(),
+            );
+        }
+        if self.server.upstream_keepalive_pool > 100_000 {
+            error(
+                "server.upstream_keepalive_pool".into(),
+                "must be at most 100000".into(),
+            );
+        }
+        within(
+            &mut error,
+            "server.grace_period".into(),
+            self.server.grace_period.0,
+            Duration::ZERO,
+            HOUR,
+        );
+        within(
+            &mut error,
+            "server.keepalive_timeout".into(),
+            self.server.keepalive_timeout.0,
+            Duration::ZERO,
+            HOUR,
+        );
 
         let protected = self.routes.iter().any(|r| r.access == Access::Protected);
         match (&self.auth.mode, &self.auth.verify_url) {
@@ -818,16 +1019,42 @@ impl Config {
             }
             _ => {}
         }
-        if self.auth.timeout.0.is_zero() {
-            error("auth.timeout".into(), "must be greater than zero".into());
-        }
-        if self.auth.max_in_flight == 0 {
-            error("auth.max_in_flight".into(), "must be at least 1".into());
+        within(
+            &mut error,
+            "auth.timeout".into(),
+            self.auth.timeout.0,
+            MS,
+            MINUTE,
+        );
+        within(
+            &mut error,
+            "auth.cache_ttl".into(),
+            self.auth.cache_ttl.0,
+            Duration::ZERO,
+            DAY,
+        );
+        within(
+            &mut error,
+            "auth.negative_ttl".into(),
+            self.auth.negative_ttl.0,
+            Duration::ZERO,
+            HOUR,
+        );
+        if !(1..=10_000).contains(&self.auth.max_in_flight) {
+            error(
+                "auth.max_in_flight".into(),
+                "must be between 1 and 10000".into(),
+            );
         }
         if self.auth.cache_capacity == 0 {
             error(
                 "auth.cache_capacity".into(),
                 "must be at least 1 (use a short cache_ttl to limit reuse)".into(),
+            );
+        } else if self.auth.cache_capacity > 10_000_000 {
+            error(
+                "auth.cache_capacity".into(),
+                "must be at most 10000000".into(),
             );
         }
 
@@ -838,6 +1065,15 @@ impl Config {
                     format!("{at}.servers"),
                     "needs at least one host:port".into(),
                 );
+            } else if upstream.servers.len() > bounds::SERVERS {
+                error(
+                    format!("{at}.servers"),
+                    format!(
+                        "has {} entries; at most {} are allowed",
+                        upstream.servers.len(),
+                        bounds::SERVERS
+                    ),
+                );
             }
             if let Some(tls) = &upstream.tls {
                 if tls.sni.as_deref().is_some_and(str::is_empty) {
@@ -847,12 +1083,13 @@ impl Config {
                     error(format!("{at}.tls.ca"), "needs a file path".into());
                 }
             }
-            if let Some(check) = &upstream.health_check
-                && check.interval.0 < Duration::from_millis(100)
-            {
-                error(
+            if let Some(check) = &upstream.health_check {
+                within(
+                    &mut error,
                     format!("{at}.health_check.interval"),
-                    "must be at least 100ms".into(),
+                    check.interval.0,
+                    Duration::from_millis(100),
+                    HOUR,
                 );
             }
             for (key, value) in [
@@ -860,13 +1097,21 @@ impl Config {
                 ("read_timeout", upstream.read_timeout),
                 ("write_timeout", upstream.write_timeout),
             ] {
-                if value.0.is_zero() {
-                    error(format!("{at}.{key}"), "must be greater than zero".into());
-                }
+                within(&mut error, format!("{at}.{key}"), value.0, MS, HOUR);
             }
+            within(
+                &mut error,
+                format!("{at}.idle_timeout"),
+                upstream.idle_timeout.0,
+                Duration::ZERO,
+                HOUR,
+            );
         }
 
-        let mut claimed: HashSet<(&str, Option<&str>)> = HashSet::new();
+        // Prefix → (whether a route takes every method, methods claimed):
+        // one lookup per route and method, whatever the number of routes.
+        let mut claimed: std::collections::HashMap<&str, (bool, HashSet<&str>)> =
+            std::collections::HashMap::new();
         for (i, route) in self.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
             if !self.upstreams.contains_key(&route.upstream) {
@@ -878,6 +1123,14 @@ impl Config {
             if route.access == Access::Public && !route.roles.is_empty() {
                 error(format!("{at}.roles"), "roles need access: protected".into());
             }
+            if let Some(body) = route.max_body_bytes
+                && body.0 > MAX_BODY
+            {
+                error(
+                    format!("{at}.max_body_bytes"),
+                    "must be at most 1GiB".into(),
+                );
+            }
             if let Some(stale) = route.stale_if_error {
                 if route.access == Access::Public {
                     error(
@@ -885,12 +1138,13 @@ impl Config {
                         "needs access: protected".into(),
                     );
                 }
-                if stale.0.is_zero() || stale.0 > Duration::from_secs(3600) {
-                    error(
-                        format!("{at}.stale_if_error"),
-                        "must be between 1ms and 1h".into(),
-                    );
-                }
+                within(
+                    &mut error,
+                    format!("{at}.stale_if_error"),
+                    stale.0,
+                    MS,
+                    HOUR,
+                );
             }
             if let Some(limits) = &route.rate_limit {
                 if route.access == Access::Public && limits.per_user.is_some() {
@@ -906,20 +1160,54 @@ impl Config {
                 ] {
                     let Some(rate) = rate else { continue };
                     let at = format!("{at}.rate_limit.{key}");
-                    if rate.requests == 0 {
-                        error(format!("{at}.requests"), "must be at least 1".into());
+                    let count = |error: &mut dyn FnMut(String, String), key: &str, value: u32| {
+                        if !(1..=1_000_000).contains(&value) {
+                            error(format!("{at}.{key}"), "must be between 1 and 1000000".into());
+                        }
+                    };
+                    count(&mut error, "requests", rate.requests);
+                    within(&mut error, format!("{at}.per"), rate.per.0, MS, DAY);
+                    if let Some(burst) = rate.burst {
+                        count(&mut error, "burst", burst);
                     }
-                    if rate.per.0 < Duration::from_millis(1) {
-                        error(format!("{at}.per"), "must be at least 1ms".into());
-                    }
-                    if rate.burst == Some(0) {
-                        error(format!("{at}.burst"), "must be at least 1".into());
+                    // The bucket's depth in time: how far ahead of now a
+                    // client may be, and how long an idle bucket is kept.
+                    match rate.depth() {
+                        Some(depth) if depth <= 7 * DAY => {}
+                        depth => error(
+                            at.clone(),
+                            format!(
+                                "burst × per / requests is {}; at most 7 days are allowed",
+                                depth.map_or_else(|| "too long".into(), Dur::text)
+                            ),
+                        ),
                     }
                 }
             }
+            if route.roles.len() > bounds::ROLES {
+                error(
+                    format!("{at}.roles"),
+                    format!(
+                        "has {} entries; at most {} are allowed",
+                        route.roles.len(),
+                        bounds::ROLES
+                    ),
+                );
+            }
             for role in &route.roles {
-                if role.is_empty() || !role.bytes().all(|b| b.is_ascii_graphic()) {
-                    error(format!("{at}.roles"), format!("invalid role {role:?}"));
+                if role.is_empty()
+                    || role.len() > bounds::ROLE_BYTES
+                    || !role.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    let shown: String = role.chars().take(32).collect();
+                    error(
+                        format!("{at}.roles"),
+                        format!(
+                            "invalid role {shown:?}: 1 to {} printable ASCII characters",
+                            bounds::ROLE_BYTES
+                        ),
+                    );
+                    break;
                 }
             }
             // A GET route also answers HEAD, so it claims HEAD too.
@@ -933,11 +1221,13 @@ impl Config {
                 }
                 methods
             };
+            let (any, taken) = claimed.entry(route.prefix.as_str()).or_default();
             for method in methods {
-                let overlaps = claimed.contains(&(route.prefix.as_str(), method))
-                    || (method.is_none()
-                        && claimed.iter().any(|(p, _)| *p == route.prefix.as_str()))
-                    || claimed.contains(&(route.prefix.as_str(), None));
+                let overlaps = *any
+                    || match method {
+                        None => !taken.is_empty(),
+                        Some(method) => taken.contains(method),
+                    };
                 if overlaps {
                     error(
                         format!("{at}.prefix"),
@@ -949,7 +1239,12 @@ impl Config {
                     );
                     break;
                 }
-                claimed.insert((route.prefix.as_str(), method));
+                match method {
+                    None => *any = true,
+                    Some(method) => {
+                        taken.insert(method);
+                    }
+                }
             }
         }
         errors
@@ -959,6 +1254,38 @@ impl Config {
     pub fn body_limit(&self, route: &Route) -> u64 {
         route.max_body_bytes.unwrap_or(self.server.max_body_bytes).0
     }
+}
+
+/// serde_yaml's message without the position and the (coarser) path it
+/// adds: both are reported from better sources.
+fn serde_message(error: &serde_yaml::Error, path: &str) -> String {
+    let text = error.to_string();
+    let text = match text.rfind(" at line ") {
+        Some(cut) if error.location().is_some() => &text[..cut],
+        _ => &text,
+    };
+    match text.split_once(": ") {
+        Some((head, rest)) if !path.is_empty() && !head.contains(' ') => rest.to_owned(),
+        _ => text.to_owned(),
+    }
+}
+
+/// Reads a file of at most [`bounds::FILE_BYTES`], never more into memory.
+fn read_bounded(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(bounds::FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() as u64 > bounds::FILE_BYTES {
+        return Err(format!(
+            "{} is larger than {} bytes, the most a routes file may hold",
+            path.display(),
+            bounds::FILE_BYTES
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8", path.display()))
 }
 
 #[cfg(test)]
@@ -1206,5 +1533,138 @@ routes:
         );
         let errors = Config::parse(&head_clash).expect_err("HEAD is claimed by GET");
         assert!(errors.to_string().contains("routes[2].prefix"), "{errors}");
+    }
+
+    /// Values that once passed `--check` and then panicked at start-up,
+    /// on reload or per request are refused with their key and line.
+    #[test]
+    fn values_that_would_overflow_later_are_refused_with_key_and_line() {
+        let route = |extra: &str| {
+            format!("{MINIMAL}  - prefix: /api/x\n    upstream: tasks\n    access: protected\n{extra}")
+        };
+        for (source, path, line) in [
+            (
+                route("    rate_limit:\n      per_ip: {requests: 1, per: 1000h, burst: 10000}\n"),
+                "routes[1].rate_limit.per_ip.per",
+                15,
+            ),
+            (
+                route("    rate_limit:\n      per_ip: {requests: 1, per: 5000000000h, burst: 4000000000}\n"),
+                "",
+                0,
+            ),
+            (
+                route("    rate_limit:\n      route: {requests: 1, per: 24h, burst: 100000}\n"),
+                "routes[1].rate_limit.route",
+                15,
+            ),
+            (
+                MINIMAL.replace("auth:\n", "auth:\n  negative_ttl: 18446744073709551615s\n"),
+                "",
+                0,
+            ),
+            (
+                MINIMAL.replace("auth:\n", "auth:\n  negative_ttl: 2h\n"),
+                "auth.negative_ttl",
+                3,
+            ),
+            (
+                MINIMAL.replace("auth:\n", "auth:\n  cache_ttl: 8784h\n"),
+                "auth.cache_ttl",
+                3,
+            ),
+            (
+                route("    stale_if_error: 2h\n"),
+                "routes[1].stale_if_error",
+                14,
+            ),
+            (
+                MINIMAL.replace("    servers:", "    read_timeout: 0ms\n    servers:"),
+                "upstreams.tasks.read_timeout",
+                6,
+            ),
+            (
+                format!("server:\n  max_header_bytes: 2MiB\n{MINIMAL}"),
+                "server.max_header_bytes",
+                2,
+            ),
+            (
+                format!("server:\n  threads: 100000\n{MINIMAL}"),
+                "server.threads",
+                2,
+            ),
+        ] {
+            let errors = Config::parse(&source).expect_err(&source);
+            let text = errors.to_string();
+            if path.is_empty() {
+                // Refused while parsing: serde names the key and line.
+                assert!(text.contains("too long"), "{text}");
+                assert!(text.contains("line"), "{text}");
+            } else {
+                assert_eq!(errors.0[0].path, path, "{text}");
+                assert_eq!(errors.0[0].line, Some(line), "{text}");
+            }
+        }
+        // The largest values allowed still build every part of a generation.
+        let source = format!(
+            "{}{}",
+            MINIMAL.replace(
+                "auth:\n",
+                "auth:\n  cache_ttl: 24h\n  negative_ttl: 1h\n  cache_capacity: 10000000\n"
+            ),
+            "  - prefix: /api/x\n    upstream: tasks\n    access: protected\n    stale_if_error: 1h\n    rate_limit:\n      per_ip: {requests: 1, per: 24h, burst: 7}\n      route: {requests: 1000000, per: 1ms, burst: 1000000}\n"
+        );
+        let config = Config::parse(&source).expect("largest values");
+        crate::Generation::build(config, None, true).expect("builds");
+    }
+
+    #[test]
+    fn oversized_files_and_counts_are_refused() {
+        let big = format!("{MINIMAL}#{}\n", "x".repeat(bounds::FILE_BYTES as usize));
+        let error = Config::parse(&big).expect_err("too big").to_string();
+        assert!(error.contains("at most 8388608"), "{error}");
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("routes.yaml");
+        std::fs::write(&file, &big).expect("write");
+        let error = Config::load(&file).expect_err("too big").to_string();
+        assert!(error.contains("larger than 8388608 bytes"), "{error}");
+
+        let roles: Vec<String> = (0..100).map(|i| format!("r{i}")).collect();
+        let source = format!("{MINIMAL}    roles: [{}]\n", roles.join(", "));
+        let errors = Config::parse(&source).expect_err("roles");
+        assert_eq!(errors.0[0].path, "routes[0].roles");
+        assert!(errors.to_string().contains("at most 64"), "{errors}");
+    }
+
+    /// Checking is linear in the number of routes: 100 000 routes (the
+    /// bound) that all share prefixes with each other are checked here in
+    /// a debug build; `bench/config.py` times it in release.
+    #[test]
+    fn the_route_bound_is_accepted_and_one_more_is_refused() {
+        let mut source = String::from(
+            "auth:\n  verify_url: http://127.0.0.1:9001/api/verify\nupstreams:\n  a: {servers: [\"127.0.0.1:9101\"]}\nroutes:\n  - {prefix: /, upstream: a, access: public}\n",
+        );
+        for i in 1..bounds::ROUTES {
+            // Every route lies inside `/`, a route of the other access.
+            source.push_str(&format!(
+                "  - {{prefix: /r/{i}, upstream: a, access: protected, methods: [GET]}}\n"
+            ));
+        }
+        let config = Config::parse(&source).expect("at the bound");
+        assert_eq!(config.routes.len(), bounds::ROUTES);
+        let warnings = config.shadowing(&source);
+        assert_eq!(warnings.len(), bounds::WARNINGS + 1);
+        assert!(
+            warnings[bounds::WARNINGS]
+                .to_string()
+                .contains("99899 more routes"),
+            "{}",
+            warnings[bounds::WARNINGS]
+        );
+        source.push_str("  - {prefix: /r/1, upstream: a, access: public, methods: [HEAD]}\n");
+        let errors = Config::parse(&source).expect_err("over the bound").0;
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["routes", "routes[100000].prefix"]);
+        assert_eq!(errors[1].line, Some(100_006));
     }
 }

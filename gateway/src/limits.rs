@@ -36,7 +36,10 @@ impl Rate {
 
     /// How far ahead of now a bucket may be: the whole burst.
     fn tolerance(&self) -> Duration {
-        self.interval() * self.burst.max(1)
+        // `--check` bounds this to a week; saturate rather than trust that.
+        self.interval()
+            .checked_mul(self.burst.max(1))
+            .unwrap_or(Duration::MAX)
     }
 }
 
@@ -138,7 +141,11 @@ impl<K: std::hash::Hash + Eq + Send + Sync + 'static> Keyed<K> {
                 .max_capacity(MAX_KEYS)
                 // An idle bucket is full again after one tolerance: forgetting
                 // it then loses nothing.
-                .time_to_idle(rate.tolerance().max(Duration::from_millis(1)))
+                // moka refuses (panics on) an idle time over 1000 years.
+                .time_to_idle(
+                    rate.tolerance()
+                        .clamp(Duration::from_millis(1), Duration::from_secs(366 * 86_400)),
+                )
                 .build(),
         }
     }

@@ -129,7 +129,8 @@ pub fn run(options: Options, hangups: mpsc::UnboundedReceiver<()>) -> Result<(),
     };
 
     let revocable = options.revocations.is_some() || config.server.admin_listen.is_some();
-    let generation = Generation::build(config, None, revocable)?;
+    let generation = std::panic::catch_unwind(|| Generation::build(config, None, revocable))
+        .unwrap_or_else(|panic| Err(crate::panic_message(&*panic)))?;
     // Pingora treats a server as healthy until checked: check before serving.
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -301,7 +302,15 @@ fn fingerprint(path: &std::path::Path) -> Option<u64> {
 
 impl Control {
     async fn reload(&self, trigger: &str) {
-        match self.gateway.reload().await {
+        use futures::FutureExt;
+        // A panic while building a generation must not end this loop:
+        // every later SIGHUP would then be ignored. It refuses this reload
+        // like an invalid file, and the running routes stay.
+        let outcome = std::panic::AssertUnwindSafe(self.gateway.reload())
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(ReloadError::Build(crate::panic_message(&*panic))));
+        match outcome {
             Ok(routes) => {
                 metrics::get().reloads.with_label_values(&["applied"]).inc();
                 tracing::info!(trigger, routes, "routes reloaded");
