@@ -6,15 +6,39 @@
 
 use crate::ApiError;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-/// A JSON body, or a JSON response.
-#[derive(Debug, Clone, Copy, Default, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON body, or a JSON response. As a body, every string in it (keys
+/// included) is held to [`crate::text`]'s rule before `T` sees it.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(request, state).await?;
+        crate::text::check_json(&value)?;
+        serde_path_to_error::deserialize(value)
+            .map(Json)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_body",
+                    format!("Failed to deserialize the JSON body into the target type: {e}"),
+                )
+            })
+    }
+}
 
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
@@ -22,15 +46,57 @@ impl<T: Serialize> IntoResponse for Json<T> {
     }
 }
 
-/// A query string.
-#[derive(Debug, Clone, Copy, Default, FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
+/// A query string; its decoded names and values are held to
+/// [`crate::text`]'s rule.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Query<T>(pub T);
 
-/// Path parameters.
-#[derive(Debug, Clone, Copy, Default, FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        // A query that does not decode is left to axum's own refusal.
+        if let Some(query) = parts.uri.query()
+            && let Ok(pairs) = serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+        {
+            for (name, value) in &pairs {
+                crate::text::check("a query parameter name", name)?;
+                crate::text::check(name, value)?;
+            }
+        }
+        let axum::extract::Query(value) =
+            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Query(value))
+    }
+}
+
+/// Path parameters; their decoded values are held to [`crate::text`]'s
+/// rule (`/api/stock/a%00b` is a 422 naming `sku`, never a database error).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        if let Ok(raw) = axum::extract::RawPathParams::from_request_parts(parts, state).await {
+            for (name, value) in &raw {
+                crate::text::check(name, value)?;
+            }
+        }
+        let axum::extract::Path(value) =
+            axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        Ok(Path(value))
+    }
+}
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {

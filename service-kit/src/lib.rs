@@ -15,6 +15,7 @@ pub mod identity;
 pub mod server;
 pub mod supervision;
 pub mod telemetry;
+pub mod text;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -341,3 +341,50 @@ async fn health_reports_the_database() {
     };
     assert_eq!(reply.body["database"], expected);
 }
+
+/// Strings with controls mixed into ordinary text, and any text at all.
+fn text() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        any::<String>(),
+        "[a-z \\x00-\\x1f\\x7f-\\x9f]{0,12}",
+        "[ a-zA-Zé日]{0,20}",
+    ]
+}
+
+/// Any title, on SQLite and on PostgreSQL alike: stored as sent (trimmed)
+/// or refused with a 4xx naming the field, never a 500.
+#[test]
+fn arbitrary_titles_are_stored_or_refused_never_a_500() {
+    use proptest::prelude::*;
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (client, _db) = runtime.block_on(service());
+    proptest!(ProptestConfig::with_cases(96), |(title in text())| {
+        let created = runtime.block_on(client.as_user(
+            ALICE,
+            Method::POST,
+            "/api/tasks",
+            Some(&json!({"title": title})),
+        ));
+        let trimmed = title.trim();
+        if title.chars().any(char::is_control) {
+            prop_assert_eq!(created.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", created.body);
+            prop_assert!(created.body["error"]["message"].as_str().unwrap_or("").starts_with("title must not contain control"));
+        } else if trimmed.is_empty() || trimmed.chars().count() > 500 {
+            prop_assert_eq!(created.status, StatusCode::UNPROCESSABLE_ENTITY);
+        } else {
+            prop_assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+            prop_assert_eq!(created.body["title"].as_str(), Some(trimmed));
+            let path = format!("/api/tasks/{}", created.body["id"]);
+            let read = runtime.block_on(client.as_user(ALICE, Method::GET, &path, None));
+            prop_assert_eq!(read.body["title"].as_str(), Some(trimmed));
+        }
+        let renamed = runtime.block_on(client.as_user(
+            ALICE,
+            Method::PATCH,
+            "/api/tasks/1",
+            Some(&json!({"title": title})),
+        ));
+        prop_assert!(renamed.status.is_success() || renamed.status.is_client_error(), "{}", renamed.status);
+    });
+}
