@@ -86,6 +86,19 @@ pub async fn build_state(
     })
 }
 
+/// `GET /metrics`: how revocations were delivered, in Prometheus' format.
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.revocations.render_metrics(),
+    )
+}
+
 pub fn app(state: AppState) -> Router {
     let routes = Router::new()
         .route("/api/register", post(register::register))
@@ -103,6 +116,7 @@ pub fn app(state: AppState) -> Router {
             patch(admin::update).delete(admin::delete),
         )
         .route("/healthz", get(service_kit::server::healthz::<AppState>))
+        .route("/metrics", get(metrics))
         .with_state(state);
     service_kit::server::harden(routes)
 }

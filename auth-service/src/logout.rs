@@ -14,6 +14,6 @@ pub async fn logout(
     Json(body): Json<RefreshBody>,
 ) -> Result<StatusCode> {
     let user_id = sessions::revoke(&state.db, &state.keys, &body.refresh).await?;
-    state.revocations.revoke(user_id, Reason::Logout);
+    state.revocations.revoke(user_id, Reason::Logout).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -9,12 +9,42 @@
 //! `GATEWAY_ADMIN_TOKEN`), which is how the one-command stack does it. With
 //! neither, gateways keep a verdict for at most their `auth.cache_ttl`.
 //!
-//! Publishing never delays or fails the request that caused it: it runs on
-//! its own task, and a failure is logged (without the Redis URL, which may
-//! hold a password).
+//! The answer that caused a revocation (the logout's 204, the admin's 200)
+//! is sent only once every target took it: Redis accepted the `PUBLISH`,
+//! and every admin listener answered 2xx after dropping the user's cached
+//! verdicts. A client that uses its old token the instant it has that answer
+//! is refused. The wait is bounded ([`DELIVERY_WAIT`]): a target that has
+//! not taken the revocation by then is logged and counted, the answer goes
+//! out anyway, and that target is retried in the background with growing
+//! back-off ([`RETRIES`]), so a gateway that was briefly away still drops
+//! the grant well before its cache would have. Logs never hold the Redis
+//! URL, which may hold a password.
 
 use serde::Serialize;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// How long an answer waits for its revocation to be taken by every target.
+pub const DELIVERY_WAIT: Duration = Duration::from_secs(2);
+
+/// Background retries of a target that did not take a revocation in time:
+/// after 0.25 s, 0.5 s, 1 s, … 32 s (about a minute in all).
+pub const RETRIES: u32 = 8;
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+
+/// Revocations counted by how they ended, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Taken by every target before the answer went out.
+    pub delivered: AtomicU64,
+    /// A target missed the bounded wait; the answer went out without it.
+    pub late: AtomicU64,
+    /// Taken by a late target on a background retry.
+    pub retried: AtomicU64,
+    /// A target never took it, after every retry.
+    pub abandoned: AtomicU64,
+}
 
 /// Why a user's tokens were revoked; gateways treat every reason alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -34,10 +64,43 @@ pub struct Revocation {
     pub reason: Reason,
 }
 
+/// A revocation as sent to Redis: with an id that gateways acknowledge.
+#[derive(Debug, Serialize)]
+struct Tagged<'a> {
+    #[serde(flatten)]
+    revocation: &'a Revocation,
+    id: &'a str,
+}
+
 #[derive(Clone, Default)]
 pub struct Publisher {
     redis: Option<Arc<Redis>>,
     webhooks: Option<Arc<Webhooks>>,
+    counts: Arc<Counts>,
+}
+
+/// One place a revocation must reach.
+#[derive(Clone)]
+enum Target {
+    Redis(Arc<Redis>),
+    Webhook(Arc<Webhooks>, usize),
+}
+
+impl Target {
+    async fn send(&self, revocation: &Revocation) -> Result<(), String> {
+        match self {
+            Target::Redis(redis) => redis.publish(revocation).await,
+            Target::Webhook(webhooks, i) => webhooks.post_one(*i, revocation).await,
+        }
+    }
+
+    /// For logs: never the Redis URL, which may hold a password.
+    fn name(&self) -> String {
+        match self {
+            Target::Redis(redis) => format!("redis channel {}", redis.channel),
+            Target::Webhook(webhooks, i) => webhooks.urls[*i].clone(),
+        }
+    }
 }
 
 /// Gateways' admin listeners, told directly.
@@ -48,26 +111,19 @@ struct Webhooks {
 }
 
 impl Webhooks {
-    async fn post(&self, revocation: &Revocation) -> Result<(), String> {
-        let mut failures = Vec::new();
-        for url in &self.urls {
-            let sent = self
-                .client
-                .post(url)
-                .bearer_auth(&self.token)
-                .json(revocation)
-                .send()
-                .await;
-            match sent {
-                Ok(response) if response.status().is_success() => {}
-                Ok(response) => failures.push(format!("{url}: status {}", response.status())),
-                Err(error) => failures.push(format!("{url}: {error}")),
-            }
-        }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(failures.join("; "))
+    async fn post_one(&self, i: usize, revocation: &Revocation) -> Result<(), String> {
+        let url = &self.urls[i];
+        let sent = self
+            .client
+            .post(url)
+            .bearer_auth(&self.token)
+            .json(revocation)
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) => Err(format!("{url}: status {}", response.status())),
+            Err(error) => Err(format!("{url}: {error}")),
         }
     }
 }
@@ -77,6 +133,47 @@ struct Redis {
     channel: String,
     /// One multiplexed connection, made on first use and again after an error.
     connection: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// Acknowledgements awaited, by revocation id.
+    acks: Arc<std::sync::Mutex<std::collections::HashMap<String, Waiter>>>,
+    /// Whether the acknowledgement listener is subscribed; made on first
+    /// use and again after it ended.
+    listening: tokio::sync::Mutex<Option<Arc<std::sync::atomic::AtomicBool>>>,
+}
+
+/// One revocation waiting for its gateways.
+#[derive(Default)]
+struct Waiter {
+    received: usize,
+    /// How many gateways were subscribed when it was published; unknown
+    /// until `PUBLISH` answered (an acknowledgement may come first).
+    expected: Option<usize>,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Waiter {
+    fn settle(&mut self) {
+        if self.expected.is_some_and(|n| self.received >= n)
+            && let Some(done) = self.done.take()
+        {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Removes a waiter however its wait ends.
+struct Registered<'a> {
+    acks: &'a std::sync::Mutex<std::collections::HashMap<String, Waiter>>,
+    id: String,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        lock(self.acks).remove(&self.id);
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Publisher {
@@ -95,8 +192,11 @@ impl Publisher {
                 client,
                 channel: channel.to_owned(),
                 connection: tokio::sync::Mutex::new(None),
+                acks: Arc::default(),
+                listening: tokio::sync::Mutex::new(None),
             })),
             webhooks: None,
+            counts: Arc::default(),
         })
     }
 
@@ -131,67 +231,217 @@ impl Publisher {
         self.redis.is_some() || self.webhooks.is_some()
     }
 
-    /// Announces that `user_id`'s tokens were revoked, in the background.
-    pub fn revoke(&self, user_id: i64, reason: Reason) {
-        if !self.is_enabled() {
-            return;
-        }
-        let publisher = self.clone();
-        tokio::spawn(async move {
-            if let Err(error) = publisher.revoke_now(user_id, reason).await {
-                tracing::warn!(user_id, ?reason, %error, "revocation not delivered; gateways keep their cached verdict until it expires");
-            }
-        });
+    /// How revocations ended so far.
+    pub fn counts(&self) -> &Counts {
+        &self.counts
     }
 
-    /// Announces a revocation and waits until Redis took it (for tests and
-    /// the command line).
+    fn targets(&self) -> Vec<Target> {
+        let mut targets: Vec<Target> = self.redis.iter().cloned().map(Target::Redis).collect();
+        if let Some(webhooks) = &self.webhooks {
+            targets.extend((0..webhooks.urls.len()).map(|i| Target::Webhook(Arc::clone(webhooks), i)));
+        }
+        targets
+    }
+
+    /// Announces that `user_id`'s tokens were revoked, and returns once
+    /// every target took it or [`DELIVERY_WAIT`] passed; targets still
+    /// missing are retried in the background. Never fails the caller.
+    pub async fn revoke(&self, user_id: i64, reason: Reason) {
+        let targets = self.targets();
+        if targets.is_empty() {
+            return;
+        }
+        let revocation = Arc::new(Revocation { user_id, reason });
+        let mut sends = tokio::task::JoinSet::new();
+        for (i, target) in targets.iter().enumerate() {
+            let (target, revocation) = (target.clone(), Arc::clone(&revocation));
+            sends.spawn(async move { (i, target.send(&revocation).await) });
+        }
+        let mut taken = vec![false; targets.len()];
+        let deadline = tokio::time::Instant::now() + DELIVERY_WAIT;
+        while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, sends.join_next()).await {
+            if let Ok((i, result)) = joined {
+                match result {
+                    Ok(()) => taken[i] = true,
+                    Err(error) => {
+                        tracing::warn!(user_id, ?reason, target = %targets[i].name(), %error, "revocation not taken; retrying in the background");
+                    }
+                }
+            }
+        }
+        // Sends still running after the wait are abandoned here and retried
+        // below, so the count of attempts stays bounded.
+        sends.abort_all();
+        let late: Vec<Target> = targets
+            .into_iter()
+            .zip(taken)
+            .filter_map(|(target, taken)| (!taken).then_some(target))
+            .collect();
+        if late.is_empty() {
+            self.counts.delivered.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.counts.late.fetch_add(1, Ordering::Relaxed);
+        for target in late {
+            let (counts, revocation) = (Arc::clone(&self.counts), Arc::clone(&revocation));
+            tokio::spawn(async move {
+                let mut backoff = FIRST_BACKOFF;
+                for attempt in 1..=RETRIES {
+                    tokio::time::sleep(backoff).await;
+                    backoff = backoff.saturating_mul(2);
+                    match tokio::time::timeout(DELIVERY_WAIT, target.send(&revocation)).await {
+                        Ok(Ok(())) => {
+                            counts.retried.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(user_id, ?reason, target = %target.name(), attempt, "revocation taken on a retry");
+                            return;
+                        }
+                        Ok(Err(error)) => tracing::debug!(user_id, target = %target.name(), attempt, %error, "revocation retry failed"),
+                        Err(_) => tracing::debug!(user_id, target = %target.name(), attempt, "revocation retry timed out"),
+                    }
+                }
+                counts.abandoned.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(user_id, ?reason, target = %target.name(), "revocation never taken; that gateway keeps its cached verdict until it expires");
+            });
+        }
+    }
+
+    /// Announces a revocation once and reports whether every target took
+    /// it (for tests and the command line).
     pub async fn revoke_now(&self, user_id: i64, reason: Reason) -> Result<(), String> {
         let revocation = Revocation { user_id, reason };
-        let redis = match &self.redis {
-            Some(redis) => redis.publish(&revocation).await,
-            None => Ok(()),
-        };
-        let webhooks = match &self.webhooks {
-            Some(webhooks) => webhooks.post(&revocation).await,
-            None => Ok(()),
-        };
-        match (redis, webhooks) {
-            (Ok(()), Ok(())) => Ok(()),
-            (Err(a), Err(b)) => Err(format!("{a}; {b}")),
-            (Err(e), _) | (_, Err(e)) => Err(e),
+        let mut failures = Vec::new();
+        for target in self.targets() {
+            if let Err(error) = target.send(&revocation).await {
+                failures.push(error);
+            }
         }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("; "))
+        }
+    }
+
+    /// The counts in Prometheus' text format.
+    pub fn render_metrics(&self) -> String {
+        let c = &self.counts;
+        let mut out = String::from(
+            "# HELP portcullis_auth_revocations_total Revocations by how their delivery ended.\n# TYPE portcullis_auth_revocations_total counter\n",
+        );
+        for (result, value) in [
+            ("delivered", &c.delivered),
+            ("late", &c.late),
+            ("retried", &c.retried),
+            ("abandoned", &c.abandoned),
+        ] {
+            out.push_str(&format!(
+                "portcullis_auth_revocations_total{{result=\"{result}\"}} {}\n",
+                value.load(Ordering::Relaxed)
+            ));
+        }
+        out
     }
 }
 
 impl Redis {
+    /// Publishes `revocation` and waits until every gateway subscribed at
+    /// that moment acknowledged it (the caller bounds the wait).
     async fn publish(&self, revocation: &Revocation) -> Result<(), String> {
-        let payload = serde_json::to_string(revocation).map_err(|e| e.to_string())?;
-        self.send(&payload).await.map_err(|e| e.to_string())
+        self.listen().await.map_err(|e| e.to_string())?;
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).map_err(|e| e.to_string())?;
+        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let payload = serde_json::to_string(&Tagged {
+            revocation,
+            id: &id,
+        })
+        .map_err(|e| e.to_string())?;
+        let (done, acknowledged) = tokio::sync::oneshot::channel();
+        lock(&self.acks).insert(
+            id.clone(),
+            Waiter {
+                done: Some(done),
+                ..Waiter::default()
+            },
+        );
+        let _registered = Registered {
+            acks: &self.acks,
+            id: id.clone(),
+        };
+        let gateways = self.send(&payload).await.map_err(|e| e.to_string())?;
+        if let Some(waiter) = lock(&self.acks).get_mut(&id) {
+            waiter.expected = Some(gateways);
+            waiter.settle();
+        }
+        acknowledged
+            .await
+            .map_err(|_| "acknowledgements stopped".to_string())
     }
 
-    async fn send(&self, payload: &str) -> redis::RedisResult<()> {
+    /// Subscribes to the acknowledgement channel unless a listener is on it.
+    async fn listen(&self) -> redis::RedisResult<()> {
+        use futures::StreamExt;
+        let mut slot = self.listening.lock().await;
+        if slot
+            .as_ref()
+            .is_some_and(|alive| alive.load(Ordering::Relaxed))
+        {
+            return Ok(());
+        }
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.subscribe(format!("{}:acks", self.channel)).await?;
+        let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        *slot = Some(Arc::clone(&alive));
+        let acks = Arc::clone(&self.acks);
+        tokio::spawn(async move {
+            let mut messages = pubsub.into_on_message();
+            while let Some(message) = messages.next().await {
+                let Ok(id) = std::str::from_utf8(message.get_payload_bytes()) else {
+                    continue;
+                };
+                if let Some(waiter) = lock(&acks).get_mut(id) {
+                    waiter.received += 1;
+                    waiter.settle();
+                }
+            }
+            alive.store(false, Ordering::Relaxed);
+            tracing::warn!("revocation acknowledgements lost; listening again on the next revocation");
+        });
+        Ok(())
+    }
+
+    /// Publishes `payload` and returns how many gateways were subscribed
+    /// (`PUBSUB NUMSUB` of their counting channel, in the same transaction).
+    async fn send(&self, payload: &str) -> redis::RedisResult<usize> {
         let mut slot = self.connection.lock().await;
+        let gateways = format!("{}:gateways", self.channel);
         // A connection that failed is dropped and made again once.
-        for attempt in 0..2 {
+        let mut attempt = 0;
+        loop {
             let connection = match slot.as_mut() {
                 Some(connection) => connection,
                 None => slot.insert(self.client.get_multiplexed_async_connection().await?),
             };
-            let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+            let sent: redis::RedisResult<((String, usize), i64)> = redis::pipe()
+                .atomic()
+                .cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&gateways)
+                .cmd("PUBLISH")
                 .arg(&self.channel)
                 .arg(payload)
                 .query_async(connection)
                 .await;
             match sent {
-                Ok(_) => return Ok(()),
+                Ok(((_, subscribed), _)) => return Ok(subscribed),
                 Err(error) if attempt == 0 => {
                     tracing::debug!(%error, "redis connection lost; reconnecting");
                     *slot = None;
+                    attempt += 1;
                 }
                 Err(error) => return Err(error),
             }
         }
-        Ok(())
     }
 }

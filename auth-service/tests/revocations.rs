@@ -35,7 +35,16 @@ impl Listener {
             .await
             .expect("a revocation within 5 s")
             .expect("the subscription is open");
-        serde_json::from_slice(message.get_payload_bytes()).expect("JSON")
+        let mut value: Value = serde_json::from_slice(message.get_payload_bytes()).expect("JSON");
+        // Each message carries a fresh id for gateways to acknowledge.
+        let id = value["id"].take();
+        assert!(
+            id.as_str()
+                .is_some_and(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())),
+            "{id}"
+        );
+        value.as_object_mut().expect("object").remove("id");
+        value
     }
 }
 
@@ -134,8 +143,94 @@ async fn redis_down_never_fails_a_request() {
         .post("/api/logout", json!({"refresh": session.str("refresh")}))
         .await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert_eq!(counted(&app, "late"), 1, "the failed delivery is counted");
     assert_eq!(
         app.refresh(&session.str("refresh")).await.status,
         StatusCode::UNAUTHORIZED
     );
+}
+
+/// A stand-in gateway on the real Redis: counted on the gateways' channel,
+/// it acknowledges each revocation after `delay` (never, when `None`).
+async fn gateway(channel: &str, delay: Option<Duration>) -> tokio::task::JoinHandle<usize> {
+    let client = redis::Client::open(REDIS).expect("redis url");
+    let mut pubsub = client.get_async_pubsub().await.expect("redis");
+    pubsub
+        .subscribe(&[channel.to_owned(), format!("{channel}:gateways")])
+        .await
+        .expect("subscribe");
+    let mut publisher = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let acks = format!("{channel}:acks");
+    tokio::spawn(async move {
+        let mut seen = 0;
+        let mut messages = pubsub.into_on_message();
+        while let Some(message) = messages.next().await {
+            seen += 1;
+            let value: Value = serde_json::from_slice(message.get_payload_bytes()).expect("JSON");
+            let Some(delay) = delay else { continue };
+            tokio::time::sleep(delay).await;
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg(&acks)
+                .arg(value["id"].as_str().expect("id"))
+                .query_async(&mut publisher)
+                .await
+                .expect("ack");
+            if seen == 3 {
+                break;
+            }
+        }
+        seen
+    })
+}
+
+fn counted(app: &TestApp, result: &str) -> u64 {
+    use std::sync::atomic::Ordering;
+    let counts = app.state.revocations.counts();
+    match result {
+        "delivered" => counts.delivered.load(Ordering::Relaxed),
+        _ => counts.late.load(Ordering::Relaxed),
+    }
+}
+
+#[tokio::test]
+async fn a_logout_is_answered_once_every_gateway_acknowledged_or_the_wait_ended() {
+    let channel = channel();
+    let app = TestApp::with_args(&["--redis-url", REDIS, "--revocation-channel", &channel]).await;
+    let slow = gateway(&channel, Some(Duration::from_millis(300))).await;
+    let quick = gateway(&channel, Some(Duration::ZERO)).await;
+    let ann = app.register("ann@example.com").await;
+    let started = std::time::Instant::now();
+    let reply = app
+        .post("/api/logout", json!({"refresh": ann.str("refresh")}))
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "answered before the slow gateway acknowledged"
+    );
+    assert_eq!(counted(&app, "delivered"), 1);
+
+    // A gateway that never acknowledges: the answer still comes, after the
+    // bounded wait, and the delivery is counted late and retried.
+    let silent = gateway(&channel, None).await;
+    let bob = app.register("bob@example.com").await;
+    let reply = app
+        .post("/api/logout", json!({"refresh": bob.str("refresh")}))
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert_eq!(counted(&app, "late"), 1);
+    // The retry publishes again: each stand-in sees ann's revocation, then
+    // bob's twice.
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), slow).await.ok().and_then(Result::ok),
+        Some(3)
+    );
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), quick).await.ok().and_then(Result::ok),
+        Some(3)
+    );
+    silent.abort();
 }

@@ -16,18 +16,43 @@ use std::time::Duration;
 #[derive(Debug, Deserialize)]
 struct Revocation {
     user_id: serde_json::Value,
+    /// Set by the auth service when it waits for gateways to acknowledge.
+    #[serde(default)]
+    id: Option<String>,
 }
 
 /// The user a message revokes, as the gateway writes user ids (a positive
 /// decimal integer); `None` for anything else.
 pub fn user_of(payload: &[u8]) -> Option<String> {
+    message(payload).map(|(user, _)| user)
+}
+
+/// The user a message revokes and the id to acknowledge it with (1–64 of
+/// `[A-Za-z0-9-]`, else none).
+pub fn message(payload: &[u8]) -> Option<(String, Option<String>)> {
     let revocation: Revocation = serde_json::from_slice(payload).ok()?;
     let raw = match revocation.user_id {
         serde_json::Value::Number(n) => n.to_string(),
         serde_json::Value::String(s) => s,
         _ => return None,
     };
-    service_kit::identity::parse_user_id(&raw).map(|id| id.to_string())
+    let user = service_kit::identity::parse_user_id(&raw)?.to_string();
+    let id = revocation.id.filter(|id| {
+        (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    });
+    Some((user, id))
+}
+
+/// The channel a gateway subscribes to only to be counted: the auth service
+/// asks Redis how many gateways listen (`PUBSUB NUMSUB`) and waits for that
+/// many acknowledgements before it answers a logout.
+pub fn gateways_channel(channel: &str) -> String {
+    format!("{channel}:gateways")
+}
+
+/// Where gateways acknowledge a revocation they applied, by its id.
+pub fn acks_channel(channel: &str) -> String {
+    format!("{channel}:acks")
 }
 
 /// The shortest admin token accepted: guessing it must be out of reach.
@@ -118,7 +143,17 @@ pub async fn follow(
         let before = connections;
         let session = async {
             let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&subscription.channel).await?;
+            // Both in one command: never counted without hearing.
+            pubsub
+                .subscribe(&[
+                    subscription.channel.as_str(),
+                    gateways_channel(&subscription.channel).as_str(),
+                ])
+                .await?;
+            // Acknowledgements go out on a connection of their own: a
+            // subscribed one cannot publish.
+            let mut acks = client.get_multiplexed_async_connection().await?;
+            let acks_channel = acks_channel(&subscription.channel);
             if connections > 0 {
                 gateway.current.load().verifier.clear();
                 tracing::warn!("revocation channel back after a gap; cached verdicts dropped");
@@ -128,12 +163,28 @@ pub async fn follow(
             tracing::info!(channel = %subscription.channel, "following revocations");
             let mut messages = pubsub.into_on_message();
             while let Some(message) = messages.next().await {
+                if message.get_channel_name() != subscription.channel {
+                    continue;
+                }
                 m.revocations.inc();
-                let Some(user_id) = user_of(message.get_payload_bytes()) else {
+                let Some((user_id, id)) = self::message(message.get_payload_bytes()) else {
                     tracing::warn!("unreadable revocation message ignored");
                     continue;
                 };
                 apply(&gateway, &user_id, "redis").await;
+                if let Some(id) = id {
+                    let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                        .arg(&acks_channel)
+                        .arg(&id)
+                        .query_async(&mut acks)
+                        .await;
+                    if let Err(error) = sent {
+                        // The auth service answers after its bounded wait;
+                        // a fresh connection serves the next one.
+                        tracing::warn!(%error, "revocation applied but not acknowledged");
+                        return Err(error);
+                    }
+                }
             }
             Ok::<(), redis::RedisError>(())
         };

@@ -248,3 +248,97 @@ fn an_admin_listener_without_a_real_token_is_refused_at_start() {
         );
     }
 }
+
+/// Logs out through the gateway on one connection and, the instant the
+/// 204's head is read, sends a request with the same session's access
+/// token on another connection already open. Returns that request's status.
+async fn use_right_after_logout(gw: std::net::SocketAddr, access: &str, refresh: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = format!(r#"{{"refresh":"{refresh}"}}"#);
+    let logout = format!(
+        "POST /api/auth/logout HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let request = format!(
+        "GET /api/tasks HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {access}\r\nconnection: close\r\n\r\n"
+    );
+    let mut first = tokio::net::TcpStream::connect(gw).await.expect("connect");
+    let mut second = tokio::net::TcpStream::connect(gw).await.expect("connect");
+    first.set_nodelay(true).expect("nodelay");
+    second.set_nodelay(true).expect("nodelay");
+    first.write_all(logout.as_bytes()).await.expect("logout");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = first.read(&mut byte).await.expect("read");
+        assert!(n > 0, "no answer to the logout");
+        head.extend_from_slice(&byte[..n]);
+    }
+    second.write_all(request.as_bytes()).await.expect("send");
+    assert!(
+        head.starts_with(b"HTTP/1.1 204"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let mut answer = Vec::new();
+    second.read_to_end(&mut answer).await.expect("read");
+    String::from_utf8_lossy(&answer)
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status")
+}
+
+/// The logout race, 200 times: the logged-out session's cached access
+/// token is used the instant the 204 arrives. Never served, whether the
+/// revocation travels through the admin listener or through Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_used_the_instant_its_logout_is_answered_is_never_served() {
+    let token = "a-test-admin-token-that-is-long-enough-0123456789";
+    let admin = format!("127.0.0.1:{}", service_kit::testing::unused_port());
+    let channel = channel();
+    for mode in ["admin listener", "redis"] {
+        let db = TestDatabase::new().await;
+        let mut command =
+            std::process::Command::new(service_kit::testing::workspace_binary("auth-service"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("JWT_SECRET_KEY", support::SECRET)
+            .env("DATABASE_URL", &db.url)
+            .env("GATEWAY_ADMIN_TOKEN", token)
+            .args(["--listen", "127.0.0.1:0"]);
+        let env: Vec<(&str, &str)> = if mode == "redis" {
+            command.args(["--redis-url", REDIS, "--revocation-channel", &channel]);
+            vec![("REDIS_URL", REDIS), ("REVOCATION_CHANNEL", channel.as_str())]
+        } else {
+            command.args(["--revocation-webhook", &format!("http://{admin}/revocations")]);
+            vec![("GATEWAY_ADMIN_LISTEN", admin.as_str()), ("GATEWAY_ADMIN_TOKEN", token)]
+        };
+        let auth = service_kit::testing::ChildService::start("auth-service", command);
+        let tasks = Upstream::start().await;
+        let extra = "  - { prefix: /api/auth/logout, upstream: auth, access: public, methods: [POST], rewrite: /api/logout }\n";
+        let gateway = Gateway::start(&routes(auth.addr, &[tasks.addr], extra), &env);
+        if mode == "redis" {
+            assert!(subscribed(&gateway).await, "not subscribed");
+        }
+        let gw = gateway.addr();
+        register(gw, "racer@example.com").await;
+        let mut served = 0;
+        for _ in 0..200 {
+            let (access, refresh) = login_pair(gw, "racer@example.com").await;
+            assert_eq!(status(gw, &access).await, 200, "not cached before the logout");
+            if use_right_after_logout(gw, &access, &refresh).await != 401 {
+                served += 1;
+            }
+        }
+        assert_eq!(
+            served,
+            0,
+            "{mode}: {served} of 200 requests were served after the logout was answered\n{}",
+            auth.logs()
+        );
+        let delivered = service_kit::testing::ChildService::logs(&auth);
+        assert!(!delivered.contains("revocation not taken"), "{delivered}");
+    }
+}
