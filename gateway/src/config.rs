@@ -432,9 +432,29 @@ pub struct Server {
     /// How long an idle client connection is kept open.
     #[serde(default = "defaults::keepalive_timeout")]
     pub keepalive_timeout: Dur,
-    /// Request line plus headers above this size are answered 431.
+    /// Request line plus headers above this size are answered 431, as soon
+    /// as that much has arrived.
     #[serde(default = "defaults::max_header_bytes")]
     pub max_header_bytes: Bytes,
+    /// A request head (line and headers) must be complete this long after
+    /// its first byte; a slower one is answered 408.
+    #[serde(default = "defaults::request_head_timeout")]
+    pub request_head_timeout: Dur,
+    /// A request body must arrive whole within this long of the head;
+    /// a slower one is answered 408 (also bounds each read of it).
+    #[serde(default = "defaults::request_body_timeout")]
+    pub request_body_timeout: Dur,
+    /// Client connections served at once; more are closed as they arrive.
+    /// Default: derived from the open-file limit (see README).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Client connections one IP address (one /64 for IPv6) may hold open
+    /// at once; none when unset.
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
+    /// WebSocket tunnels one user may hold open through this gateway.
+    #[serde(default = "defaults::max_websockets_per_user")]
+    pub max_websockets_per_user: usize,
     /// Default request body limit for routes that set none.
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: Bytes,
@@ -470,6 +490,11 @@ impl Default for Server {
             grace_period: defaults::grace_period(),
             keepalive_timeout: defaults::keepalive_timeout(),
             max_header_bytes: defaults::max_header_bytes(),
+            request_head_timeout: defaults::request_head_timeout(),
+            request_body_timeout: defaults::request_body_timeout(),
+            max_connections: None,
+            max_connections_per_ip: None,
+            max_websockets_per_user: defaults::max_websockets_per_user(),
             max_body_bytes: defaults::max_body_bytes(),
             upstream_keepalive_pool: defaults::upstream_keepalive_pool(),
             trusted_proxies: Vec::new(),
@@ -663,6 +688,15 @@ mod defaults {
     }
     pub fn max_header_bytes() -> Bytes {
         Bytes(16 * 1024)
+    }
+    pub fn request_head_timeout() -> Dur {
+        Dur(Duration::from_secs(10))
+    }
+    pub fn request_body_timeout() -> Dur {
+        Dur(Duration::from_secs(60))
+    }
+    pub fn max_websockets_per_user() -> usize {
+        16
     }
     pub fn max_body_bytes() -> Bytes {
         Bytes(1024 * 1024)
@@ -995,6 +1029,32 @@ impl Config {
             Duration::ZERO,
             HOUR,
         );
+        within(
+            &mut error,
+            "server.request_head_timeout".into(),
+            self.server.request_head_timeout.0,
+            Duration::from_millis(100),
+            HOUR,
+        );
+        within(
+            &mut error,
+            "server.request_body_timeout".into(),
+            self.server.request_body_timeout.0,
+            Duration::from_millis(100),
+            HOUR,
+        );
+        for (key, value, max) in [
+            ("max_connections", self.server.max_connections, 1_000_000),
+            ("max_connections_per_ip", self.server.max_connections_per_ip, 1_000_000),
+            ("max_websockets_per_user", Some(self.server.max_websockets_per_user), 100_000),
+        ] {
+            if value.is_some_and(|v| !(1..=max).contains(&v)) {
+                error(
+                    format!("server.{key}"),
+                    format!("must be between 1 and {max}"),
+                );
+            }
+        }
         within(
             &mut error,
             "server.keepalive_timeout".into(),

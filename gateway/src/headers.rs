@@ -69,7 +69,59 @@ pub fn scrub_connection(value: &str) -> Option<String> {
 /// client address or host).
 pub fn is_forwarding_header(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    lower == "forwarded" || lower == "x-real-ip" || lower.starts_with("x-forwarded-")
+    lower == "forwarded"
+        || lower.starts_with("x-forwarded-")
+        || [
+            "x-real-ip",
+            "x-client-ip",
+            "true-client-ip",
+            "x-cluster-client-ip",
+            "cf-connecting-ip",
+            "fastly-client-ip",
+            "x-originating-ip",
+        ]
+        .contains(&lower.as_str())
+}
+
+/// Headers that some frameworks (IIS, Symfony, Zend, some PHP routers)
+/// read in place of the request line's path, so that a request routed (and
+/// authorised) for one path is served as another. The gateway routes on the
+/// request line alone, so they are removed from every request.
+pub fn is_url_override(name: &str) -> bool {
+    [
+        "x-original-url",
+        "x-original-uri",
+        "x-rewrite-url",
+        "x-override-url",
+    ]
+    .iter()
+    .any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Header names with `_`: CGI, WSGI, PHP-FPM and others map `_` and `-`
+/// alike, so `Content_Length` or `Transfer_Encoding` beside the real header
+/// is a desync behind them, and `X_Forwarded_For` a forged address. Nginx
+/// drops every such name by default (`underscores_in_headers off`); so does
+/// the gateway, whatever the name.
+pub fn has_underscore(name: &str) -> bool {
+    name.contains('_')
+}
+
+/// What is wrong with a request's `Host` headers, if anything: HTTP/1.1
+/// needs exactly one (RFC 9112 §3.2), and any that is sent must be a host
+/// name or address with an optional port, since it becomes
+/// `X-Forwarded-Host` and redirect targets.
+pub fn host_problem(http11: bool, hosts: &[&[u8]]) -> Option<&'static str> {
+    match hosts {
+        [] if http11 => Some("an HTTP/1.1 request needs a Host header"),
+        [] => None,
+        [host] => std::str::from_utf8(host)
+            .ok()
+            .and_then(host_name)
+            .is_none()
+            .then_some("the Host header is not a host name or address with an optional port"),
+        _ => Some("a request may carry only one Host header"),
+    }
 }
 
 /// The client's address as far as rate limits go: the peer's, unless the
@@ -128,7 +180,7 @@ pub fn host_name(host: &str) -> Option<&str> {
             None => host,
         }
     };
-    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.');
+    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_');
     let ok = if let Some(inner) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
         inner.parse::<std::net::Ipv6Addr>().is_ok()
     } else {
@@ -338,5 +390,40 @@ mod tests {
         let b = new_request_id();
         assert_ne!(a, b);
         assert!(is_valid_request_id(a.as_bytes()));
+    }
+
+    #[test]
+    fn headers_dropped_before_forwarding() {
+        for name in ["Transfer_Encoding", "content_length", "X_User_Id", "x_forwarded_for", "a_b"] {
+            assert!(has_underscore(name), "{name}");
+        }
+        assert!(!has_underscore("x-custom-header"));
+        for name in ["X-Original-URL", "x-rewrite-url", "X-Original-URI", "x-override-url"] {
+            assert!(is_url_override(name), "{name}");
+        }
+        assert!(!is_url_override("x-url"));
+        for name in ["X-Client-IP", "True-Client-IP", "CF-Connecting-IP", "X-Real-IP", "X-Forwarded-Host"] {
+            assert!(is_forwarding_header(name), "{name}");
+        }
+        assert!(!is_forwarding_header("x-clientip-note"));
+    }
+
+    #[test]
+    fn host_headers() {
+        let cases: [(bool, &[&[u8]], bool); 10] = [
+            (true, &[b"example.com"], true),
+            (true, &[b"example.com:8080"], true),
+            (true, &[b"my_service:9101"], true),
+            (true, &[b"[::1]:80"], true),
+            (false, &[], true),
+            (true, &[], false),
+            (true, &[b""], false),
+            (true, &[b"a b"], false),
+            (true, &[b"x@evil.com"], false),
+            (true, &[b"a.com", b"b.com"], false),
+        ];
+        for (http11, hosts, ok) in cases {
+            assert_eq!(host_problem(http11, hosts).is_none(), ok, "{hosts:?}");
+        }
     }
 }

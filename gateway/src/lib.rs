@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod headers;
 pub mod limits;
 pub mod metrics;
@@ -137,6 +138,8 @@ pub struct Gateway {
     pub config_path: PathBuf,
     /// Whether revocations can arrive (Redis or the admin listener).
     pub revocable: bool,
+    /// WebSocket tunnels open, by user id; they outlive generations.
+    pub tunnels: Arc<connections::Counts<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,12 +150,23 @@ pub enum ReloadError {
     Build(String),
 }
 
+/// Applies what Pingora reads process-wide from the routes file: the
+/// request head's size limit and deadline.
+fn apply_head_limits(config: &Config) {
+    pingora::protocols::http::v1::server::HttpSession::set_request_head_limits(
+        usize::try_from(config.server.max_header_bytes.0).unwrap_or(usize::MAX),
+        Some(config.server.request_head_timeout.0),
+    );
+}
+
 impl Gateway {
     pub fn new(first: Generation, config_path: PathBuf, revocable: bool) -> Self {
+        apply_head_limits(&first.config);
         Gateway {
             current: ArcSwap::from_pointee(first),
             config_path,
             revocable,
+            tunnels: Arc::default(),
         }
     }
 
@@ -178,6 +192,7 @@ impl Gateway {
         next.check_all().await;
         next.start_checks();
         let routes = next.routes.len();
+        apply_head_limits(&next.config);
         let previous = self.current.swap(Arc::new(next));
         previous.retire();
         Ok(routes)

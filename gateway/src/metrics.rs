@@ -40,6 +40,10 @@ pub struct Metrics {
     /// Requests let through on a stale grant while the verifier was
     /// unavailable (stale-if-error).
     pub verify_stale: IntCounter,
+    /// Client connections open now.
+    pub connections_open: IntGauge,
+    /// Client connections closed on arrival, by the bound they met.
+    pub connections_refused: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -169,6 +173,18 @@ pub fn get() -> &'static Metrics {
             verify_stale: counter(
                 "portcullis_verify_stale_total",
                 "Requests let through on a stale grant while the verifier was unavailable.",
+            ),
+            connections_open: register(
+                IntGauge::new(
+                    "portcullis_connections_open",
+                    "Client connections open now.",
+                )
+                .unwrap_or_else(|e| unreachable!("well-formed: {e}")),
+            ),
+            connections_refused: counter_vec(
+                "portcullis_connections_refused_total",
+                "Client connections closed on arrival, by the bound they met.",
+                &["reason"],
             ),
         }
     })

@@ -53,6 +53,10 @@ pub struct Ctx {
     stale: bool,
     /// The request arrived over TLS.
     https: bool,
+    /// When the request body must be whole (`server.request_body_timeout`).
+    body_deadline: Option<Instant>,
+    /// An admitted WebSocket's place under its user's tunnel bound.
+    tunnel: Option<crate::connections::Slot<String>>,
 }
 
 /// The authority an upgraded connection was admitted with. The connection is
@@ -495,6 +499,16 @@ impl Proxy {
                 ctx.rate = tighter(ctx.rate, decision);
             }
             if ctx.websocket {
+                let max = generation.config.server.max_websockets_per_user;
+                let Some(slot) = self.gateway.tunnels.take(identity.user_id.to_string(), max)
+                else {
+                    return Err(Refusal::new(
+                        429,
+                        "too_many_websockets",
+                        format!("at most {max} WebSockets per user may be open at once"),
+                    ));
+                };
+                ctx.tunnel = Some(slot);
                 ctx.grant = Some(Grant {
                     expires: auth::peek_exp(token),
                     admitted: started,
@@ -533,6 +547,8 @@ impl ProxyHttp for Proxy {
             rate: None,
             stale: false,
             https: false,
+            body_deadline: None,
+            tunnel: None,
         }
     }
 
@@ -549,6 +565,10 @@ impl ProxyHttp for Proxy {
                 .as_secs()
                 .max(1),
         ));
+        // Requests a client sent back to back, without waiting for the
+        // answers, are served in order (RFC 9112 §9.3.2) instead of dropped
+        // after the first answer promised keep-alive.
+        session.set_pipelining_enabled(true);
         ctx.generation = Some(generation);
         Ok(())
     }
@@ -577,6 +597,19 @@ impl ProxyHttp for Proxy {
                 ),
             )
             .await?;
+            return Ok(true);
+        }
+        let hosts: Vec<&[u8]> = request
+            .headers
+            .get_all(http::header::HOST)
+            .iter()
+            .map(http::HeaderValue::as_bytes)
+            .collect();
+        if let Some(problem) =
+            headers::host_problem(request.version == http::Version::HTTP_11, &hosts)
+        {
+            session.set_keepalive(None);
+            respond(session, ctx, &Refusal::new(400, "bad_request", problem)).await?;
             return Ok(true);
         }
         if request.uri.path() == "/healthz"
@@ -611,7 +644,17 @@ impl ProxyHttp for Proxy {
         }
         scrub_connection(session)?;
         match self.admit(session, ctx).await {
-            Ok(()) => Ok(false),
+            Ok(()) => {
+                if !ctx.websocket {
+                    // A body must arrive whole in time: each read waits at
+                    // most what is left, and request_body_filter checks the
+                    // rest (a trickle of bytes never resets the clock).
+                    let limit = generation.config.server.request_body_timeout.0;
+                    ctx.body_deadline = Some(Instant::now() + limit);
+                    session.set_read_timeout(Some(limit));
+                }
+                Ok(false)
+            }
             Err(refusal) => {
                 if !session.is_body_empty() {
                     // Reading a refused body just to keep the connection
@@ -732,7 +775,7 @@ impl ProxyHttp for Proxy {
         // One pass over the client's header names decides what goes:
         // - every spelling of the identity headers, on every route
         //   (protected routes then get exactly one of each, below);
-        // - method-override headers;
+        // - method- and URL-override headers, and every name with `_`;
         // - forwarding headers, unless the peer is a trusted proxy.
         let peer_ip = client_ip(session);
         let trusted = peer_ip.is_some_and(|ip| generation.config.server.trusts(ip));
@@ -757,6 +800,8 @@ impl ProxyHttp for Proxy {
                     return true;
                 }
                 headers::is_method_override(name.as_str())
+                    || headers::is_url_override(name.as_str())
+                    || headers::has_underscore(name.as_str())
                     || (!trusted && headers::is_forwarding_header(name.as_str()))
             })
             .cloned()
@@ -824,13 +869,23 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         body: &mut Option<Bytes>,
-        _end: bool,
+        end: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
         if session.was_upgraded() {
             // A socket's frames are not a request body: no size limit, but
             // the grant is checked on each.
             return self.check_grant(ctx, body.as_ref());
+        }
+        if let Some(deadline) = ctx.body_deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() && !(end && body.is_none()) {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(408),
+                    "request body not complete in time",
+                ));
+            }
+            session.set_read_timeout(Some(left.max(Duration::from_millis(1))));
         }
         if let (Some(chunk), Some(route)) = (body.as_ref(), ctx.route.as_ref()) {
             ctx.body_bytes += chunk.len() as u64;
@@ -884,9 +939,30 @@ impl ProxyHttp for Proxy {
         Ok(None)
     }
 
+    fn early_refusal(&self, status: u16, _error: &Error) -> Option<(ResponseHeader, Bytes)> {
+        let (code, message) = match status {
+            400 => ("bad_request", "the request could not be read"),
+            405 => ("method_not_allowed", "CONNECT is not supported"),
+            408 => ("request_timeout", "the request head was not complete in time"),
+            431 => ("headers_too_large", "the request headers are too large"),
+            _ => ("bad_request", "the request was refused"),
+        };
+        let body = Bytes::from(service_kit::error::render(code, message));
+        let mut header = ResponseHeader::build(status, Some(4)).ok()?;
+        header.insert_header("content-type", "application/json").ok()?;
+        header.insert_header("content-length", body.len().to_string()).ok()?;
+        header.insert_header("cache-control", "no-store").ok()?;
+        header.insert_header("connection", "close").ok()?;
+        Some((header, body))
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let status = match (e.etype(), e.esource()) {
             (ErrorType::HTTPStatus(code), _) => *code,
+            // A body that stalled past request_body_timeout.
+            (ErrorType::ReadTimedout, ErrorSource::Downstream) if ctx.body_deadline.is_some() => {
+                408
+            }
             (
                 ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
                 ErrorSource::Upstream,
@@ -939,6 +1015,11 @@ impl ProxyHttp for Proxy {
                     "the request body exceeds this route's limit",
                 ),
                 400 => Refusal::new(400, "bad_request", "the request could not be read"),
+                408 => Refusal::new(
+                    408,
+                    "request_timeout",
+                    "the request body was not complete in time",
+                ),
                 other => Refusal::new(
                     other,
                     "internal",

@@ -128,6 +128,12 @@ pub fn run(options: Options, hangups: mpsc::UnboundedReceiver<()>) -> Result<(),
         ..ServerConf::default()
     };
 
+    let max_header_bytes = config.server.max_header_bytes.0;
+    let max_connections = config.server.max_connections.unwrap_or_else(|| {
+        crate::connections::default_max(crate::connections::open_file_limit())
+    });
+    let max_per_ip = config.server.max_connections_per_ip;
+    tracing::info!(max_connections, ?max_per_ip, "client connection bounds");
     let revocable = options.revocations.is_some() || config.server.admin_listen.is_some();
     let generation = std::panic::catch_unwind(|| Generation::build(config, None, revocable))
         .unwrap_or_else(|panic| Err(crate::panic_message(&*panic)))?;
@@ -151,17 +157,38 @@ pub fn run(options: Options, hangups: mpsc::UnboundedReceiver<()>) -> Result<(),
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let mut app = pingora::proxy::http_proxy(
         &server.configuration,
         Proxy {
             gateway: Arc::clone(&gateway),
         },
-        "portcullis",
     );
-    proxy.add_tcp(&listen);
+    // HTTP/2 has no request head to bound while reading: its header list
+    // is bounded by the same setting (h2 answers 431 itself).
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+    app.h2_options = Some(h2);
+    let mut proxy = pingora::services::listening::Service::new(
+        "portcullis".to_string(),
+        crate::connections::Limited {
+            inner: Arc::new(app),
+            limits: Arc::new(crate::connections::Limits::new(max_connections, max_per_ip)),
+        },
+    );
+    // No read buffer of the transport's own: Pingora reads request heads
+    // and bodies into buffers of its own, and a 64 KiB buffer per client
+    // connection made 1 000 idle or slow clients cost 64 MB.
+    use pingora::listeners::ListenerConfig;
+    use pingora::protocols::l4::stream::L4BufferSettings;
+    let buffers = L4BufferSettings::default().read(0);
+    proxy.add_listener(ListenerConfig::tcp(&listen).l4_buffer(buffers));
     if let Some(tls) = &tls {
         let settings = crate::tls::settings(Arc::clone(&gateway), tls.http2)?;
-        proxy.add_tls_with_settings(&tls.listen, None, settings);
+        proxy.add_listener(
+            ListenerConfig::tcp(&tls.listen)
+                .tls(settings)
+                .l4_buffer(buffers),
+        );
     }
     server.add_service(proxy);
 

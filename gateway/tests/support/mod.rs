@@ -290,11 +290,17 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(routes: &str, env: &[(&str, &str)]) -> Gateway {
+        Gateway::start_with_server(routes, "", env)
+    }
+
+    /// Like [`Gateway::start`], with more `server:` keys (each line
+    /// indented by two spaces).
+    pub fn start_with_server(routes: &str, server: &str, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         // Each gateway gets its own upgrade socket, so that tests never
         // hand listeners to each other.
         let routes = format!(
-            "{routes}\nserver:\n  grace_period: 1s\n  upgrade_sock: {}\n",
+            "{routes}\nserver:\n  grace_period: 1s\n  upgrade_sock: {}\n{server}",
             dir.path().join("upgrade.sock").display()
         );
         let routes = routes.as_str();

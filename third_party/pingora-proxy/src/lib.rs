@@ -319,6 +319,21 @@ where
         .await;
     }
 
+    /// Answers a request refused before any phase ran, with the response
+    /// [`ProxyHttp::early_refusal`] gives, else an empty-bodied one.
+    async fn respond_refusal(&self, session: &mut HttpSession, status: u16, e: &Error)
+    where
+        SV: ProxyHttp + Send + Sync,
+    {
+        let sent = match self.inner.early_refusal(status, e) {
+            Some((header, body)) => session.write_error_response(header, body).await,
+            None => session.respond_error(status).await,
+        };
+        sent.unwrap_or_else(|e| {
+            error!("failed to send error response to downstream: {e}");
+        });
+    }
+
     async fn handle_new_request(
         &self,
         mut downstream_session: Box<HttpSession>,
@@ -347,17 +362,19 @@ where
             }
             Err(mut e) => {
                 e.as_down();
-                if matches!(e.etype, InvalidHTTPHeader) {
+                let status = match e.etype {
+                    InvalidHTTPHeader => Some(400),
+                    // The request head bounds (v1 server): 408 and 431.
+                    HTTPStatus(code) => Some(code),
+                    _ => None,
+                };
+                if let Some(status) = status {
                     debug!(
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()
                     );
-                    downstream_session
-                        .respond_error(400)
-                        .await
-                        .unwrap_or_else(|e| {
-                            error!("failed to send error response to downstream: {e}");
-                        });
+                    self.respond_refusal(&mut downstream_session, status, &e)
+                        .await;
                 } else {
                     // otherwise the connection must be broken, no need to send anything
                     error!(
@@ -385,12 +402,8 @@ where
             .is_some_and(|opts| opts.allow_connect_method_proxying)
             && downstream_session.req_header().method == Method::CONNECT
         {
-            downstream_session
-                .respond_error(405)
-                .await
-                .unwrap_or_else(|e| {
-                    error!("failed to send error response to downstream: {e}");
-                });
+            let e = Error::explain(HTTPStatus(405), "CONNECT is not proxied");
+            self.respond_refusal(&mut downstream_session, 405, &e).await;
             downstream_session.shutdown().await;
             return None;
         }

@@ -50,6 +50,14 @@ pub trait ProxyHttp {
     type CTX;
 
     /// Define how the `ctx` should be created.
+    /// The response for a request refused before any phase ran: a request
+    /// head that does not parse or is not allowed (400), one over the head
+    /// size limit (431) or not complete in time (408), a CONNECT (405).
+    /// `None` (the default) sends Pingora's own, with an empty body.
+    fn early_refusal(&self, _status: u16, _error: &Error) -> Option<(ResponseHeader, Bytes)> {
+        None
+    }
+
     fn new_ctx(&self) -> Self::CTX;
 
     /// Define where the proxy should send the request to.

@@ -160,6 +160,11 @@ pub struct HttpSession {
     pipelined_idle_bytes_stashed: bool,
 }
 
+/// Request head bounds; see [`HttpSession::set_request_head_limits`].
+static HEAD_LIMIT_BYTES: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(MAX_HEADER_SIZE);
+static HEAD_DEADLINE_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl HttpSession {
     /// Create a new http server session from an established (TCP or TLS) [`Stream`].
     /// The created session needs to call [`Self::read_request()`] first before performing
@@ -272,6 +277,20 @@ impl HttpSession {
         }
     }
 
+    /// Bounds for every request head read from now on, in this process: at
+    /// most `max_bytes` (then an `HTTPStatus(431)` error, without reading
+    /// further), and all of it within `deadline` of its first byte (then an
+    /// `HTTPStatus(408)` error). The wait for a head's first byte stays
+    /// governed by the keep-alive timeout.
+    pub fn set_request_head_limits(max_bytes: usize, deadline: Option<Duration>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        HEAD_LIMIT_BYTES.store(max_bytes.min(MAX_HEADER_SIZE), Relaxed);
+        HEAD_DEADLINE_MS.store(
+            deadline.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)),
+            Relaxed,
+        );
+    }
+
     /// Read the request header. Return `Ok(Some(n))` where the read and parsing are successful.
     /// Return `Ok(None)` when the client closed the connection without sending any data, which
     /// is common on a reused connection.
@@ -304,15 +323,21 @@ impl HttpSession {
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
+        let limit = HEAD_LIMIT_BYTES.load(std::sync::atomic::Ordering::Relaxed);
+        let deadline_ms = HEAD_DEADLINE_MS.load(std::sync::atomic::Ordering::Relaxed);
+        // Set once the head's first byte is here.
+        let mut deadline = None;
         loop {
-            if already_read > MAX_HEADER_SIZE {
-                /* NOTE: this check only blocks second read. The first large read is allowed
-                since the buf is already allocated. The goal is to avoid slowly bloating
-                this buffer */
+            if already_read > limit {
+                /* NOTE: checked after every read, so at most one read's worth past
+                the limit is ever buffered. */
                 return Error::e_explain(
-                    InvalidHTTPHeader,
-                    format!("Request header larger than {MAX_HEADER_SIZE}"),
+                    HTTPStatus(431),
+                    format!("Request header larger than {limit}"),
                 );
+            }
+            if deadline.is_none() && already_read > 0 && deadline_ms > 0 {
+                deadline = Some(tokio::time::Instant::now() + Duration::from_millis(deadline_ms));
             }
 
             // On the first iteration after a pipelined prefix was injected,
@@ -321,12 +346,31 @@ impl HttpSession {
             // subsequent read_buf() would block for data that may never come
             // (the client already pipelined everything it had to send for
             // this request and is waiting for our response).
-            if skip_next_read {
+            let read = if skip_next_read {
                 skip_next_read = false;
-            } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
-                already_read += n;
+                None
+            } else if let Some(deadline) = deadline {
+                match tokio::time::timeout_at(
+                    deadline,
+                    self.read_request_buf(&mut buf, already_read),
+                )
+                .await
+                {
+                    Ok(read) => Some(read?),
+                    Err(_) => {
+                        return Error::e_explain(
+                            HTTPStatus(408),
+                            format!("request head not complete within {deadline_ms}ms"),
+                        )
+                    }
+                }
             } else {
-                return Ok(None);
+                Some(self.read_request_buf(&mut buf, already_read).await?)
+            };
+            match read {
+                None => {}
+                Some(Some(n)) => already_read += n,
+                Some(None) => return Ok(None),
             }
 
             // Use loop as GOTO to retry escaped request buffer, not a real loop
@@ -335,6 +379,13 @@ impl HttpSession {
                 let mut req = httparse::Request::new(&mut headers);
                 let parsed = parse_req_buffer(&mut req, &buf);
                 match parsed {
+                    HeaderParseState::Complete(s) if s > limit => {
+                        // A whole head over the limit that came in one read.
+                        return Error::e_explain(
+                            HTTPStatus(431),
+                            format!("Request header larger than {limit}"),
+                        );
+                    }
                     HeaderParseState::Complete(s) => {
                         self.raw_header = Some(BufRef(0, s));
 
