@@ -173,7 +173,9 @@ impl Drop for Registered<'_> {
 }
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Publisher {
@@ -239,7 +241,8 @@ impl Publisher {
     fn targets(&self) -> Vec<Target> {
         let mut targets: Vec<Target> = self.redis.iter().cloned().map(Target::Redis).collect();
         if let Some(webhooks) = &self.webhooks {
-            targets.extend((0..webhooks.urls.len()).map(|i| Target::Webhook(Arc::clone(webhooks), i)));
+            targets
+                .extend((0..webhooks.urls.len()).map(|i| Target::Webhook(Arc::clone(webhooks), i)));
         }
         targets
     }
@@ -296,8 +299,12 @@ impl Publisher {
                             tracing::info!(user_id, ?reason, target = %target.name(), attempt, "revocation taken on a retry");
                             return;
                         }
-                        Ok(Err(error)) => tracing::debug!(user_id, target = %target.name(), attempt, %error, "revocation retry failed"),
-                        Err(_) => tracing::debug!(user_id, target = %target.name(), attempt, "revocation retry timed out"),
+                        Ok(Err(error)) => {
+                            tracing::debug!(user_id, target = %target.name(), attempt, %error, "revocation retry failed")
+                        }
+                        Err(_) => {
+                            tracing::debug!(user_id, target = %target.name(), attempt, "revocation retry timed out")
+                        }
                     }
                 }
                 counts.abandoned.fetch_add(1, Ordering::Relaxed);
@@ -406,7 +413,9 @@ impl Redis {
                 }
             }
             alive.store(false, Ordering::Relaxed);
-            tracing::warn!("revocation acknowledgements lost; listening again on the next revocation");
+            tracing::warn!(
+                "revocation acknowledgements lost; listening again on the next revocation"
+            );
         });
         Ok(())
     }

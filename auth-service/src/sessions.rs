@@ -173,7 +173,9 @@ pub async fn rotate(
                 "spent refresh token presented again; revoking its family"
             );
             revoke_family(db, &family_id).await?;
-            revocations.revoke(user_id, crate::revocations::Reason::Reuse).await;
+            revocations
+                .revoke(user_id, crate::revocations::Reason::Reuse)
+                .await;
         }
         return Err(Error::InvalidToken);
     };

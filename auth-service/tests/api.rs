@@ -716,7 +716,11 @@ async fn malformed_login_emails_are_refused_like_wrong_passwords() {
     // A control character is refused like in any other field (it says
     // nothing about whether an account exists).
     let reply = app.login("a\u{0}@x.io", PASSWORD).await;
-    assert_envelope(&reply, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert_envelope(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
 }
 
 #[tokio::test]

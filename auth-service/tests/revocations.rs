@@ -225,11 +225,17 @@ async fn a_logout_is_answered_once_every_gateway_acknowledged_or_the_wait_ended(
     // The retry publishes again: each stand-in sees ann's revocation, then
     // bob's twice.
     assert_eq!(
-        tokio::time::timeout(Duration::from_secs(10), slow).await.ok().and_then(Result::ok),
+        tokio::time::timeout(Duration::from_secs(10), slow)
+            .await
+            .ok()
+            .and_then(Result::ok),
         Some(3)
     );
     assert_eq!(
-        tokio::time::timeout(Duration::from_secs(10), quick).await.ok().and_then(Result::ok),
+        tokio::time::timeout(Duration::from_secs(10), quick)
+            .await
+            .ok()
+            .and_then(Result::ok),
         Some(3)
     );
     silent.abort();

@@ -779,15 +779,16 @@ impl Config {
         // Bounds first: serde would expand aliases and nest without limit.
         let lines = crate::yaml_lines::KeyLines::scan(source)
             .map_err(|r| file_error(r.path, r.message, Some(r.line)))?;
-        let config: Config =
-            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(source))
-                .map_err(|e| {
-                    let path = e.path().to_string();
-                    let e = e.into_inner();
-                    let line = e.location().map(|l| l.line());
-                    let path = if path == "." { String::new() } else { path };
-                    file_error(path.clone(), serde_message(&e, &path), line)
-                })?;
+        let config: Config = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(
+            source,
+        ))
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let e = e.into_inner();
+            let line = e.location().map(|l| l.line());
+            let path = if path == "." { String::new() } else { path };
+            file_error(path.clone(), serde_message(&e, &path), line)
+        })?;
         let errors = config.check(&lines);
         if errors.is_empty() {
             Ok(config)
@@ -924,11 +925,7 @@ impl Config {
                 let message = if min.is_zero() {
                     format!("must be at most {}", Dur::text(max))
                 } else {
-                    format!(
-                        "must be between {} and {}",
-                        Dur::text(min),
-                        Dur::text(max)
-                    )
+                    format!("must be between {} and {}", Dur::text(min), Dur::text(max))
                 };
                 error(key, message);
             }
@@ -999,10 +996,7 @@ impl Config {
         if let Some(threads) = self.server.threads
             && !(1..=512).contains(&threads)
         {
-            error(
-                "server.threads".into(),
-                "must be between 1 and 512".into(),
-            );
+            error("server.threads".into(), "must be between 1 and 512".into());
         }
         if !(1024..=1024 * 1024).contains(&self.server.max_header_bytes.0) {
             error(
@@ -1045,8 +1039,16 @@ impl Config {
         );
         for (key, value, max) in [
             ("max_connections", self.server.max_connections, 1_000_000),
-            ("max_connections_per_ip", self.server.max_connections_per_ip, 1_000_000),
-            ("max_websockets_per_user", Some(self.server.max_websockets_per_user), 100_000),
+            (
+                "max_connections_per_ip",
+                self.server.max_connections_per_ip,
+                1_000_000,
+            ),
+            (
+                "max_websockets_per_user",
+                Some(self.server.max_websockets_per_user),
+                100_000,
+            ),
         ] {
             if value.is_some_and(|v| !(1..=max).contains(&v)) {
                 error(
@@ -1222,7 +1224,10 @@ impl Config {
                     let at = format!("{at}.rate_limit.{key}");
                     let count = |error: &mut dyn FnMut(String, String), key: &str, value: u32| {
                         if !(1..=1_000_000).contains(&value) {
-                            error(format!("{at}.{key}"), "must be between 1 and 1000000".into());
+                            error(
+                                format!("{at}.{key}"),
+                                "must be between 1 and 1000000".into(),
+                            );
                         }
                     };
                     count(&mut error, "requests", rate.requests);
@@ -1333,7 +1338,8 @@ fn serde_message(error: &serde_yaml::Error, path: &str) -> String {
 /// Reads a file of at most [`bounds::FILE_BYTES`], never more into memory.
 fn read_bounded(path: &std::path::Path) -> Result<String, String> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut bytes = Vec::new();
     file.take(bounds::FILE_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -1600,7 +1606,9 @@ routes:
     #[test]
     fn values_that_would_overflow_later_are_refused_with_key_and_line() {
         let route = |extra: &str| {
-            format!("{MINIMAL}  - prefix: /api/x\n    upstream: tasks\n    access: protected\n{extra}")
+            format!(
+                "{MINIMAL}  - prefix: /api/x\n    upstream: tasks\n    access: protected\n{extra}"
+            )
         };
         for (source, path, line) in [
             (
@@ -1609,7 +1617,9 @@ routes:
                 15,
             ),
             (
-                route("    rate_limit:\n      per_ip: {requests: 1, per: 5000000000h, burst: 4000000000}\n"),
+                route(
+                    "    rate_limit:\n      per_ip: {requests: 1, per: 5000000000h, burst: 4000000000}\n",
+                ),
                 "",
                 0,
             ),

@@ -183,7 +183,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
                     Refused::Total => "max_connections",
                     Refused::PerIp => "max_connections_per_ip",
                 };
-                metrics.connections_refused.with_label_values(&[label]).inc();
+                metrics
+                    .connections_refused
+                    .with_label_values(&[label])
+                    .inc();
                 // Dropping the stream closes it: nothing was read.
                 return None;
             }
@@ -251,7 +254,10 @@ mod tests {
         assert_eq!(client_key(a), client_key(b));
         assert_ne!(client_key(a), client_key(c));
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().expect("ip");
-        assert_eq!(client_key(mapped), "192.0.2.1".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            client_key(mapped),
+            "192.0.2.1".parse::<IpAddr>().expect("ip")
+        );
     }
 
     #[test]

@@ -394,15 +394,32 @@ mod tests {
 
     #[test]
     fn headers_dropped_before_forwarding() {
-        for name in ["Transfer_Encoding", "content_length", "X_User_Id", "x_forwarded_for", "a_b"] {
+        for name in [
+            "Transfer_Encoding",
+            "content_length",
+            "X_User_Id",
+            "x_forwarded_for",
+            "a_b",
+        ] {
             assert!(has_underscore(name), "{name}");
         }
         assert!(!has_underscore("x-custom-header"));
-        for name in ["X-Original-URL", "x-rewrite-url", "X-Original-URI", "x-override-url"] {
+        for name in [
+            "X-Original-URL",
+            "x-rewrite-url",
+            "X-Original-URI",
+            "x-override-url",
+        ] {
             assert!(is_url_override(name), "{name}");
         }
         assert!(!is_url_override("x-url"));
-        for name in ["X-Client-IP", "True-Client-IP", "CF-Connecting-IP", "X-Real-IP", "X-Forwarded-Host"] {
+        for name in [
+            "X-Client-IP",
+            "True-Client-IP",
+            "CF-Connecting-IP",
+            "X-Real-IP",
+            "X-Forwarded-Host",
+        ] {
             assert!(is_forwarding_header(name), "{name}");
         }
         assert!(!is_forwarding_header("x-clientip-note"));

@@ -206,16 +206,47 @@ mod tests {
     /// Values chosen to sit on and beyond every bound, and beyond what the
     /// types can hold.
     const DURATIONS: &[&str] = &[
-        "0ms", "1ms", "250ms", "2s", "59m", "1h", "24h", "1000h", "8784h", "8785h",
-        "5000000000h", "18446744073709551615s", "18446744073709551616ms", "1d", "-1s", "",
+        "0ms",
+        "1ms",
+        "250ms",
+        "2s",
+        "59m",
+        "1h",
+        "24h",
+        "1000h",
+        "8784h",
+        "8785h",
+        "5000000000h",
+        "18446744073709551615s",
+        "18446744073709551616ms",
+        "1d",
+        "-1s",
+        "",
     ];
     const COUNTS: &[&str] = &[
-        "0", "1", "7", "1000", "1000000", "1000001", "4000000000", "4294967296",
-        "18446744073709551615", "-1", "1.5", "\"x\"",
+        "0",
+        "1",
+        "7",
+        "1000",
+        "1000000",
+        "1000001",
+        "4000000000",
+        "4294967296",
+        "18446744073709551615",
+        "-1",
+        "1.5",
+        "\"x\"",
     ];
     const SIZES: &[&str] = &[
-        "0", "1KiB", "16KiB", "1MiB", "1GiB", "2GiB", "17179869184GiB",
-        "18446744073709551615", "1TiB",
+        "0",
+        "1KiB",
+        "16KiB",
+        "1MiB",
+        "1GiB",
+        "2GiB",
+        "17179869184GiB",
+        "18446744073709551615",
+        "1TiB",
     ];
     const PREFIXES: &[&str] = &["/", "/api", "/api/x", "/api/x/y", "api", "/a//b", "/%2e"];
 
@@ -257,7 +288,12 @@ mod tests {
             maybe(&mut out, &mut pick, format!("  {key}: {v}\n"));
         }
         out.push_str("upstreams:\n  a:\n    servers: [\"127.0.0.1:9\"]\n");
-        for key in ["connect_timeout", "read_timeout", "write_timeout", "idle_timeout"] {
+        for key in [
+            "connect_timeout",
+            "read_timeout",
+            "write_timeout",
+            "idle_timeout",
+        ] {
             let v = DURATIONS[pick(DURATIONS.len())];
             maybe(&mut out, &mut pick, format!("    {key}: {v}\n"));
         }

@@ -943,14 +943,21 @@ impl ProxyHttp for Proxy {
         let (code, message) = match status {
             400 => ("bad_request", "the request could not be read"),
             405 => ("method_not_allowed", "CONNECT is not supported"),
-            408 => ("request_timeout", "the request head was not complete in time"),
+            408 => (
+                "request_timeout",
+                "the request head was not complete in time",
+            ),
             431 => ("headers_too_large", "the request headers are too large"),
             _ => ("bad_request", "the request was refused"),
         };
         let body = Bytes::from(service_kit::error::render(code, message));
         let mut header = ResponseHeader::build(status, Some(4)).ok()?;
-        header.insert_header("content-type", "application/json").ok()?;
-        header.insert_header("content-length", body.len().to_string()).ok()?;
+        header
+            .insert_header("content-type", "application/json")
+            .ok()?;
+        header
+            .insert_header("content-length", body.len().to_string())
+            .ok()?;
         header.insert_header("cache-control", "no-store").ok()?;
         header.insert_header("connection", "close").ok()?;
         Some((header, body))

@@ -129,9 +129,10 @@ pub fn run(options: Options, hangups: mpsc::UnboundedReceiver<()>) -> Result<(),
     };
 
     let max_header_bytes = config.server.max_header_bytes.0;
-    let max_connections = config.server.max_connections.unwrap_or_else(|| {
-        crate::connections::default_max(crate::connections::open_file_limit())
-    });
+    let max_connections = config
+        .server
+        .max_connections
+        .unwrap_or_else(|| crate::connections::default_max(crate::connections::open_file_limit()));
     let max_per_ip = config.server.max_connections_per_ip;
     tracing::info!(max_connections, ?max_per_ip, "client connection bounds");
     let revocable = options.revocations.is_some() || config.server.admin_listen.is_some();

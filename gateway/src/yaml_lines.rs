@@ -180,7 +180,10 @@ impl Builder {
                     });
                 };
                 self.count(size, line)?;
-                if let Some(Frame::Map { key: key @ None, .. }) = self.stack.last_mut() {
+                if let Some(Frame::Map {
+                    key: key @ None, ..
+                }) = self.stack.last_mut()
+                {
                     // An alias used as a key; serde refuses non-string keys.
                     *key = Some(String::from("*"));
                 } else {

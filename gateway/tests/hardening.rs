@@ -77,7 +77,10 @@ async fn an_alias_bomb_is_refused_by_check_and_by_a_running_gateway_without_grow
         "{stderr}"
     );
     // Named by the route whose alias crossed the bound, on its own line.
-    assert!(stderr.contains("routes[") && stderr.contains("].roles"), "{stderr}");
+    assert!(
+        stderr.contains("routes[") && stderr.contains("].roles"),
+        "{stderr}"
+    );
     assert!(stderr.contains(" at line "), "{stderr}");
 
     let gateway = Gateway::start(&public_routes(upstream.addr, ""), &[]);
@@ -100,7 +103,9 @@ async fn an_alias_bomb_is_refused_by_check_and_by_a_running_gateway_without_grow
         gateway.child.logs()
     );
     assert_eq!(
-        raw(gateway.addr(), "GET", "/api/public/x", &[], "").await.status,
+        raw(gateway.addr(), "GET", "/api/public/x", &[], "")
+            .await
+            .status,
         200
     );
     // The next valid file is applied as usual.
@@ -109,9 +114,15 @@ async fn an_alias_bomb_is_refused_by_check_and_by_a_running_gateway_without_grow
         "  - { prefix: /api/extra, upstream: app, access: public }\n",
     ));
     gateway.child.signal("HUP");
-    assert!(reloaded(&gateway, "applied", 1.0).await, "{}", gateway.child.logs());
+    assert!(
+        reloaded(&gateway, "applied", 1.0).await,
+        "{}",
+        gateway.child.logs()
+    );
     assert_eq!(
-        raw(gateway.addr(), "GET", "/api/extra", &[], "").await.status,
+        raw(gateway.addr(), "GET", "/api/extra", &[], "")
+            .await
+            .status,
         200
     );
 }
@@ -168,13 +179,21 @@ async fn values_that_would_panic_later_are_refused_and_reloads_keep_working() {
         "  - { prefix: /api/extra, upstream: app, access: public, rate_limit: { per_ip: { requests: 1, per: 24h } } }\n",
     ));
     gateway.child.signal("HUP");
-    assert!(reloaded(&gateway, "applied", 1.0).await, "{}", gateway.child.logs());
+    assert!(
+        reloaded(&gateway, "applied", 1.0).await,
+        "{}",
+        gateway.child.logs()
+    );
     assert_eq!(
-        raw(gateway.addr(), "GET", "/api/extra", &[], "").await.status,
+        raw(gateway.addr(), "GET", "/api/extra", &[], "")
+            .await
+            .status,
         200
     );
     assert_eq!(
-        raw(gateway.addr(), "GET", "/api/extra", &[], "").await.status,
+        raw(gateway.addr(), "GET", "/api/extra", &[], "")
+            .await
+            .status,
         429
     );
     assert!(
@@ -201,7 +220,10 @@ async fn a_hundred_thousand_routes_are_checked_and_reloaded_and_one_more_is_refu
     std::fs::write(&file, many(100_000)).expect("write");
     let (ok, stdout, stderr) = check(&file);
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("ok (100000 routes, 1 upstreams)"), "{stdout}");
+    assert!(
+        stdout.contains("ok (100000 routes, 1 upstreams)"),
+        "{stdout}"
+    );
     std::fs::write(&file, many(100_001)).expect("write");
     let (ok, _, stderr) = check(&file);
     assert!(!ok);
@@ -213,13 +235,21 @@ async fn a_hundred_thousand_routes_are_checked_and_reloaded_and_one_more_is_refu
     let gateway = Gateway::start(&public_routes(upstream.addr, ""), &[]);
     gateway.write_routes(&many(100_000));
     gateway.child.signal("HUP");
-    assert!(reloaded(&gateway, "applied", 1.0).await, "{}", gateway.child.logs());
+    assert!(
+        reloaded(&gateway, "applied", 1.0).await,
+        "{}",
+        gateway.child.logs()
+    );
     assert_eq!(
-        raw(gateway.addr(), "GET", "/r/99999/x", &[], "").await.status,
+        raw(gateway.addr(), "GET", "/r/99999/x", &[], "")
+            .await
+            .status,
         200
     );
     assert_eq!(
-        raw(gateway.addr(), "GET", "/r/100000", &[], "").await.status,
+        raw(gateway.addr(), "GET", "/r/100000", &[], "")
+            .await
+            .status,
         404
     );
 }
@@ -236,8 +266,7 @@ async fn exchange(gw: std::net::SocketAddr, request: &[u8]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn framing_spellings_url_overrides_and_untrusted_client_addresses_never_reach_the_upstream()
-{
+async fn framing_spellings_url_overrides_and_untrusted_client_addresses_never_reach_the_upstream() {
     let upstream = Upstream::start().await;
     let gateway = Gateway::start(&public_routes(upstream.addr, ""), &[]);
     let dropped = [
@@ -289,18 +318,30 @@ async fn http11_requests_need_one_well_formed_host_and_pipelined_requests_are_al
     ] {
         let answer = exchange(gw, request.as_bytes()).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{what}: {answer}");
-        assert!(answer.contains(r#""code":"bad_request""#), "{what}: {answer}");
+        assert!(
+            answer.contains(r#""code":"bad_request""#),
+            "{what}: {answer}"
+        );
     }
-    assert!(upstream.seen().is_empty(), "a request without a usable Host was forwarded");
+    assert!(
+        upstream.seen().is_empty(),
+        "a request without a usable Host was forwarded"
+    );
     // HTTP/1.0 has no Host requirement.
     let answer = exchange(gw, b"GET /api/public/x HTTP/1.0\r\n\r\n").await;
-    assert!(answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"),
+        "{answer}"
+    );
 
     // Three requests in one write: three answers, in order.
     let pipelined = "GET /api/public/1 HTTP/1.1\r\nhost: gw\r\n\r\nGET /api/public/2 HTTP/1.1\r\nhost: gw\r\n\r\nGET /api/public/3 HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n";
     let answer = exchange(gw, pipelined.as_bytes()).await;
     assert_eq!(answer.matches("HTTP/1.1 200").count(), 3, "{answer}");
-    let targets: Vec<String> = upstream.seen()[1..].iter().map(|s| s.target.clone()).collect();
+    let targets: Vec<String> = upstream.seen()[1..]
+        .iter()
+        .map(|s| s.target.clone())
+        .collect();
     assert_eq!(targets, ["/api/public/1", "/api/public/2", "/api/public/3"]);
 }
 
@@ -346,12 +387,18 @@ async fn a_slow_head_and_a_slow_body_are_cut_with_408() {
     let mut cut = false;
     for i in 0..20 {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        if slow.write_all(format!("x-slow-{i}: 1\r\n").as_bytes()).await.is_err() {
+        if slow
+            .write_all(format!("x-slow-{i}: 1\r\n").as_bytes())
+            .await
+            .is_err()
+        {
             cut = true;
             break;
         }
     }
-    let answer = answer_of(&mut slow, Duration::from_secs(5)).await.unwrap_or_default();
+    let answer = answer_of(&mut slow, Duration::from_secs(5))
+        .await
+        .unwrap_or_default();
     assert!(cut || !answer.is_empty(), "the slow head was never cut");
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
@@ -363,7 +410,9 @@ async fn a_slow_head_and_a_slow_body_are_cut_with_408() {
     idle.write_all(b"GET /api/public/x HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n")
         .await
         .expect("send");
-    let answer = answer_of(&mut idle, Duration::from_secs(5)).await.unwrap_or_default();
+    let answer = answer_of(&mut idle, Duration::from_secs(5))
+        .await
+        .unwrap_or_default();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     // A 5-byte body at one byte a second: cut at 2 s with 408, and the
@@ -379,7 +428,9 @@ async fn a_slow_head_and_a_slow_body_are_cut_with_408() {
             break;
         }
     }
-    let answer = answer_of(&mut slow, Duration::from_secs(5)).await.unwrap_or_default();
+    let answer = answer_of(&mut slow, Duration::from_secs(5))
+        .await
+        .unwrap_or_default();
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
     assert!(
@@ -393,7 +444,9 @@ async fn a_slow_head_and_a_slow_body_are_cut_with_408() {
         .write_all(b"POST /api/public/x HTTP/1.1\r\nhost: gw\r\ncontent-length: 5\r\n\r\nab")
         .await
         .expect("send");
-    let answer = answer_of(&mut stalled, Duration::from_secs(6)).await.unwrap_or_default();
+    let answer = answer_of(&mut stalled, Duration::from_secs(6))
+        .await
+        .unwrap_or_default();
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 }
 
@@ -422,7 +475,9 @@ async fn oversized_heads_are_refused_while_reading_and_slow_clients_cost_little_
                         break;
                     }
                 }
-                answer_of(&mut stream, Duration::from_secs(20)).await.unwrap_or_default()
+                answer_of(&mut stream, Duration::from_secs(20))
+                    .await
+                    .unwrap_or_default()
             })
         })
         .collect();
@@ -441,13 +496,19 @@ async fn oversized_heads_are_refused_while_reading_and_slow_clients_cost_little_
     let mut held = Vec::new();
     for _ in 0..1000 {
         let mut stream = tokio::net::TcpStream::connect(gw).await.expect("connect");
-        stream.write_all(b"GET /api/public/x HTTP/1.1\r\nx-slow: a").await.expect("send");
+        stream
+            .write_all(b"GET /api/public/x HTTP/1.1\r\nx-slow: a")
+            .await
+            .expect("send");
         held.push(stream);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let holding = rss_mib(pid);
     println!("gateway RSS: idle {idle} MiB, 1000 slow-header clients {holding} MiB");
-    assert!(holding < idle + 100, "{holding} MiB with 1000 slow clients, idle {idle} MiB");
+    assert!(
+        holding < idle + 100,
+        "{holding} MiB with 1000 slow clients, idle {idle} MiB"
+    );
     drop(held);
     assert_eq!(raw(gw, "GET", "/api/public/x", &[], "").await.status, 200);
 }
@@ -508,7 +569,10 @@ async fn connections_over_the_bounds_are_closed_on_arrival() {
         first.push(stream);
     }
     let mut fourth = from("127.0.0.1").await;
-    assert!(!served(&mut fourth).await, "a fourth connection from one address was served");
+    assert!(
+        !served(&mut fourth).await,
+        "a fourth connection from one address was served"
+    );
     let mut others = Vec::new();
     for _ in 0..3 {
         let mut stream = from("127.0.0.2").await;
@@ -516,7 +580,10 @@ async fn connections_over_the_bounds_are_closed_on_arrival() {
         others.push(stream);
     }
     let mut seventh = from("127.0.0.3").await;
-    assert!(!served(&mut seventh).await, "a seventh connection was served");
+    assert!(
+        !served(&mut seventh).await,
+        "a seventh connection was served"
+    );
     assert_eq!(
         gateway
             .metric(r#"portcullis_connections_refused_total{reason="max_connections_per_ip"}"#)
@@ -538,5 +605,64 @@ async fn connections_over_the_bounds_are_closed_on_arrival() {
     .await;
     assert!(again, "the place of a closed connection never came back");
     again = served(&mut others[0]).await;
-    assert!(again, "an admitted keep-alive connection stopped being served");
+    assert!(
+        again,
+        "an admitted keep-alive connection stopped being served"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_may_hold_only_so_many_websocket_tunnels() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = service_kit::testing::TestDatabase::new().await;
+    let auth = support::auth_service(&db, &[]);
+    let upstream = Upstream::start().await;
+    let extra = "  - { prefix: /api/ws, upstream: tasks, access: protected, websocket: true }\n";
+    let gateway = Gateway::start_with_server(
+        &support::routes(auth.addr, &[upstream.addr], extra),
+        "  max_websockets_per_user: 2\n",
+        &[],
+    );
+    let gw = gateway.addr();
+    let (alice, _) = support::register(gw, "alice@example.com").await;
+    let (bob, _) = support::register(gw, "bob@example.com").await;
+    let open = |token: String| async move {
+        let mut stream = tokio::net::TcpStream::connect(gw).await.expect("connect");
+        let request = format!(
+            "GET /api/ws HTTP/1.1\r\nhost: gw\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\nauthorization: Bearer {token}\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if stream.read_exact(&mut byte).await.is_err() {
+                break;
+            }
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        (stream, head)
+    };
+    let (first, head) = open(alice.clone()).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (_second, head) = open(alice.clone()).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (mut third, head) = open(alice.clone()).await;
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+    let mut body = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), third.read_to_end(&mut body)).await;
+    assert!(
+        String::from_utf8_lossy(&body).contains("too_many_websockets"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let (_bobs, head) = open(bob).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "bob was refused: {head}");
+    // A closed tunnel gives its place back.
+    drop(first);
+    let reopened = eventually(Duration::from_secs(5), async || {
+        open(alice.clone()).await.1.starts_with("HTTP/1.1 101")
+    })
+    .await;
+    assert!(reopened, "alice's place never came back");
 }

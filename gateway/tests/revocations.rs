@@ -310,10 +310,19 @@ async fn a_token_used_the_instant_its_logout_is_answered_is_never_served() {
             .args(["--listen", "127.0.0.1:0"]);
         let env: Vec<(&str, &str)> = if mode == "redis" {
             command.args(["--redis-url", REDIS, "--revocation-channel", &channel]);
-            vec![("REDIS_URL", REDIS), ("REVOCATION_CHANNEL", channel.as_str())]
+            vec![
+                ("REDIS_URL", REDIS),
+                ("REVOCATION_CHANNEL", channel.as_str()),
+            ]
         } else {
-            command.args(["--revocation-webhook", &format!("http://{admin}/revocations")]);
-            vec![("GATEWAY_ADMIN_LISTEN", admin.as_str()), ("GATEWAY_ADMIN_TOKEN", token)]
+            command.args([
+                "--revocation-webhook",
+                &format!("http://{admin}/revocations"),
+            ]);
+            vec![
+                ("GATEWAY_ADMIN_LISTEN", admin.as_str()),
+                ("GATEWAY_ADMIN_TOKEN", token),
+            ]
         };
         let auth = service_kit::testing::ChildService::start("auth-service", command);
         let tasks = Upstream::start().await;
@@ -327,7 +336,11 @@ async fn a_token_used_the_instant_its_logout_is_answered_is_never_served() {
         let mut served = 0;
         for _ in 0..200 {
             let (access, refresh) = login_pair(gw, "racer@example.com").await;
-            assert_eq!(status(gw, &access).await, 200, "not cached before the logout");
+            assert_eq!(
+                status(gw, &access).await,
+                200,
+                "not cached before the logout"
+            );
             if use_right_after_logout(gw, &access, &refresh).await != 401 {
                 served += 1;
             }

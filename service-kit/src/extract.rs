@@ -7,11 +7,11 @@
 use crate::ApiError;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::request::Parts;
-use serde::de::DeserializeOwned;
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// A JSON body, or a JSON response. As a body, every string in it (keys
 /// included) is held to [`crate::text`]'s rule before `T` sees it.
@@ -26,7 +26,8 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(request, state).await?;
+        let axum::Json(value) =
+            axum::Json::<serde_json::Value>::from_request(request, state).await?;
         crate::text::check_json(&value)?;
         serde_path_to_error::deserialize(value)
             .map(Json)

@@ -15,9 +15,9 @@ pub mod identity;
 pub mod server;
 pub mod supervision;
 pub mod telemetry;
-pub mod text;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod text;
 
 pub use db::Db;
 pub use error::ApiError;

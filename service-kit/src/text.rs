@@ -50,7 +50,11 @@ pub fn find_control(value: &Value) -> Option<String> {
                 if !path.is_empty() {
                     path.push('.');
                 }
-                path.push_str(&key.chars().map(|c| if is_control(c) { '?' } else { c }).collect::<String>());
+                path.push_str(
+                    &key.chars()
+                        .map(|c| if is_control(c) { '?' } else { c })
+                        .collect::<String>(),
+                );
                 let found = key.chars().any(is_control) || walk(item, path);
                 if !found {
                     path.truncate(len);
@@ -84,7 +88,10 @@ mod tests {
             (json!({"title": "tab\there"}), Some("title")),
             (json!({"name": "del\u{7f}"}), Some("name")),
             (json!({"name": "c1\u{85}"}), Some("name")),
-            (json!({"items": [{"sku": "ok"}, {"sku": "x\u{1b}[31m"}]}), Some("items[1].sku")),
+            (
+                json!({"items": [{"sku": "ok"}, {"sku": "x\u{1b}[31m"}]}),
+                Some("items[1].sku"),
+            ),
             (json!({"a\u{0}": 1}), Some("a?")),
             (json!("\u{0}"), Some("body")),
             (json!({"title": "Grüße, 日本, emoji 🎉, spaces  "}), None),

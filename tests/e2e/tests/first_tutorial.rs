@@ -188,3 +188,34 @@ async fn two_orders_replicas_share_the_traffic_and_one_can_stop() {
         stack.requests_served(Service::Orders(1)) - before
     );
 }
+
+/// The shipped routes bound sign-ins per client address: password spraying
+/// across many accounts from one address meets 429 after the burst of 20,
+/// before the auth service is asked; another route is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_routes_limit_sign_ins_per_address() {
+    let stack = Stack::start().await;
+    let alice = stack.register("alice").await;
+    let client = stack.anonymous();
+    let mut statuses = Vec::new();
+    for i in 0..25 {
+        let reply = client
+            .post(
+                "/api/auth/login",
+                &json!({"email": format!("victim{i}@example.com"), "password": "guess number one"}),
+            )
+            .await;
+        statuses.push(reply.status);
+        if reply.status == 429 {
+            assert_eq!(reply.code(), "rate_limited");
+        }
+    }
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    let answered = statuses.iter().filter(|s| **s == 401).count();
+    assert_eq!(
+        (answered, refused),
+        (20, 5),
+        "expected 20 answered and 5 refused: {statuses:?}"
+    );
+    assert_eq!(alice.get("/api/orders").await.status, 200);
+}
