@@ -388,6 +388,9 @@ pub struct Config {
     pub auth: Auth,
     pub upstreams: BTreeMap<String, Upstream>,
     pub routes: Vec<Route>,
+    /// Where each key was in the file, for warnings made after loading.
+    #[serde(skip)]
+    pub lines: std::sync::Arc<crate::yaml_lines::KeyLines>,
 }
 
 /// `tls:`: HTTPS on `listen`, with the certificate chain and key in PEM
@@ -791,6 +794,8 @@ impl Config {
         })?;
         let errors = config.check(&lines);
         if errors.is_empty() {
+            let mut config = config;
+            config.lines = std::sync::Arc::new(lines);
             Ok(config)
         } else {
             Err(ConfigErrors(errors))
@@ -806,9 +811,8 @@ impl Config {
     /// Each route looks up its own ancestors (one per segment), never every
     /// other route, so the cost grows with routes × depth. At most
     /// [`bounds::WARNINGS`] are listed; one more line counts the rest.
-    pub fn shadowing(&self, source: &str) -> Vec<ConfigError> {
-        let lines = crate::yaml_lines::KeyLines::scan(source).unwrap_or_default();
-        let line = |i: usize| lines.line(&format!("routes[{i}].prefix"));
+    pub fn shadowing(&self) -> Vec<ConfigError> {
+        let line = |i: usize| self.lines.line(&format!("routes[{i}].prefix"));
         let mut by_prefix: std::collections::HashMap<&str, Vec<usize>> =
             std::collections::HashMap::new();
         for (i, route) in self.routes.iter().enumerate() {
@@ -1415,11 +1419,7 @@ routes:
     access: protected
 "#;
         let config = Config::parse(source).expect("valid");
-        let found: Vec<String> = config
-            .shadowing(source)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let found: Vec<String> = config.shadowing().iter().map(ToString::to_string).collect();
         assert_eq!(
             found,
             [
@@ -1430,7 +1430,7 @@ routes:
         // The shipped file has no such nesting.
         let shipped = include_str!("../../routes.yaml");
         let config = Config::parse(shipped).expect("shipped routes");
-        assert!(config.shadowing(shipped).is_empty());
+        assert!(config.shadowing().is_empty());
     }
 
     #[test]
@@ -1722,7 +1722,7 @@ routes:
         }
         let config = Config::parse(&source).expect("at the bound");
         assert_eq!(config.routes.len(), bounds::ROUTES);
-        let warnings = config.shadowing(&source);
+        let warnings = config.shadowing();
         assert_eq!(warnings.len(), bounds::WARNINGS + 1);
         assert!(
             warnings[bounds::WARNINGS]

@@ -352,7 +352,7 @@ mod tests {
                 source.truncate(at);
             }
             if let Ok(config) = crate::config::Config::parse(&source) {
-                let _ = config.shadowing(&source);
+                let _ = config.shadowing();
                 let built = crate::Generation::build(config, None, true);
                 prop_assert!(built.is_ok(), "{source}\n{:?}", built.err());
             }

@@ -88,8 +88,7 @@ fn main() -> ExitCode {
                     }
                     return ExitCode::FAILURE;
                 }
-                let source = std::fs::read_to_string(&cli.config).unwrap_or_default();
-                for warning in config.shadowing(&source) {
+                for warning in config.shadowing() {
                     eprintln!("{}: warning: {warning}", cli.config.display());
                 }
                 println!(

@@ -70,8 +70,7 @@ fn one_line(errors: &ConfigErrors) -> String {
 /// ends the process. Returns only on a start-up error.
 pub fn run(options: Options, hangups: mpsc::UnboundedReceiver<()>) -> Result<(), String> {
     let mut config = Config::load(&options.config_path).map_err(|e| e.to_string())?;
-    let source = std::fs::read_to_string(&options.config_path).unwrap_or_default();
-    for warning in config.shadowing(&source) {
+    for warning in config.shadowing() {
         tracing::warn!(%warning, "route nested inside a route of the other access");
     }
     if let Some(listen) = options.listen {

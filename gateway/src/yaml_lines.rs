@@ -24,8 +24,14 @@ pub const MAX_DEPTH: usize = 32;
 /// is expanded: a routes file at the route limit holds about a million.
 pub const MAX_VALUES: u64 = 2_000_000;
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct KeyLines(HashMap<String, usize>);
+
+impl std::fmt::Debug for KeyLines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyLines({} keys)", self.0.len())
+    }
+}
 
 /// Why a document was refused before parsing.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -666,3 +666,73 @@ async fn a_user_may_hold_only_so_many_websocket_tunnels() {
     .await;
     assert!(reopened, "alice's place never came back");
 }
+
+/// What Pingora refuses before any of the gateway's code runs is answered
+/// with the gateway's JSON envelope all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_pingora_refuses_get_the_json_envelope() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&public_routes(upstream.addr, ""), &[]);
+    let gw = gateway.addr();
+    let many: String = (0..300).map(|i| format!("x-h{i}: 1\r\n")).collect();
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            "GET /api/public/x HTTP/1.1\r\nhost: a.example\r\nhost: b.example\r\n\r\n".into(),
+            "400",
+            "two Host headers",
+        ),
+        (
+            "GET http://other.example/api/public/x HTTP/1.1\r\nhost: a.example\r\n\r\n".into(),
+            "400",
+            "an absolute-form authority that is not the Host",
+        ),
+        (
+            "GET /api/public/x HTTP/1.1\r\nhost: a.example\r\nx-folded: a\r\n b\r\n\r\n".into(),
+            "400",
+            "obs-fold",
+        ),
+        (
+            format!("GET /api/public/x HTTP/1.1\r\nhost: a.example\r\n{many}\r\n"),
+            "400",
+            "more than 256 headers",
+        ),
+        (
+            "GET /api/public/x HTTP/1.1\r\nhost: a.example\r\nx-bad\u{1}name: 1\r\n\r\n".into(),
+            "400",
+            "a control byte in a header name",
+        ),
+        (
+            "CONNECT a.example:443 HTTP/1.1\r\nhost: a.example:443\r\n\r\n".into(),
+            "405",
+            "CONNECT",
+        ),
+        (
+            format!(
+                "GET /api/public/x HTTP/1.1\r\nhost: a.example\r\nx-big: {}\r\n\r\n",
+                "a".repeat(20_000)
+            ),
+            "431",
+            "headers over max_header_bytes in one write",
+        ),
+    ];
+    for (request, status, what) in cases {
+        let answer = exchange(gw, request.as_bytes()).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{what}: {answer:?}"
+        );
+        assert!(
+            answer.contains("content-type: application/json")
+                || answer.contains("Content-Type: application/json"),
+            "{what}: {answer:?}"
+        );
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_str(body)
+            .unwrap_or_else(|_| panic!("{what}: the body is not JSON: {answer:?}"));
+        assert!(json["error"]["code"].is_string(), "{what}: {json}");
+    }
+    assert!(
+        upstream.seen().is_empty(),
+        "a refused request was forwarded"
+    );
+}
