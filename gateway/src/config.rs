@@ -93,11 +93,11 @@ impl Dur {
     /// Written back in the file's own notation, for error messages.
     pub fn text(d: Duration) -> String {
         let ms = d.as_millis();
-        if ms % 3_600_000 == 0 && ms > 0 {
+        if ms.is_multiple_of(3_600_000) && ms > 0 {
             format!("{}h", ms / 3_600_000)
-        } else if ms % 60_000 == 0 && ms > 0 {
+        } else if ms.is_multiple_of(60_000) && ms > 0 {
             format!("{}m", ms / 60_000)
-        } else if ms % 1000 == 0 && ms > 0 {
+        } else if ms.is_multiple_of(1000) && ms > 0 {
             format!("{}s", ms / 1000)
         } else {
             format!("{ms}ms")

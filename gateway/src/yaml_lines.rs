@@ -289,7 +289,7 @@ mod tests {
         let mut laughs = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
         for level in 1..10 {
             let prev = format!("*a{}", level - 1);
-            let items = vec![prev.as_str(); 10].join(", ");
+            let items = [prev.as_str(); 10].join(", ");
             laughs.push_str(&format!("a{level}: &a{level} [{items}]\n"));
         }
         let refusal = KeyLines::scan(&laughs).expect_err("laughs");
