@@ -757,6 +757,11 @@ mod defaults {
 // ---------------------------------------------------------------------------
 // Parsing and checking.
 
+/// A prefix's segments (none for `/`).
+fn segments(prefix: &Prefix) -> impl Iterator<Item = &str> {
+    prefix.as_str().split('/').filter(|s| !s.is_empty())
+}
+
 impl Config {
     /// Parses and checks `source`. On failure, every problem found is
     /// returned, each with its key path and, where known, its line.
@@ -808,33 +813,58 @@ impl Config {
     /// an error, and both are worth a second look, so `--check` and every
     /// load report them with both lines.
     ///
-    /// Each route looks up its own ancestors (one per segment), never every
-    /// other route, so the cost grows with routes × depth. At most
-    /// [`bounds::WARNINGS`] are listed; one more line counts the rest.
+    /// The routes' prefixes go into a tree of segments once; each route then
+    /// walks down its own segments, meeting exactly the routes whose prefix
+    /// contains its own: the cost grows with the total length of the
+    /// prefixes and the pairs found, never with routes × routes. At most
+    /// [`bounds::WARNINGS`] pairs are kept (the first, in file order); one
+    /// more line counts the rest.
     pub fn shadowing(&self) -> Vec<ConfigError> {
         let line = |i: usize| self.lines.line(&format!("routes[{i}].prefix"));
-        let mut by_prefix: std::collections::HashMap<&str, Vec<usize>> =
-            std::collections::HashMap::new();
+        // Node 0 is `/`; each node: its children by segment, the routes
+        // whose prefix ends there.
+        let mut nodes: Vec<(std::collections::HashMap<&str, usize>, Vec<usize>)> =
+            vec![Default::default()];
+        let mut ends = Vec::with_capacity(self.routes.len());
         for (i, route) in self.routes.iter().enumerate() {
-            by_prefix.entry(route.prefix.as_str()).or_default().push(i);
-        }
-        let mut pairs = Vec::new();
-        for (i, inner) in self.routes.iter().enumerate() {
-            let mut ancestor = inner.prefix.as_str();
-            while ancestor != "/" {
-                ancestor = match ancestor.rfind('/') {
-                    Some(0) | None => "/",
-                    Some(cut) => &ancestor[..cut],
+            let mut node = 0;
+            for segment in segments(&route.prefix) {
+                node = match nodes[node].0.get(segment) {
+                    Some(&child) => child,
+                    None => {
+                        nodes.push(Default::default());
+                        let child = nodes.len() - 1;
+                        nodes[node].0.insert(segment, child);
+                        child
+                    }
                 };
-                for &o in by_prefix.get(ancestor).into_iter().flatten() {
+            }
+            nodes[node].1.push(i);
+            ends.push(node);
+        }
+        // The first pairs in (outer, inner) order, in a bounded max-heap.
+        let mut kept = std::collections::BinaryHeap::new();
+        let mut total = 0usize;
+        for (i, inner) in self.routes.iter().enumerate() {
+            let mut node = 0;
+            let mut path = segments(&inner.prefix);
+            while node != ends[i] {
+                for &o in &nodes[node].1 {
                     if self.routes[o].access != inner.access {
-                        pairs.push((o, i));
+                        total += 1;
+                        kept.push((o, i));
+                        if kept.len() > bounds::WARNINGS {
+                            kept.pop();
+                        }
                     }
                 }
+                let Some(next) = path.next().and_then(|s| nodes[node].0.get(s)) else {
+                    break;
+                };
+                node = *next;
             }
         }
-        pairs.sort_unstable();
-        let total = pairs.len();
+        let pairs = kept.into_sorted_vec();
         let at = |i: usize| line(i).map(|l| format!(" (line {l})")).unwrap_or_default();
         let mut found: Vec<ConfigError> = pairs
             .into_iter()
@@ -1736,5 +1766,50 @@ routes:
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["routes", "routes[100000].prefix"]);
         assert_eq!(errors[1].line, Some(100_006));
+    }
+
+    /// The tree walk finds exactly the pairs the definition gives (every
+    /// route against every other), keeps the first ones in file order and
+    /// counts the rest: a chain of 300 nested prefixes of alternating
+    /// access, each with two method-specific routes.
+    #[test]
+    fn nesting_warnings_match_the_quadratic_definition() {
+        let mut source = String::from(
+            "auth:\n  verify_url: http://127.0.0.1:9001/api/verify\nupstreams:\n  a: {servers: [\"127.0.0.1:9101\"]}\nroutes:\n",
+        );
+        let mut prefix = String::new();
+        for depth in 0..300 {
+            prefix.push_str(if depth % 3 == 0 { "/x" } else { "/y" });
+            let access = if depth % 2 == 0 { "public" } else { "protected" };
+            for method in ["GET", "POST"] {
+                source.push_str(&format!(
+                    "  - {{prefix: {prefix}, upstream: a, access: {access}, methods: [{method}]}}\n"
+                ));
+            }
+        }
+        let config = Config::parse(&source).expect("valid");
+        let mut expected = Vec::new();
+        for (o, outer) in config.routes.iter().enumerate() {
+            for (i, inner) in config.routes.iter().enumerate() {
+                if outer.access != inner.access && outer.prefix.contains(&inner.prefix) {
+                    expected.push((o, i));
+                }
+            }
+        }
+        let warnings = config.shadowing();
+        assert_eq!(warnings.len(), bounds::WARNINGS + 1);
+        for (warning, (o, i)) in warnings.iter().take(bounds::WARNINGS).zip(&expected) {
+            assert_eq!(warning.path, format!("routes[{i}].prefix"));
+            let outer = config.routes[*o].prefix.as_str();
+            assert!(warning.message.contains(&format!(" route {outer} (line {})", o + 6)), "{warning}");
+        }
+        assert!(
+            warnings[bounds::WARNINGS]
+                .message
+                .starts_with(&format!("{} more routes", expected.len() - bounds::WARNINGS)),
+            "{} pairs: {}",
+            expected.len(),
+            warnings[bounds::WARNINGS]
+        );
     }
 }

@@ -24,13 +24,29 @@ pub const MAX_DEPTH: usize = 32;
 /// is expanded: a routes file at the route limit holds about a million.
 pub const MAX_VALUES: u64 = 2_000_000;
 
+/// The line of every key path, by a hash of the path's text: no path is
+/// ever stored, so a file's keys cost a few bytes each however long or deep
+/// they are. (Two paths with one hash would only make an error message
+/// name the wrong line.)
 #[derive(Default)]
-pub struct KeyLines(HashMap<String, usize>);
+pub struct KeyLines(HashMap<u64, usize>);
 
 impl std::fmt::Debug for KeyLines {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "KeyLines({} keys)", self.0.len())
     }
+}
+
+/// FNV-1a over a path's text, fed piece by piece: `continue_with(h, "a")`
+/// then `"b"` equals the hash of `"ab"`.
+const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn continue_with(mut hash: u64, bytes: &[u8]) -> u64 {
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }
 
 /// Why a document was refused before parsing.
@@ -42,57 +58,87 @@ pub struct Refusal {
     pub line: usize,
 }
 
-enum Frame {
-    Map {
-        path: String,
-        key: Option<String>,
-        anchor: usize,
-        /// Values counted when the collection started.
-        start: u64,
-    },
-    Seq {
-        path: String,
-        index: usize,
-        anchor: usize,
-        start: u64,
-    },
+enum Kind {
+    /// The key whose value comes next, once read.
+    Map(Option<String>),
+    /// The index of the next item.
+    Seq(usize),
+}
+
+struct Frame {
+    kind: Kind,
+    /// Hash of this collection's own path, and whether that path is empty
+    /// (the document's root).
+    hash: u64,
+    root: bool,
+    anchor: usize,
+    /// Values counted when the collection started.
+    start: u64,
+}
+
+impl Frame {
+    /// The hash of the path of this collection's next value.
+    fn child_hash(&self) -> Option<u64> {
+        match &self.kind {
+            Kind::Map(Some(key)) => {
+                let hash = if self.root {
+                    self.hash
+                } else {
+                    continue_with(self.hash, b".")
+                };
+                Some(continue_with(hash, key.as_bytes()))
+            }
+            Kind::Map(None) => None,
+            Kind::Seq(index) => Some(continue_with(
+                self.hash,
+                format!("[{index}]").as_bytes(),
+            )),
+        }
+    }
 }
 
 #[derive(Default)]
 struct Builder {
     stack: Vec<Frame>,
-    lines: HashMap<String, usize>,
+    lines: HashMap<u64, usize>,
     /// Values seen so far, aliases counted at their expanded size.
     values: u64,
     /// Expanded size of every anchored node that has ended.
     anchors: HashMap<usize, u64>,
 }
 
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
 impl Builder {
+    /// The path of the next value, as text: built only for a refusal.
     fn child_path(&self) -> String {
+        let mut path = String::new();
+        for frame in &self.stack {
+            match &frame.kind {
+                Kind::Map(Some(key)) => {
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    // A refusal names a key, not a megabyte of one.
+                    path.extend(key.chars().take(64));
+                }
+                Kind::Map(None) => {}
+                Kind::Seq(index) => path.push_str(&format!("[{index}]")),
+            }
+        }
+        path
+    }
+
+    /// The hash of the next value's path, and whether it is the root.
+    fn child(&self) -> (u64, bool) {
         match self.stack.last() {
-            Some(Frame::Map {
-                path,
-                key: Some(key),
-                ..
-            }) => join(path, key),
-            Some(Frame::Seq { path, index, .. }) => format!("{path}[{index}]"),
-            _ => String::new(),
+            None => (FNV_START, true),
+            Some(frame) => (frame.child_hash().unwrap_or(frame.hash), false),
         }
     }
 
     fn value_done(&mut self) {
-        match self.stack.last_mut() {
-            Some(Frame::Map { key, .. }) => *key = None,
-            Some(Frame::Seq { index, .. }) => *index += 1,
+        match self.stack.last_mut().map(|f| &mut f.kind) {
+            Some(Kind::Map(key)) => *key = None,
+            Some(Kind::Seq(index)) => *index += 1,
             None => {}
         }
     }
@@ -113,40 +159,30 @@ impl Builder {
 
     fn open(&mut self, line: usize, anchor: usize, map: bool) -> Result<(), Refusal> {
         self.count(1, line)?;
-        let path = self.child_path();
         if self.stack.len() >= MAX_DEPTH {
             return Err(Refusal {
-                path,
+                path: self.child_path(),
                 message: format!("collections nest more than {MAX_DEPTH} deep"),
                 line,
             });
         }
-        self.lines.entry(path.clone()).or_insert(line);
-        let start = self.values - 1;
-        self.stack.push(if map {
-            Frame::Map {
-                path,
-                key: None,
-                anchor,
-                start,
-            }
-        } else {
-            Frame::Seq {
-                path,
-                index: 0,
-                anchor,
-                start,
-            }
+        let (hash, root) = self.child();
+        self.lines.entry(hash).or_insert(line);
+        self.stack.push(Frame {
+            kind: if map { Kind::Map(None) } else { Kind::Seq(0) },
+            hash,
+            root,
+            anchor,
+            start: self.values - 1,
         });
         Ok(())
     }
 
     fn close(&mut self) {
-        if let Some(Frame::Map { anchor, start, .. } | Frame::Seq { anchor, start, .. }) =
-            self.stack.pop()
-            && anchor != 0
+        if let Some(frame) = self.stack.pop()
+            && frame.anchor != 0
         {
-            self.anchors.insert(anchor, self.values - start);
+            self.anchors.insert(frame.anchor, self.values - frame.start);
         }
         self.value_done();
     }
@@ -161,18 +197,16 @@ impl Builder {
                 if anchor != 0 {
                     self.anchors.insert(anchor, 1);
                 }
-                if let Some(Frame::Map {
-                    path,
-                    key: key @ None,
-                    ..
-                }) = self.stack.last_mut()
-                {
-                    self.lines.insert(join(path, &value), line);
-                    *key = Some(value);
-                } else {
-                    let path = self.child_path();
-                    self.lines.entry(path).or_insert(line);
-                    self.value_done();
+                match self.stack.last_mut() {
+                    Some(frame @ Frame { kind: Kind::Map(None), .. }) => {
+                        // A key: its path gets its line.
+                        frame.kind = Kind::Map(Some(value));
+                        if let Some(hash) = frame.child_hash() {
+                            self.lines.insert(hash, line);
+                        }
+                    }
+                    // A value: its key (or its list) already has a line.
+                    _ => self.value_done(),
                 }
             }
             Event::Alias(anchor) => {
@@ -186,14 +220,12 @@ impl Builder {
                     });
                 };
                 self.count(size, line)?;
-                if let Some(Frame::Map {
-                    key: key @ None, ..
-                }) = self.stack.last_mut()
-                {
+                match self.stack.last_mut() {
                     // An alias used as a key; serde refuses non-string keys.
-                    *key = Some(String::from("*"));
-                } else {
-                    self.value_done();
+                    Some(frame @ Frame { kind: Kind::Map(None), .. }) => {
+                        frame.kind = Kind::Map(Some(String::from("*")));
+                    }
+                    _ => self.value_done(),
                 }
             }
             _ => {}
@@ -229,7 +261,7 @@ impl KeyLines {
     pub fn line(&self, path: &str) -> Option<usize> {
         let mut path = path;
         loop {
-            if let Some(line) = self.0.get(path) {
+            if let Some(line) = self.0.get(&continue_with(FNV_START, path.as_bytes())) {
                 return Some(*line);
             }
             let cut = path.rfind(['.', '['])?;
