@@ -381,9 +381,24 @@ impl Redis {
             waiter.expected = Some(gateways);
             waiter.settle();
         }
-        acknowledged
-            .await
-            .map_err(|_| "acknowledgements stopped".to_string())
+        // Just under the caller's own bound, so that a silent listener is
+        // noticed here.
+        let wait = DELIVERY_WAIT.saturating_sub(Duration::from_millis(100));
+        match tokio::time::timeout(wait, acknowledged).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("acknowledgements stopped".into()),
+            Err(_) => {
+                // Gateways were subscribed but none of their answers came:
+                // the acknowledgement subscription may be half-open. The
+                // next revocation subscribes afresh.
+                if let Some(alive) = self.listening.lock().await.as_ref() {
+                    alive.store(false, Ordering::Relaxed);
+                }
+                Err(format!(
+                    "{gateways} gateways did not all acknowledge in time"
+                ))
+            }
+        }
     }
 
     /// Subscribes to the acknowledgement channel unless a listener is on it.
@@ -423,14 +438,20 @@ impl Redis {
     /// Publishes `payload` and returns how many gateways were subscribed
     /// (`PUBSUB NUMSUB` of their counting channel, in the same transaction).
     async fn send(&self, payload: &str) -> redis::RedisResult<usize> {
-        let mut slot = self.connection.lock().await;
         let gateways = format!("{}:gateways", self.channel);
-        // A connection that failed is dropped and made again once.
+        // A connection that failed is dropped and made again once. The lock
+        // covers only taking (or making) the shared connection: commands on
+        // a multiplexed connection go out concurrently.
         let mut attempt = 0;
         loop {
-            let connection = match slot.as_mut() {
-                Some(connection) => connection,
-                None => slot.insert(self.client.get_multiplexed_async_connection().await?),
+            let mut connection = {
+                let mut slot = self.connection.lock().await;
+                match slot.as_ref() {
+                    Some(connection) => connection.clone(),
+                    None => slot
+                        .insert(self.client.get_multiplexed_async_connection().await?)
+                        .clone(),
+                }
             };
             let sent: redis::RedisResult<((String, usize), i64)> = redis::pipe()
                 .atomic()
@@ -440,13 +461,13 @@ impl Redis {
                 .cmd("PUBLISH")
                 .arg(&self.channel)
                 .arg(payload)
-                .query_async(connection)
+                .query_async(&mut connection)
                 .await;
             match sent {
                 Ok(((_, subscribed), _)) => return Ok(subscribed),
                 Err(error) if attempt == 0 => {
                     tracing::debug!(%error, "redis connection lost; reconnecting");
-                    *slot = None;
+                    *self.connection.lock().await = None;
                     attempt += 1;
                 }
                 Err(error) => return Err(error),

@@ -172,10 +172,13 @@ pub async fn rotate(
                 user_id,
                 "spent refresh token presented again; revoking its family"
             );
-            revoke_family(db, &family_id).await?;
-            revocations
-                .revoke(user_id, crate::revocations::Reason::Reuse)
-                .await;
+            // Announced once: replaying the same spent token again costs
+            // no further wait.
+            if revoke_family(db, &family_id).await? {
+                revocations
+                    .revoke(user_id, crate::revocations::Reason::Reuse)
+                    .await;
+            }
         }
         return Err(Error::InvalidToken);
     };
@@ -193,13 +196,16 @@ pub async fn rotate(
     pair(keys, &subject, &family_id, refresh)
 }
 
-async fn revoke_family(db: &Db, family_id: &str) -> Result<()> {
-    with_db!(db, pool => sqlx::query("UPDATE token_families SET revoked = TRUE WHERE id = $1")
-        .bind(family_id)
-        .execute(pool)
-        .await
-        .map(drop))?;
-    Ok(())
+/// Revokes a token family; whether it was live until now.
+async fn revoke_family(db: &Db, family_id: &str) -> Result<bool> {
+    let changed = with_db!(db, pool => sqlx::query(
+        "UPDATE token_families SET revoked = TRUE WHERE id = $1 AND revoked = FALSE",
+    )
+    .bind(family_id)
+    .execute(pool)
+    .await
+    .map(|done| done.rows_affected()))?;
+    Ok(changed > 0)
 }
 
 /// Ends the session a refresh token belongs to and returns its user.

@@ -696,7 +696,7 @@ mod defaults {
         Dur(Duration::from_secs(10))
     }
     pub fn request_body_timeout() -> Dur {
-        Dur(Duration::from_secs(60))
+        Dur(Duration::from_secs(30))
     }
     pub fn max_websockets_per_user() -> usize {
         16
@@ -1780,7 +1780,11 @@ routes:
         let mut prefix = String::new();
         for depth in 0..300 {
             prefix.push_str(if depth % 3 == 0 { "/x" } else { "/y" });
-            let access = if depth % 2 == 0 { "public" } else { "protected" };
+            let access = if depth % 2 == 0 {
+                "public"
+            } else {
+                "protected"
+            };
             for method in ["GET", "POST"] {
                 source.push_str(&format!(
                     "  - {{prefix: {prefix}, upstream: a, access: {access}, methods: [{method}]}}\n"
@@ -1801,12 +1805,18 @@ routes:
         for (warning, (o, i)) in warnings.iter().take(bounds::WARNINGS).zip(&expected) {
             assert_eq!(warning.path, format!("routes[{i}].prefix"));
             let outer = config.routes[*o].prefix.as_str();
-            assert!(warning.message.contains(&format!(" route {outer} (line {})", o + 6)), "{warning}");
+            assert!(
+                warning
+                    .message
+                    .contains(&format!(" route {outer} (line {})", o + 6)),
+                "{warning}"
+            );
         }
         assert!(
-            warnings[bounds::WARNINGS]
-                .message
-                .starts_with(&format!("{} more routes", expected.len() - bounds::WARNINGS)),
+            warnings[bounds::WARNINGS].message.starts_with(&format!(
+                "{} more routes",
+                expected.len() - bounds::WARNINGS
+            )),
             "{} pairs: {}",
             expected.len(),
             warnings[bounds::WARNINGS]

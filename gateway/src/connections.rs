@@ -4,8 +4,9 @@
 //! [`Slot`] that gives it back when dropped, so a connection or a tunnel
 //! holds its place exactly as long as it lives. [`Limited`] is the edge: it
 //! wraps the proxy's Pingora application and takes a place for every client
-//! connection before any byte of it is read; a connection over a bound is
-//! closed at once, never queued.
+//! connection as it is accepted, before a TLS handshake or any byte is read
+//! (through the `admit` hook of the vendored pingora-core); a connection
+//! over a bound is closed at once, never queued.
 
 use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
@@ -158,8 +159,21 @@ impl Limits {
     }
 }
 
-/// A Pingora application that admits each connection under [`Limits`]
-/// before handing it to `inner`, and holds its places until it closes.
+/// One open connection: its places, and its count in the gauge, given
+/// back however its task ends.
+struct Open {
+    _admitted: Admitted,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        crate::metrics::get().connections_open.dec();
+    }
+}
+
+/// A Pingora application that admits each client connection under
+/// [`Limits`] as it is accepted (before a TLS handshake or a byte read),
+/// and holds its places until it closes.
 pub struct Limited<A> {
     pub inner: Arc<A>,
     pub limits: Arc<Limits>,
@@ -167,17 +181,19 @@ pub struct Limited<A> {
 
 #[async_trait::async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let ip = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+    fn admit(
+        &self,
+        peer: Option<&pingora::protocols::l4::socket::SocketAddr>,
+    ) -> Option<Box<dyn std::any::Any + Send>> {
+        let ip = peer.and_then(|a| a.as_inet()).map(|a| a.ip());
         let metrics = crate::metrics::get();
-        let _admitted = match self.limits.admit(ip) {
-            Ok(admitted) => admitted,
+        match self.limits.admit(ip) {
+            Ok(admitted) => {
+                metrics.connections_open.inc();
+                Some(Box::new(Open {
+                    _admitted: admitted,
+                }))
+            }
             Err(reason) => {
                 let label = match reason {
                     Refused::Total => "max_connections",
@@ -187,22 +203,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
                     .connections_refused
                     .with_label_values(&[label])
                     .inc();
-                // Dropping the stream closes it: nothing was read.
-                return None;
+                None
             }
-        };
-        metrics.connections_open.inc();
-        // Keep-alive reuse stays inside, so the places are held for the
-        // connection's whole life.
-        let mut stream = stream;
-        let outcome = loop {
-            match self.inner.process_new(stream, shutdown).await {
-                Some(reused) => stream = reused,
-                None => break None,
-            }
-        };
-        metrics.connections_open.dec();
-        outcome
+        }
+    }
+
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        self.inner.process_new(stream, shutdown).await
     }
 
     async fn cleanup(&self) {

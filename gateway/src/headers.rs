@@ -72,27 +72,36 @@ pub fn is_forwarding_header(name: &str) -> bool {
     lower == "forwarded"
         || lower.starts_with("x-forwarded-")
         || [
+            "x-forwarded",
+            "forwarded-for",
             "x-real-ip",
+            "client-ip",
             "x-client-ip",
             "true-client-ip",
             "x-cluster-client-ip",
             "cf-connecting-ip",
             "fastly-client-ip",
             "x-originating-ip",
+            "x-remote-ip",
+            "x-remote-addr",
         ]
         .contains(&lower.as_str())
 }
 
 /// Headers that some frameworks (IIS, Symfony, Zend, some PHP routers)
-/// read in place of the request line's path, so that a request routed (and
-/// authorised) for one path is served as another. The gateway routes on the
-/// request line alone, so they are removed from every request.
+/// read in place of the request line's path or the `Host`, so that a
+/// request routed (and authorised) for one path or host is served as
+/// another. The gateway routes on the request line and `Host` alone, so
+/// they are removed from every request.
 pub fn is_url_override(name: &str) -> bool {
     [
         "x-original-url",
         "x-original-uri",
         "x-rewrite-url",
         "x-override-url",
+        "x-host",
+        "x-original-host",
+        "x-http-host-override",
     ]
     .iter()
     .any(|h| h.eq_ignore_ascii_case(name))

@@ -350,6 +350,22 @@ impl Proxy {
                     "protocol upgrades are not allowed on this route",
                 ));
             }
+            // An upgrade carries no body (RFC 6455 §4.1); one that does
+            // would be read with the tunnel's long timeouts, not the body
+            // deadline.
+            let headers = &session.req_header().headers;
+            let has_body = headers.contains_key(http::header::TRANSFER_ENCODING)
+                || headers
+                    .get_all(http::header::CONTENT_LENGTH)
+                    .iter()
+                    .any(|v| v.as_bytes() != b"0");
+            if has_body {
+                return Err(Refusal::new(
+                    400,
+                    "bad_request",
+                    "an upgrade request must not carry a body",
+                ));
+            }
             ctx.websocket = true;
         }
 

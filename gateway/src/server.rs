@@ -128,6 +128,11 @@ pub fn run(options: Options, hangups: mpsc::UnboundedReceiver<()>) -> Result<(),
     };
 
     let max_header_bytes = config.server.max_header_bytes.0;
+    let keepalive_timeout = config
+        .server
+        .keepalive_timeout
+        .0
+        .max(Duration::from_secs(1));
     let max_connections = config
         .server
         .max_connections
@@ -168,6 +173,10 @@ pub fn run(options: Options, hangups: mpsc::UnboundedReceiver<()>) -> Result<(),
     let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
     h2.max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
     app.h2_options = Some(h2);
+    // An idle HTTP/2 connection is closed like an idle HTTP/1 one.
+    let mut server_options = pingora::apps::HttpServerOptions::default();
+    server_options.h2_idle_timeout = Some(keepalive_timeout);
+    app.server_options = Some(server_options);
     let mut proxy = pingora::services::listening::Service::new(
         "portcullis".to_string(),
         crate::connections::Limited {

@@ -89,10 +89,7 @@ impl Frame {
                 Some(continue_with(hash, key.as_bytes()))
             }
             Kind::Map(None) => None,
-            Kind::Seq(index) => Some(continue_with(
-                self.hash,
-                format!("[{index}]").as_bytes(),
-            )),
+            Kind::Seq(index) => Some(continue_with(self.hash, format!("[{index}]").as_bytes())),
         }
     }
 }
@@ -198,7 +195,12 @@ impl Builder {
                     self.anchors.insert(anchor, 1);
                 }
                 match self.stack.last_mut() {
-                    Some(frame @ Frame { kind: Kind::Map(None), .. }) => {
+                    Some(
+                        frame @ Frame {
+                            kind: Kind::Map(None),
+                            ..
+                        },
+                    ) => {
                         // A key: its path gets its line.
                         frame.kind = Kind::Map(Some(value));
                         if let Some(hash) = frame.child_hash() {
@@ -222,7 +224,12 @@ impl Builder {
                 self.count(size, line)?;
                 match self.stack.last_mut() {
                     // An alias used as a key; serde refuses non-string keys.
-                    Some(frame @ Frame { kind: Kind::Map(None), .. }) => {
+                    Some(
+                        frame @ Frame {
+                            kind: Kind::Map(None),
+                            ..
+                        },
+                    ) => {
                         frame.kind = Kind::Map(Some(String::from("*")));
                     }
                     _ => self.value_done(),

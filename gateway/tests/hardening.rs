@@ -343,6 +343,34 @@ async fn http11_requests_need_one_well_formed_host_and_pipelined_requests_are_al
         .map(|s| s.target.clone())
         .collect();
     assert_eq!(targets, ["/api/public/1", "/api/public/2", "/api/public/3"]);
+
+    // A request with a body larger than the head limit, then a small one,
+    // in one write: the second is a head of its own, never a 431.
+    let body = "b".repeat(40 * 1024);
+    let pipelined = format!(
+        "POST /api/public/4 HTTP/1.1\r\nhost: gw\r\ncontent-length: {}\r\n\r\n{body}GET /api/public/5 HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let answer = exchange(gw, pipelined.as_bytes()).await;
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_request_with_a_body_is_refused() {
+    let db = service_kit::testing::TestDatabase::new().await;
+    let auth = support::auth_service(&db, &[]);
+    let upstream = Upstream::start().await;
+    let extra = "  - { prefix: /api/ws, upstream: tasks, access: protected, websocket: true }\n";
+    let gateway = Gateway::start(&support::routes(auth.addr, &[upstream.addr], extra), &[]);
+    let gw = gateway.addr();
+    let (token, _) = support::register(gw, "carol@example.com").await;
+    let request = format!(
+        "GET /api/ws HTTP/1.1\r\nhost: gw\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\nauthorization: Bearer {token}\r\ncontent-length: 1048576\r\n\r\nabc"
+    );
+    let answer = exchange(gw, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("must not carry a body"), "{answer}");
+    assert!(upstream.seen().is_empty());
 }
 
 /// The gateway's resident memory now, in MiB.

@@ -26,18 +26,31 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let axum::Json(value) =
-            axum::Json::<serde_json::Value>::from_request(request, state).await?;
-        crate::text::check_json(&value)?;
-        serde_path_to_error::deserialize(value)
-            .map(Json)
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_body",
-                    format!("Failed to deserialize the JSON body into the target type: {e}"),
-                )
-            })
+        // axum's own extractor decides the content type, the size and the
+        // shape (its messages, duplicate fields refused); the text rule
+        // reads the same bytes as plain JSON first, to name the field.
+        if !json_content_type(request.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected a body with Content-Type: application/json",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| match rejection.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is larger than this endpoint accepts",
+                ),
+                status => ApiError::new(status, "bad_request", rejection.body_text()),
+            })?;
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+            crate::text::check_json(&value)?;
+        }
+        let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes)?;
+        Ok(Json(value))
     }
 }
 
@@ -45,6 +58,27 @@ impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()
     }
+}
+
+/// Whether `Content-Type` is JSON (`application/json`, or `+json`), as
+/// axum's own extractor decides.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    kind == "application" && (subtype == "json" || subtype.ends_with("+json"))
 }
 
 /// A query string; its decoded names and values are held to

@@ -57,6 +57,17 @@ pub trait ServerApp {
 
     /// This callback will be called once after the service stops listening to its endpoints.
     async fn cleanup(&self) {}
+
+    /// Called for every accepted connection before anything else (a TLS
+    /// handshake included) is done with it. `None` closes the connection at
+    /// once; `Some(token)` admits it, and the token is dropped when the
+    /// connection's task ends. The default admits every connection.
+    fn admit(
+        &self,
+        _peer: Option<&crate::protocols::l4::socket::SocketAddr>,
+    ) -> Option<Box<dyn Any + Send>> {
+        Some(Box::new(()))
+    }
 }
 #[non_exhaustive]
 #[derive(Clone, Debug, Default)]

@@ -227,10 +227,16 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
             };
             match new_io {
                 Ok(io) => {
+                    let peer_addr = io.peer_addr();
+                    // Dropping a refused connection closes it, unread.
+                    let Some(admitted) = app_logic.admit(peer_addr.as_ref()) else {
+                        continue;
+                    };
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
                     current_handle().spawn(async move {
-                        let peer_addr = io.peer_addr();
+                        // Held for the connection's whole life.
+                        let _admitted = admitted;
                         match timeout(Duration::from_secs(60), io.handshake()).await {
                             Ok(handshake) => {
                                 match handshake {

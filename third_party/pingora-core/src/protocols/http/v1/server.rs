@@ -328,9 +328,11 @@ impl HttpSession {
         // Set once the head's first byte is here.
         let mut deadline = None;
         loop {
-            if already_read > limit {
-                /* NOTE: checked after every read, so at most one read's worth past
-                the limit is ever buffered. */
+            // Checked before every read, so at most one read's worth past the
+            // limit is ever buffered. Not before parsing pipelined bytes: they
+            // may hold a whole small head followed by more requests (a whole
+            // head over the limit is refused when parsed, below).
+            if already_read > limit && !skip_next_read {
                 return Error::e_explain(
                     HTTPStatus(431),
                     format!("Request header larger than {limit}"),

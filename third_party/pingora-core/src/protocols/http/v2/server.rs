@@ -291,6 +291,8 @@ pub struct HttpSession {
     pub write_timeout: Option<Duration>,
     // How long to wait when draining (discarding) request body
     total_drain_timeout: Option<Duration>,
+    // How long each read of the request body may wait (none: forever)
+    read_timeout: Option<Duration>,
 }
 
 /// The outcome of accepting the next event on an HTTP/2 downstream connection.
@@ -499,6 +501,7 @@ impl HttpSession {
             digest,
             write_timeout: None,
             total_drain_timeout: None,
+            read_timeout: None,
         })))
     }
 
@@ -519,9 +522,25 @@ impl HttpSession {
     }
 
     /// Read request body bytes. `None` when there is no more body to read.
+    /// Bounds each read of the request body; `None` waits forever.
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.read_timeout = timeout;
+    }
+
     pub async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
-        // TODO: timeout
-        let data = self.request_body_reader.data().await.transpose().or_err(
+        let data = match self.read_timeout {
+            Some(t) => match timeout(t, self.request_body_reader.data()).await {
+                Ok(data) => data,
+                Err(_) => {
+                    return Error::e_explain(
+                        ErrorType::ReadTimedout,
+                        format!("reading request body, timeout: {t:?}"),
+                    )
+                }
+            },
+            None => self.request_body_reader.data().await,
+        };
+        let data = data.transpose().or_err(
             ErrorType::ReadError,
             "while reading downstream request body",
         )?;
