@@ -294,10 +294,11 @@ mod tests {
             "X-Forwarded-For",
             "x-forwarded-prefix",
             "X-Forwarded-Port",
+            "forwarded-for",
         ] {
             assert!(is_forwarding_header(name), "{name}");
         }
-        for name in ["x-forward", "forwarded-for", "x-request-id"] {
+        for name in ["x-forward", "x-forwardedfor-note", "x-request-id"] {
             assert!(!is_forwarding_header(name), "{name}");
         }
         assert!(is_method_override("X-HTTP-Method-Override"));
