@@ -210,12 +210,19 @@ async fn the_shipped_routes_limit_sign_ins_per_address() {
             assert_eq!(reply.code(), "rate_limited");
         }
     }
-    let refused = statuses.iter().filter(|s| **s == 429).count();
-    let answered = statuses.iter().filter(|s| **s == 401).count();
-    assert_eq!(
-        (answered, refused),
-        (20, 5),
-        "expected 20 answered and 5 refused: {statuses:?}"
+    // The burst of 20 is answered; the bucket refills at one a second, so
+    // a slow machine may get one or two more through before the refusals.
+    assert!(
+        statuses[..20].iter().all(|s| *s == 401),
+        "the burst was not answered: {statuses:?}"
+    );
+    assert!(
+        statuses[20..].iter().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[20..].iter().any(|s| *s == 429),
+        "sign-ins past the burst were not refused: {statuses:?}"
     );
     assert_eq!(alice.get("/api/orders").await.status, 200);
 }
