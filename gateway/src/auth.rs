@@ -597,12 +597,12 @@ impl Verifier {
     /// Whether `user_id` was revoked at or after `since` (always false when
     /// revocations cannot arrive). A proxied WebSocket admitted at `since`
     /// is cut when this turns true.
-    /// How many revocations have been handled (for [`revoked_since_epoch`]).
+    /// How many revocations have been handled (for [`Self::revoked_since_epoch`]).
     pub fn revocation_epoch(&self) -> u64 {
         self.revocations.load(Ordering::Acquire)
     }
 
-    /// [`revoked_since`], answered without a lock while no revocation has
+    /// [`Self::revoked_since`], answered without a lock while no revocation has
     /// been handled since `epoch` was read (at `since`).
     pub fn revoked_since_epoch(&self, user_id: &str, since: Instant, epoch: u64) -> bool {
         self.revocation_epoch() != epoch && self.revoked_since(user_id, since)
