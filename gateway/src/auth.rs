@@ -877,7 +877,7 @@ mod tests {
     #[tokio::test]
     async fn expired_tokens_are_refused_before_any_lookup() {
         let auth: Auth =
-            serde_yaml::from_str("verify_url: http://127.0.0.1:9/api/verify").expect("auth");
+            crate::yaml_de::from_str("verify_url: http://127.0.0.1:9/api/verify").expect("auth");
         let verifier = Verifier::new(&auth, None, true).expect("verifier");
         let token = format!("{}.{}.sig", b64("{}"), b64(r#"{"exp":1000}"#));
         let (verdict, outcome) = verifier.verify(&token).await;
@@ -906,7 +906,7 @@ mod tests {
     #[tokio::test]
     async fn stale_grants_are_kept_only_when_asked_and_never_after_a_revocation() {
         let secret = b"a-signing-secret-of-at-least-thirty-two-bytes";
-        let auth: Auth = serde_yaml::from_str("mode: local").expect("auth");
+        let auth: Auth = crate::yaml_de::from_str("mode: local").expect("auth");
         let keeping = Verifier::new(&auth, Some(secret), true)
             .expect("verifier")
             .keeping_stale(Duration::from_secs(10), 100);

@@ -784,19 +784,22 @@ impl Config {
                 None,
             ));
         }
-        // Bounds first: serde would expand aliases and nest without limit.
-        let lines = crate::yaml_lines::KeyLines::scan(source)
+        // One read of the file: bounded (aliases, nesting), its keys' lines
+        // indexed, its events kept for serde.
+        let (lines, events) = crate::yaml_lines::KeyLines::read(source)
             .map_err(|r| file_error(r.path, r.message, Some(r.line)))?;
-        let config: Config = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(
-            source,
-        ))
-        .map_err(|e| {
-            let path = e.path().to_string();
-            let e = e.into_inner();
-            let line = e.location().map(|l| l.line());
-            let path = if path == "." { String::new() } else { path };
-            file_error(path.clone(), serde_message(&e, &path), line)
-        })?;
+        let mut de = crate::yaml_de::Deserializer::new(&events);
+        let parsed: Result<Config, _> = serde_path_to_error::deserialize(&mut de);
+        let config = match parsed {
+            Ok(config) => config,
+            Err(e) => {
+                let path = e.path().to_string();
+                let path = if path == "." { String::new() } else { path };
+                let line = lines.line(&path).or_else(|| de.line());
+                return Err(file_error(path, e.into_inner().0, line));
+            }
+        };
+        drop(events);
         let errors = config.check(&lines);
         if errors.is_empty() {
             let mut config = config;
@@ -1352,20 +1355,6 @@ impl Config {
     /// The request body limit of `route`.
     pub fn body_limit(&self, route: &Route) -> u64 {
         route.max_body_bytes.unwrap_or(self.server.max_body_bytes).0
-    }
-}
-
-/// serde_yaml's message without the position and the (coarser) path it
-/// adds: both are reported from better sources.
-fn serde_message(error: &serde_yaml::Error, path: &str) -> String {
-    let text = error.to_string();
-    let text = match text.rfind(" at line ") {
-        Some(cut) if error.location().is_some() => &text[..cut],
-        _ => &text,
-    };
-    match text.split_once(": ") {
-        Some((head, rest)) if !path.is_empty() && !head.contains(' ') => rest.to_owned(),
-        _ => text.to_owned(),
     }
 }
 

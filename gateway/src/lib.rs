@@ -21,6 +21,7 @@ pub mod router;
 pub mod server;
 pub mod tls;
 pub mod upstreams;
+pub mod yaml_de;
 pub mod yaml_lines;
 
 use arc_swap::ArcSwap;

@@ -1,0 +1,507 @@
+//! serde over the events [`crate::yaml_lines`] read: the routes file is
+//! parsed once, by the reader that counts and bounds it, and never again by
+//! a second YAML library that would keep every event of a 100 000-route
+//! file in a vector three times this size.
+//!
+//! Scalars follow YAML 1.2's core schema where a type is asked for: a plain
+//! `null`, `~` or nothing is null, `true`/`false` are booleans, numbers are
+//! numbers; a quoted scalar is always a string. An alias deserialises the
+//! anchored node again (its size was counted by the reader).
+
+use crate::yaml_lines::{Ev, Node};
+use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
+use std::fmt;
+
+/// A deserialisation error: serde's message; the caller adds the path and
+/// line.
+#[derive(Debug)]
+pub struct Error(pub String);
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl de::Error for Error {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        Error(msg.to_string())
+    }
+}
+
+/// Reads a value of any type from YAML text, within the reader's bounds;
+/// the error names the key path.
+pub fn from_str<T: serde::de::DeserializeOwned>(source: &str) -> Result<T, String> {
+    let (_, events) = crate::yaml_lines::KeyLines::read(source).map_err(|r| r.message)?;
+    serde_path_to_error::deserialize(&mut Deserializer::new(&events)).map_err(|e| e.to_string())
+}
+
+/// A cursor over a document's events.
+pub struct Deserializer<'a> {
+    events: &'a [Node],
+    at: usize,
+}
+
+impl<'a> Deserializer<'a> {
+    pub fn new(events: &'a [Node]) -> Self {
+        Deserializer { events, at: 0 }
+    }
+
+    /// The line of the event the cursor stopped at, for errors.
+    pub fn line(&self) -> Option<usize> {
+        self.events
+            .get(self.at.min(self.events.len().saturating_sub(1)))
+            .map(|n| n.line)
+    }
+
+    fn peek(&self) -> Result<&'a Ev, Error> {
+        self.events
+            .get(self.at)
+            .map(|n| &n.ev)
+            .ok_or_else(|| Error("the file ends where a value was expected".into()))
+    }
+
+    fn next(&mut self) -> Result<&'a Ev, Error> {
+        let ev = self.peek()?;
+        self.at += 1;
+        Ok(ev)
+    }
+
+    /// When the next event is an alias: a cursor on the anchored node, the
+    /// alias consumed.
+    fn alias(&mut self) -> Option<Deserializer<'a>> {
+        match self.events.get(self.at).map(|n| &n.ev) {
+            Some(Ev::Alias(target)) => {
+                self.at += 1;
+                Some(Deserializer {
+                    events: self.events,
+                    at: *target,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Skips one node (a scalar, an alias or a whole collection).
+    fn skip(&mut self) -> Result<(), Error> {
+        let mut depth = 0usize;
+        loop {
+            match self.next()? {
+                Ev::SeqStart | Ev::MapStart => depth += 1,
+                Ev::SeqEnd | Ev::MapEnd => depth = depth.saturating_sub(1),
+                Ev::Scalar(..) | Ev::Alias(_) => {}
+            }
+            if depth == 0 {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn is_null(text: &str) -> bool {
+    matches!(text, "" | "~" | "null" | "Null" | "NULL")
+}
+
+fn boolean(text: &str) -> Option<bool> {
+    match text {
+        "true" | "True" | "TRUE" => Some(true),
+        "false" | "False" | "FALSE" => Some(false),
+        _ => None,
+    }
+}
+
+fn float(text: &str) -> Option<f64> {
+    let digits = text.trim_start_matches(['-', '+']);
+    let numeric = digits.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+        && digits.bytes().any(|b| b.is_ascii_digit())
+        && digits
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'));
+    if numeric {
+        return text.parse().ok();
+    }
+    match digits {
+        ".inf" | ".Inf" | ".INF" => Some(if text.starts_with('-') {
+            f64::NEG_INFINITY
+        } else {
+            f64::INFINITY
+        }),
+        ".nan" | ".NaN" | ".NAN" => Some(f64::NAN),
+        _ => None,
+    }
+}
+
+/// What a scalar is, for error messages.
+fn unexpected(ev: &Ev) -> de::Unexpected<'_> {
+    match ev {
+        Ev::Scalar(text, _) => de::Unexpected::Str(text),
+        Ev::SeqStart => de::Unexpected::Seq,
+        Ev::MapStart => de::Unexpected::Map,
+        _ => de::Unexpected::Other("the end of a collection"),
+    }
+}
+
+macro_rules! follow_alias {
+    ($self:ident, $method:ident, $visitor:ident $(, $arg:expr)*) => {
+        if let Some(mut target) = $self.alias() {
+            return (&mut target).$method($($arg,)* $visitor);
+        }
+    };
+}
+
+macro_rules! integer {
+    ($method:ident) => {
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+            follow_alias!(self, $method, visitor);
+            match self.next()? {
+                Ev::Scalar(text, true) => {
+                    if let Ok(n) = text.parse::<u64>() {
+                        visitor.visit_u64(n)
+                    } else if let Ok(n) = text.parse::<i64>() {
+                        visitor.visit_i64(n)
+                    } else {
+                        Err(de::Error::invalid_type(de::Unexpected::Str(text), &visitor))
+                    }
+                }
+                ev => Err(de::Error::invalid_type(unexpected(ev), &visitor)),
+            }
+        }
+    };
+}
+
+impl<'de> de::Deserializer<'de> for &mut Deserializer<'_> {
+    type Error = Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        follow_alias!(self, deserialize_any, visitor);
+        match self.peek()? {
+            Ev::SeqStart => self.deserialize_seq(visitor),
+            Ev::MapStart => self.deserialize_map(visitor),
+            Ev::Scalar(text, plain) => {
+                self.at += 1;
+                if !*plain {
+                    return visitor.visit_str(text);
+                }
+                if is_null(text) {
+                    return visitor.visit_unit();
+                }
+                if let Some(b) = boolean(text) {
+                    return visitor.visit_bool(b);
+                }
+                if let Ok(n) = text.parse::<u64>() {
+                    return visitor.visit_u64(n);
+                }
+                if let Ok(n) = text.parse::<i64>() {
+                    return visitor.visit_i64(n);
+                }
+                if let Some(f) = float(text) {
+                    return visitor.visit_f64(f);
+                }
+                visitor.visit_str(text)
+            }
+            ev => Err(de::Error::invalid_type(unexpected(ev), &visitor)),
+        }
+    }
+
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        follow_alias!(self, deserialize_bool, visitor);
+        match self.next()? {
+            Ev::Scalar(text, true) => match boolean(text) {
+                Some(b) => visitor.visit_bool(b),
+                None => Err(de::Error::invalid_type(de::Unexpected::Str(text), &visitor)),
+            },
+            ev => Err(de::Error::invalid_type(unexpected(ev), &visitor)),
+        }
+    }
+
+    integer!(deserialize_i8);
+    integer!(deserialize_i16);
+    integer!(deserialize_i32);
+    integer!(deserialize_i64);
+    integer!(deserialize_u8);
+    integer!(deserialize_u16);
+    integer!(deserialize_u32);
+    integer!(deserialize_u64);
+
+    fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.deserialize_f64(visitor)
+    }
+
+    fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        follow_alias!(self, deserialize_f64, visitor);
+        match self.next()? {
+            Ev::Scalar(text, true) => match float(text) {
+                Some(f) => visitor.visit_f64(f),
+                None => Err(de::Error::invalid_type(de::Unexpected::Str(text), &visitor)),
+            },
+            ev => Err(de::Error::invalid_type(unexpected(ev), &visitor)),
+        }
+    }
+
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        follow_alias!(self, deserialize_str, visitor);
+        match self.next()? {
+            Ev::Scalar(text, _) => visitor.visit_str(text),
+            ev => Err(de::Error::invalid_type(unexpected(ev), &visitor)),
+        }
+    }
+
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.deserialize_str(visitor)
+    }
+
+    fn deserialize_char<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.deserialize_str(visitor)
+    }
+
+    fn deserialize_bytes<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.deserialize_str(visitor)
+    }
+
+    fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.deserialize_str(visitor)
+    }
+
+    fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.deserialize_str(visitor)
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        follow_alias!(self, deserialize_option, visitor);
+        match self.peek()? {
+            Ev::Scalar(text, true) if is_null(text) => {
+                self.at += 1;
+                visitor.visit_none()
+            }
+            _ => visitor.visit_some(self),
+        }
+    }
+
+    fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        follow_alias!(self, deserialize_unit, visitor);
+        match self.next()? {
+            Ev::Scalar(text, true) if is_null(text) => visitor.visit_unit(),
+            ev => Err(de::Error::invalid_type(unexpected(ev), &visitor)),
+        }
+    }
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.deserialize_unit(visitor)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        follow_alias!(self, deserialize_seq, visitor);
+        match self.next()? {
+            Ev::SeqStart => {
+                let value = visitor.visit_seq(Items { de: self })?;
+                match self.next()? {
+                    Ev::SeqEnd => Ok(value),
+                    _ => Err(de::Error::custom("the list has more items than expected")),
+                }
+            }
+            ev => Err(de::Error::invalid_type(unexpected(ev), &visitor)),
+        }
+    }
+
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.deserialize_seq(visitor)
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.deserialize_seq(visitor)
+    }
+
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        follow_alias!(self, deserialize_map, visitor);
+        match self.next()? {
+            Ev::MapStart => {
+                let value = visitor.visit_map(Entries { de: self })?;
+                match self.next()? {
+                    Ev::MapEnd => Ok(value),
+                    _ => Err(de::Error::custom(
+                        "the mapping has more entries than expected",
+                    )),
+                }
+            }
+            ev => Err(de::Error::invalid_type(unexpected(ev), &visitor)),
+        }
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.deserialize_map(visitor)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        follow_alias!(self, deserialize_enum, visitor, _name, _variants);
+        match self.next()? {
+            // Only unit variants are written in routes files.
+            Ev::Scalar(text, _) => visitor.visit_enum(text.as_str().into_deserializer()),
+            ev => Err(de::Error::invalid_type(unexpected(ev), &visitor)),
+        }
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.skip()?;
+        visitor.visit_unit()
+    }
+}
+
+struct Items<'a, 'b> {
+    de: &'a mut Deserializer<'b>,
+}
+
+impl<'de> SeqAccess<'de> for Items<'_, '_> {
+    type Error = Error;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Error> {
+        match self.de.peek()? {
+            Ev::SeqEnd => Ok(None),
+            _ => seed.deserialize(&mut *self.de).map(Some),
+        }
+    }
+}
+
+struct Entries<'a, 'b> {
+    de: &'a mut Deserializer<'b>,
+}
+
+impl<'de> MapAccess<'de> for Entries<'_, '_> {
+    type Error = Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Error> {
+        match self.de.peek()? {
+            Ev::MapEnd => Ok(None),
+            _ => seed.deserialize(&mut *self.de).map(Some),
+        }
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
+        seed.deserialize(&mut *self.de)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use std::collections::BTreeMap;
+
+    fn parse<T: serde::de::DeserializeOwned>(source: &str) -> Result<T, String> {
+        from_str(source)
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Sample {
+        name: String,
+        count: u32,
+        #[serde(default)]
+        flag: bool,
+        #[serde(default)]
+        maybe: Option<String>,
+        list: Vec<String>,
+        map: BTreeMap<String, u64>,
+        kind: Kind,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(rename_all = "lowercase")]
+    enum Kind {
+        Public,
+        Protected,
+    }
+
+    #[test]
+    fn the_core_schema_and_aliases() {
+        let sample: Sample = parse(
+            "name: 123\ncount: 7\nflag: true\nmaybe: ~\nlist: &L [a, 'b', \"1\"]\nmap: {x: 1, y: 2}\nkind: protected\n",
+        )
+        .expect("valid");
+        assert_eq!(sample.name, "123");
+        assert_eq!(sample.count, 7);
+        assert!(sample.flag);
+        assert_eq!(sample.maybe, None);
+        assert_eq!(sample.list, ["a", "b", "1"]);
+        assert_eq!(sample.map["y"], 2);
+        assert_eq!(sample.kind, Kind::Protected);
+        let aliased: BTreeMap<String, Vec<String>> = parse("a: &L [x, y]\nb: *L\n").expect("alias");
+        assert_eq!(aliased["b"], ["x", "y"]);
+    }
+
+    #[test]
+    fn mistakes_are_errors() {
+        for (source, expected) in [
+            (
+                "name: a\ncount: x\nlist: []\nmap: {}\nkind: public\n",
+                "invalid type: string \"x\", expected u32",
+            ),
+            (
+                "name: a\ncount: '5'\nlist: []\nmap: {}\nkind: public\n",
+                "invalid type: string \"5\", expected u32",
+            ),
+            (
+                "name: a\ncount: 5000000000\nlist: []\nmap: {}\nkind: public\n",
+                "invalid value",
+            ),
+            (
+                "name: a\ncount: 1\nlist: []\nmap: {}\nkind: open\n",
+                "unknown variant `open`",
+            ),
+            (
+                "name: a\ncount: 1\nlist: []\nmap: {}\nkind: public\nextra: 1\n",
+                "unknown field `extra`",
+            ),
+            (
+                "name: [a]\ncount: 1\nlist: []\nmap: {}\nkind: public\n",
+                "invalid type: sequence",
+            ),
+            (
+                "count: 1\nlist: []\nmap: {}\nkind: public\n",
+                "missing field `name`",
+            ),
+            ("", "the file ends where a value was expected"),
+        ] {
+            let error = parse::<Sample>(source).expect_err(source);
+            assert!(error.contains(expected), "{source:?}: {error}");
+        }
+    }
+}
