@@ -42,11 +42,30 @@ pub fn from_str<T: serde::de::DeserializeOwned>(source: &str) -> Result<T, Strin
 pub struct Deserializer<'a> {
     events: &'a [Node],
     at: usize,
+    /// Collections and aliases entered: aliases can nest a document far
+    /// deeper than its text, and serde recurses once per level.
+    depth: usize,
 }
+
+/// How deep deserialisation may go, aliases followed.
+const MAX_DEPTH: usize = 64;
 
 impl<'a> Deserializer<'a> {
     pub fn new(events: &'a [Node]) -> Self {
-        Deserializer { events, at: 0 }
+        Deserializer {
+            events,
+            at: 0,
+            depth: 0,
+        }
+    }
+
+    fn deeper(&self) -> Result<usize, Error> {
+        if self.depth >= MAX_DEPTH {
+            return Err(Error(format!(
+                "values nest more than {MAX_DEPTH} deep once aliases are followed"
+            )));
+        }
+        Ok(self.depth + 1)
     }
 
     /// The line of the event the cursor stopped at, for errors.
@@ -71,14 +90,15 @@ impl<'a> Deserializer<'a> {
 
     /// When the next event is an alias: a cursor on the anchored node, the
     /// alias consumed.
-    fn alias(&mut self) -> Option<Deserializer<'a>> {
+    fn alias(&mut self) -> Option<Result<Deserializer<'a>, Error>> {
         match self.events.get(self.at).map(|n| &n.ev) {
             Some(Ev::Alias(target)) => {
                 self.at += 1;
-                Some(Deserializer {
+                Some(self.deeper().map(|depth| Deserializer {
                     events: self.events,
                     at: *target,
-                })
+                    depth,
+                }))
             }
             _ => None,
         }
@@ -145,7 +165,8 @@ fn unexpected(ev: &Ev) -> de::Unexpected<'_> {
 
 macro_rules! follow_alias {
     ($self:ident, $method:ident, $visitor:ident $(, $arg:expr)*) => {
-        if let Some(mut target) = $self.alias() {
+        if let Some(target) = $self.alias() {
+            let mut target = target?;
             return (&mut target).$method($($arg,)* $visitor);
         }
     };
@@ -307,7 +328,11 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'_> {
         follow_alias!(self, deserialize_seq, visitor);
         match self.next()? {
             Ev::SeqStart => {
-                let value = visitor.visit_seq(Items { de: self })?;
+                let outer = self.depth;
+                self.depth = self.deeper()?;
+                let value = visitor.visit_seq(Items { de: self });
+                self.depth = outer;
+                let value = value?;
                 match self.next()? {
                     Ev::SeqEnd => Ok(value),
                     _ => Err(de::Error::custom("the list has more items than expected")),
@@ -338,7 +363,11 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'_> {
         follow_alias!(self, deserialize_map, visitor);
         match self.next()? {
             Ev::MapStart => {
-                let value = visitor.visit_map(Entries { de: self })?;
+                let outer = self.depth;
+                self.depth = self.deeper()?;
+                let value = visitor.visit_map(Entries { de: self });
+                self.depth = outer;
+                let value = value?;
                 match self.next()? {
                     Ev::MapEnd => Ok(value),
                     _ => Err(de::Error::custom(
@@ -503,5 +532,32 @@ mod tests {
             let error = parse::<Sample>(source).expect_err(source);
             assert!(error.contains(expected), "{source:?}: {error}");
         }
+    }
+
+    /// A chain of aliases, each a list holding the one before, nests the
+    /// value thousands deep in a few kilobytes: refused, never a stack
+    /// overflow, wherever a type reads any value (an untagged enum here).
+    #[test]
+    fn alias_chains_cannot_nest_without_bound() {
+        #[derive(Debug, Deserialize)]
+        #[serde(untagged)]
+        #[allow(dead_code)]
+        enum Any {
+            Number(u64),
+            Text(String),
+        }
+        let mut source = String::from("chain:\n  - &a0 [x]\n");
+        for i in 1..1000 {
+            source.push_str(&format!("  - &a{i} [*a{}]\n", i - 1));
+        }
+        source.push_str("value: *a999\n");
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Doc {
+            chain: serde::de::IgnoredAny,
+            value: Any,
+        }
+        let error = parse::<Doc>(&source).expect_err("too deep");
+        assert!(error.contains("nest more than 64"), "{error}");
     }
 }
