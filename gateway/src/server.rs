@@ -82,13 +82,25 @@ pub fn run(options: Options, hangups: mpsc::UnboundedReceiver<()>) -> Result<(),
     if let Some(admin_listen) = options.admin_listen {
         config.server.admin_listen = Some(admin_listen);
     }
-    // Never an admin listener anyone could use: it needs a real token.
+    // Never an admin listener anyone could use: it needs a real token. With
+    // no token at all (a first run of the shipped file), the gateway serves
+    // without that listener and says so; a token too short to be one is a
+    // mistake worth stopping for.
     let admin_token = match (&config.server.admin_listen, options.admin_token) {
         (None, _) => None,
         (Some(_), Some(token)) if token.len() >= crate::revocations::MIN_ADMIN_TOKEN_LEN => {
             Some(token)
         }
-        (Some(_), _) => {
+        (Some(admin), None) => {
+            let notice = format!(
+                "server.admin_listen ({admin}) is off: it needs GATEWAY_ADMIN_TOKEN (at least {} characters); revocations arrive only through Redis, if followed",
+                crate::revocations::MIN_ADMIN_TOKEN_LEN
+            );
+            tracing::warn!("{notice}");
+            config.server.admin_listen = None;
+            None
+        }
+        (Some(_), Some(_)) => {
             return Err(format!(
                 "server.admin_listen needs GATEWAY_ADMIN_TOKEN (at least {} characters)",
                 crate::revocations::MIN_ADMIN_TOKEN_LEN
