@@ -14,6 +14,7 @@ use pingora::server::ShutdownWatch;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Open things by key, each key within a bound.
@@ -116,13 +117,22 @@ pub enum Refused {
 pub struct Limits {
     pub max_total: usize,
     pub max_per_ip: Option<usize>,
-    total: Arc<Counts<()>>,
+    total: Arc<AtomicUsize>,
     per_ip: Arc<Counts<IpAddr>>,
+}
+
+/// One place under the total bound, given back on drop.
+struct Total(Arc<AtomicUsize>);
+
+impl Drop for Total {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The places one connection holds.
 pub struct Admitted {
-    _total: Slot<()>,
+    _total: Total,
     _per_ip: Option<Slot<IpAddr>>,
 }
 
@@ -138,7 +148,12 @@ impl Limits {
 
     /// Takes the places of one new connection from `ip`.
     pub fn admit(&self, ip: Option<IpAddr>) -> Result<Admitted, Refused> {
-        let total = self.total.take((), self.max_total).ok_or(Refused::Total)?;
+        self.total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.max_total).then_some(open + 1)
+            })
+            .map_err(|_| Refused::Total)?;
+        let total = Total(Arc::clone(&self.total));
         let per_ip = match (self.max_per_ip, ip) {
             (Some(max), Some(ip)) => Some(
                 self.per_ip
@@ -155,7 +170,7 @@ impl Limits {
 
     /// Client connections open now.
     pub fn open(&self) -> usize {
-        self.total.open(&())
+        self.total.load(Ordering::Acquire)
     }
 }
 

@@ -68,10 +68,11 @@ pub fn scrub_connection(value: &str) -> Option<String> {
 /// removed when anyone else sends them (so no backend can be told a false
 /// client address or host).
 pub fn is_forwarding_header(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    lower == "forwarded"
-        || lower.starts_with("x-forwarded-")
+    name.as_bytes()
+        .get(..12)
+        .is_some_and(|start| start.eq_ignore_ascii_case(b"x-forwarded-"))
         || [
+            "forwarded",
             "x-forwarded",
             "forwarded-for",
             "x-real-ip",
@@ -85,7 +86,8 @@ pub fn is_forwarding_header(name: &str) -> bool {
             "x-remote-ip",
             "x-remote-addr",
         ]
-        .contains(&lower.as_str())
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(name))
 }
 
 /// Headers that some frameworks (IIS, Symfony, Zend, some PHP routers)

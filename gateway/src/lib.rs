@@ -266,38 +266,53 @@ mod tests {
                 out.push_str(&line);
             }
         };
+        // Each key present or not, with a value from `values`.
+        let keys = |out: &mut String,
+                    pick: &mut dyn FnMut(usize) -> usize,
+                    indent: &str,
+                    keys: &[&str],
+                    values: &[&str]| {
+            for key in keys {
+                let v = values[pick(values.len())];
+                maybe(out, pick, format!("{indent}{key}: {v}\n"));
+            }
+        };
         out.push_str("server:\n");
-        for key in ["grace_period", "keepalive_timeout"] {
-            let v = DURATIONS[pick(DURATIONS.len())];
-            maybe(&mut out, &mut pick, format!("  {key}: {v}\n"));
-        }
-        for key in ["max_header_bytes", "max_body_bytes"] {
-            let v = SIZES[pick(SIZES.len())];
-            maybe(&mut out, &mut pick, format!("  {key}: {v}\n"));
-        }
-        for key in ["threads", "upstream_keepalive_pool"] {
-            let v = COUNTS[pick(COUNTS.len())];
-            maybe(&mut out, &mut pick, format!("  {key}: {v}\n"));
-        }
+        let server_durations = [
+            "grace_period",
+            "keepalive_timeout",
+            "request_head_timeout",
+            "request_body_timeout",
+        ];
+        keys(&mut out, &mut pick, "  ", &server_durations, DURATIONS);
+        keys(
+            &mut out,
+            &mut pick,
+            "  ",
+            &["max_header_bytes", "max_body_bytes"],
+            SIZES,
+        );
+        let server_counts = [
+            "threads",
+            "upstream_keepalive_pool",
+            "max_connections",
+            "max_connections_per_ip",
+            "max_websockets_per_user",
+        ];
+        keys(&mut out, &mut pick, "  ", &server_counts, COUNTS);
         out.push_str("auth:\n  verify_url: http://127.0.0.1:9/api/verify\n");
-        for key in ["timeout", "cache_ttl", "negative_ttl"] {
-            let v = DURATIONS[pick(DURATIONS.len())];
-            maybe(&mut out, &mut pick, format!("  {key}: {v}\n"));
-        }
-        for key in ["cache_capacity", "max_in_flight"] {
-            let v = COUNTS[pick(COUNTS.len())];
-            maybe(&mut out, &mut pick, format!("  {key}: {v}\n"));
-        }
+        let auth_durations = ["timeout", "cache_ttl", "negative_ttl"];
+        keys(&mut out, &mut pick, "  ", &auth_durations, DURATIONS);
+        let auth_counts = ["cache_capacity", "max_in_flight"];
+        keys(&mut out, &mut pick, "  ", &auth_counts, COUNTS);
         out.push_str("upstreams:\n  a:\n    servers: [\"127.0.0.1:9\"]\n");
-        for key in [
+        let timeouts = [
             "connect_timeout",
             "read_timeout",
             "write_timeout",
             "idle_timeout",
-        ] {
-            let v = DURATIONS[pick(DURATIONS.len())];
-            maybe(&mut out, &mut pick, format!("    {key}: {v}\n"));
-        }
+        ];
+        keys(&mut out, &mut pick, "    ", &timeouts, DURATIONS);
         let interval = DURATIONS[pick(DURATIONS.len())];
         maybe(
             &mut out,
@@ -340,7 +355,7 @@ mod tests {
         /// whatever checking accepts builds a generation without a panic.
         #[test]
         fn arbitrary_routes_files_never_panic_check_or_build(
-            choices in proptest::collection::vec(any::<u16>(), 96),
+            choices in proptest::collection::vec(any::<u16>(), 128),
             cut in any::<Option<u16>>(),
         ) {
             let mut source = routes_file(&choices);

@@ -615,14 +615,17 @@ impl ProxyHttp for Proxy {
             .await?;
             return Ok(true);
         }
-        let hosts: Vec<&[u8]> = request
+        // The first two Host values are all the rule needs: no allocation.
+        let mut all = request
             .headers
             .get_all(http::header::HOST)
             .iter()
-            .map(http::HeaderValue::as_bytes)
-            .collect();
+            .map(http::HeaderValue::as_bytes);
+        let (first, second) = (all.next(), all.next());
+        let found = [first.unwrap_or_default(), second.unwrap_or_default()];
+        let count = usize::from(first.is_some()) + usize::from(second.is_some());
         if let Some(problem) =
-            headers::host_problem(request.version == http::Version::HTTP_11, &hosts)
+            headers::host_problem(request.version == http::Version::HTTP_11, &found[..count])
         {
             session.set_keepalive(None);
             respond(session, ctx, &Refusal::new(400, "bad_request", problem)).await?;

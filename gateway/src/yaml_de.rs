@@ -104,6 +104,15 @@ impl<'a> Deserializer<'a> {
         }
     }
 
+    /// The next scalar's text and whether it was plain; anything else is
+    /// the error `expected` describes.
+    fn scalar(&mut self, expected: &dyn de::Expected) -> Result<(&'a str, bool), Error> {
+        match self.next()? {
+            Ev::Scalar(text, plain) => Ok((text, *plain)),
+            ev => Err(de::Error::invalid_type(unexpected(ev), expected)),
+        }
+    }
+
     /// Skips one node (a scalar, an alias or a whole collection).
     fn skip(&mut self) -> Result<(), Error> {
         let mut depth = 0usize;
@@ -176,17 +185,11 @@ macro_rules! integer {
     ($method:ident) => {
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
             follow_alias!(self, $method, visitor);
-            match self.next()? {
-                Ev::Scalar(text, true) => {
-                    if let Ok(n) = text.parse::<u64>() {
-                        visitor.visit_u64(n)
-                    } else if let Ok(n) = text.parse::<i64>() {
-                        visitor.visit_i64(n)
-                    } else {
-                        Err(de::Error::invalid_type(de::Unexpected::Str(text), &visitor))
-                    }
-                }
-                ev => Err(de::Error::invalid_type(unexpected(ev), &visitor)),
+            let (text, plain) = self.scalar(&visitor)?;
+            match (plain, text.parse::<u64>(), text.parse::<i64>()) {
+                (true, Ok(n), _) => visitor.visit_u64(n),
+                (true, _, Ok(n)) => visitor.visit_i64(n),
+                _ => Err(de::Error::invalid_type(de::Unexpected::Str(text), &visitor)),
             }
         }
     };
@@ -228,12 +231,10 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'_> {
 
     fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         follow_alias!(self, deserialize_bool, visitor);
-        match self.next()? {
-            Ev::Scalar(text, true) => match boolean(text) {
-                Some(b) => visitor.visit_bool(b),
-                None => Err(de::Error::invalid_type(de::Unexpected::Str(text), &visitor)),
-            },
-            ev => Err(de::Error::invalid_type(unexpected(ev), &visitor)),
+        let (text, plain) = self.scalar(&visitor)?;
+        match boolean(text).filter(|_| plain) {
+            Some(b) => visitor.visit_bool(b),
+            None => Err(de::Error::invalid_type(de::Unexpected::Str(text), &visitor)),
         }
     }
 
@@ -252,21 +253,17 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'_> {
 
     fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         follow_alias!(self, deserialize_f64, visitor);
-        match self.next()? {
-            Ev::Scalar(text, true) => match float(text) {
-                Some(f) => visitor.visit_f64(f),
-                None => Err(de::Error::invalid_type(de::Unexpected::Str(text), &visitor)),
-            },
-            ev => Err(de::Error::invalid_type(unexpected(ev), &visitor)),
+        let (text, plain) = self.scalar(&visitor)?;
+        match float(text).filter(|_| plain) {
+            Some(f) => visitor.visit_f64(f),
+            None => Err(de::Error::invalid_type(de::Unexpected::Str(text), &visitor)),
         }
     }
 
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         follow_alias!(self, deserialize_str, visitor);
-        match self.next()? {
-            Ev::Scalar(text, _) => visitor.visit_str(text),
-            ev => Err(de::Error::invalid_type(unexpected(ev), &visitor)),
-        }
+        let (text, _) = self.scalar(&visitor)?;
+        visitor.visit_str(text)
     }
 
     fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
@@ -302,9 +299,9 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'_> {
 
     fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         follow_alias!(self, deserialize_unit, visitor);
-        match self.next()? {
-            Ev::Scalar(text, true) if is_null(text) => visitor.visit_unit(),
-            ev => Err(de::Error::invalid_type(unexpected(ev), &visitor)),
+        match self.scalar(&visitor)? {
+            (text, true) if is_null(text) => visitor.visit_unit(),
+            (text, _) => Err(de::Error::invalid_type(de::Unexpected::Str(text), &visitor)),
         }
     }
 
@@ -395,11 +392,9 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'_> {
         visitor: V,
     ) -> Result<V::Value, Error> {
         follow_alias!(self, deserialize_enum, visitor, _name, _variants);
-        match self.next()? {
-            // Only unit variants are written in routes files.
-            Ev::Scalar(text, _) => visitor.visit_enum(text.as_str().into_deserializer()),
-            ev => Err(de::Error::invalid_type(unexpected(ev), &visitor)),
-        }
+        // Only unit variants are written in routes files.
+        let (text, _) = self.scalar(&visitor)?;
+        visitor.visit_enum(text.into_deserializer())
     }
 
     fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {

@@ -8,7 +8,10 @@ use service_kit::testing::{ChildService, TestDatabase};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
-use support::{Gateway, Upstream, auth_service, eventually, get_with_token, raw, register, routes};
+use support::{
+    Gateway, Upstream, auth_service, eventually, get_with_token, open_upgrade, raw, register,
+    routes,
+};
 
 struct Stack {
     _db: TestDatabase,
@@ -729,34 +732,6 @@ async fn websocket_upgrades_are_authenticated_and_tunnelled_where_allowed() {
     let seen = tasks.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].all("x-user-id"), vec![user_id.to_string().as_str()]);
-}
-
-/// Sends an upgrade request on a new connection; returns the stream and the
-/// response head.
-async fn open_upgrade(
-    gw: std::net::SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (tokio::net::TcpStream, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(gw).await.expect("connect");
-    let mut request = format!(
-        "GET {path} HTTP/1.1\r\nhost: gateway.test\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n"
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if stream.read_exact(&mut byte).await.is_err() {
-            break;
-        }
-        head.push(byte[0]);
-    }
-    (stream, String::from_utf8_lossy(&head).into_owned())
 }
 
 /// Whether bytes written to an open tunnel come back.

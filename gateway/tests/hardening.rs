@@ -56,12 +56,26 @@ fn alias_bomb(upstream: std::net::SocketAddr) -> String {
     public_routes(upstream, &extra)
 }
 
-async fn reloaded(gateway: &Gateway, result: &str, count: f64) -> bool {
+/// Writes `routes`, sends SIGHUP, and waits until the gateway has counted
+/// `count` reloads with `result` (applied or rejected).
+async fn reload(gateway: &Gateway, routes: &str, result: &str, count: f64) {
+    gateway.write_routes(routes);
+    gateway.child.signal("HUP");
     let sample = format!(r#"portcullis_config_reloads_total{{result="{result}"}}"#);
-    eventually(Duration::from_secs(30), async || {
+    let counted = eventually(Duration::from_secs(30), async || {
         gateway.metric(&sample).await == count
     })
-    .await
+    .await;
+    assert!(
+        counted,
+        "no reload {result} ({count}):\n{}",
+        gateway.child.logs()
+    );
+}
+
+/// The status of `GET path` through the gateway.
+async fn status(gateway: &Gateway, path: &str) -> u16 {
+    raw(gateway.addr(), "GET", path, &[], "").await.status
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,13 +99,7 @@ async fn an_alias_bomb_is_refused_by_check_and_by_a_running_gateway_without_grow
 
     let gateway = Gateway::start(&public_routes(upstream.addr, ""), &[]);
     let before = peak_rss_mib(gateway.child.pid());
-    gateway.write_routes(&alias_bomb(upstream.addr));
-    gateway.child.signal("HUP");
-    assert!(
-        reloaded(&gateway, "rejected", 1.0).await,
-        "the bomb was not refused:\n{}",
-        gateway.child.logs()
-    );
+    reload(&gateway, &alias_bomb(upstream.addr), "rejected", 1.0).await;
     let after = peak_rss_mib(gateway.child.pid());
     assert!(
         after < before + 100,
@@ -102,29 +110,19 @@ async fn an_alias_bomb_is_refused_by_check_and_by_a_running_gateway_without_grow
         "{}",
         gateway.child.logs()
     );
-    assert_eq!(
-        raw(gateway.addr(), "GET", "/api/public/x", &[], "")
-            .await
-            .status,
-        200
-    );
+    assert_eq!(status(&gateway, "/api/public/x").await, 200);
     // The next valid file is applied as usual.
-    gateway.write_routes(&public_routes(
-        upstream.addr,
-        "  - { prefix: /api/extra, upstream: app, access: public }\n",
-    ));
-    gateway.child.signal("HUP");
-    assert!(
-        reloaded(&gateway, "applied", 1.0).await,
-        "{}",
-        gateway.child.logs()
-    );
-    assert_eq!(
-        raw(gateway.addr(), "GET", "/api/extra", &[], "")
-            .await
-            .status,
-        200
-    );
+    reload(
+        &gateway,
+        &public_routes(
+            upstream.addr,
+            "  - { prefix: /api/extra, upstream: app, access: public }\n",
+        ),
+        "applied",
+        1.0,
+    )
+    .await;
+    assert_eq!(status(&gateway, "/api/extra").await, 200);
 }
 
 /// Values that `--check` once accepted and that then panicked: at start,
@@ -166,36 +164,20 @@ async fn values_that_would_panic_later_are_refused_and_reloads_keep_working() {
     // valid file: the reload loop survives.
     let gateway = Gateway::start(&public_routes(upstream.addr, ""), &[]);
     for (n, (extra, _)) in PANICKING.iter().enumerate() {
-        gateway.write_routes(&public_routes(upstream.addr, extra));
-        gateway.child.signal("HUP");
-        assert!(
-            reloaded(&gateway, "rejected", n as f64 + 1.0).await,
-            "{}",
-            gateway.child.logs()
-        );
+        reload(
+            &gateway,
+            &public_routes(upstream.addr, extra),
+            "rejected",
+            n as f64 + 1.0,
+        )
+        .await;
     }
-    gateway.write_routes(&public_routes(
+    reload(&gateway, &public_routes(
         upstream.addr,
         "  - { prefix: /api/extra, upstream: app, access: public, rate_limit: { per_ip: { requests: 1, per: 24h } } }\n",
-    ));
-    gateway.child.signal("HUP");
-    assert!(
-        reloaded(&gateway, "applied", 1.0).await,
-        "{}",
-        gateway.child.logs()
-    );
-    assert_eq!(
-        raw(gateway.addr(), "GET", "/api/extra", &[], "")
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        raw(gateway.addr(), "GET", "/api/extra", &[], "")
-            .await
-            .status,
-        429
-    );
+    ), "applied", 1.0).await;
+    assert_eq!(status(&gateway, "/api/extra").await, 200);
+    assert_eq!(status(&gateway, "/api/extra").await, 429);
     assert!(
         !gateway.child.logs().contains("panicked"),
         "{}",
@@ -233,25 +215,9 @@ async fn a_hundred_thousand_routes_are_checked_and_reloaded_and_one_more_is_refu
     );
 
     let gateway = Gateway::start(&public_routes(upstream.addr, ""), &[]);
-    gateway.write_routes(&many(100_000));
-    gateway.child.signal("HUP");
-    assert!(
-        reloaded(&gateway, "applied", 1.0).await,
-        "{}",
-        gateway.child.logs()
-    );
-    assert_eq!(
-        raw(gateway.addr(), "GET", "/r/99999/x", &[], "")
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        raw(gateway.addr(), "GET", "/r/100000", &[], "")
-            .await
-            .status,
-        404
-    );
+    reload(&gateway, &many(100_000), "applied", 1.0).await;
+    assert_eq!(status(&gateway, "/r/99999/x").await, 200);
+    assert_eq!(status(&gateway, "/r/100000").await, 404);
 }
 
 /// Sends `request` byte for byte on a fresh connection and reads until the
@@ -641,7 +607,7 @@ async fn connections_over_the_bounds_are_closed_on_arrival() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_may_hold_only_so_many_websocket_tunnels() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let db = service_kit::testing::TestDatabase::new().await;
     let auth = support::auth_service(&db, &[]);
     let upstream = Upstream::start().await;
@@ -655,21 +621,8 @@ async fn a_user_may_hold_only_so_many_websocket_tunnels() {
     let (alice, _) = support::register(gw, "alice@example.com").await;
     let (bob, _) = support::register(gw, "bob@example.com").await;
     let open = |token: String| async move {
-        let mut stream = tokio::net::TcpStream::connect(gw).await.expect("connect");
-        let request = format!(
-            "GET /api/ws HTTP/1.1\r\nhost: gw\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\nauthorization: Bearer {token}\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.expect("send");
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            if stream.read_exact(&mut byte).await.is_err() {
-                break;
-            }
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8_lossy(&head).into_owned();
-        (stream, head)
+        let bearer = format!("Bearer {token}");
+        support::open_upgrade(gw, "/api/ws", &[("authorization", &bearer)]).await
     };
     let (first, head) = open(alice.clone()).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
