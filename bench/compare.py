@@ -33,6 +33,12 @@ RELEASE = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "ta
 DURATION = os.environ.get("DURATION", "10s")
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "50"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
+# Another gateway binary (an earlier build) measured beside this one, in the
+# same rounds, on the public and protected routes: an A/B of one change.
+BASELINE = os.environ.get("BASELINE_GATEWAY")
+# Only the gateway's own rows (and the bare Pingora floor): the public and
+# protected routes, without the other proxies or the longer sections.
+QUICK = os.environ.get("QUICK") == "1"
 CPUS = os.cpu_count() or 1
 # Servers on the first core, the load generator on the last one.
 SERVER_CPUS = os.environ.get("SERVER_CPUS", "0" if CPUS > 1 else "0")
@@ -312,8 +318,8 @@ def gateway_routes(auth, echo, prefixes=0, mode="remote", capacity=100_000):
     return path
 
 
-def start_gateway(name, routes, port, env=None):
-    return start(name, [os.path.join(RELEASE, "gateway"), "--config", routes,
+def start_gateway(name, routes, port, env=None, binary=None):
+    return start(name, [binary or os.path.join(RELEASE, "gateway"), "--config", routes,
                         "--listen", f"127.0.0.1:{port}"], port,
                  env={"RUST_LOG": "warn", **(env or {})})
 
@@ -512,6 +518,23 @@ def main():
         ("every request a new token", "Nginx", "auth_request", "wrk", url(p["nginx_auth"]), None, all_new),
         ("every request a new token", "Caddy", "forward_auth", "wrk", url(p["caddy_auth"]), None, all_new),
     ]
+    if BASELINE:
+        p["gw_base"] = free_port()
+        base = start_gateway("gateway-baseline", gateway_routes(p["auth"], p["echo"], capacity=1_000_000),
+                             p["gw_base"], binary=BASELINE)
+        systems["Portcullis baseline"] = tree(base.pid) + tree(auth.pid)
+        plan += [
+            ("plain proxy", "Portcullis baseline", "public route", "oha", url(p["gw_base"], "/public/x"), None, None),
+            ("plain proxy", "Portcullis baseline", "public route", "wrk", url(p["gw_base"], "/public/x"), None, plain),
+            ("protected, one token", "Portcullis baseline", "protected route", "oha",
+             url(p["gw_base"], "/api/echo/x"), token, None),
+            ("protected, one token", "Portcullis baseline", "protected route", "wrk",
+             url(p["gw_base"], "/api/echo/x"), None, one),
+        ]
+    if QUICK:
+        plan = [row for row in plan
+                if row[1] in ("Portcullis", "Portcullis baseline", "Pingora")
+                and row[0] in ("plain proxy", "protected, one token")]
     results = {}
     for round_ in range(1, ROUNDS + 1):
         # Alternate the order every round so drift does not favour anyone.
@@ -520,6 +543,11 @@ def main():
             log(f"round {round_}/{ROUNDS}: {scenario} / {system} {config} ({tool})")
             r = measure(tool, target, systems[system], token=tok, script=script)
             results.setdefault((scenario, system, config, tool), []).append(r)
+
+    if QUICK:
+        write_results(results)
+        stop_all()
+        return
 
     # A 401 flood: one invalid token over and over, then a new invalid one
     # every request. The auth service must not be asked for each.

@@ -2,15 +2,12 @@
 //!
 //! [`Counts`] is the plain rule: a count per key with a bound, taken by a
 //! [`Slot`] that gives it back when dropped, so a connection or a tunnel
-//! holds its place exactly as long as it lives. [`Limited`] is the edge: it
-//! wraps the proxy's Pingora application and takes a place for every client
-//! connection as it is accepted, before a TLS handshake or any byte is read
-//! (through the `admit` hook of the vendored pingora-core); a connection
-//! over a bound is closed at once, never queued.
+//! holds its place exactly as long as it lives. [`Limits`] bounds client
+//! connections in total and per address; the edge (`edge::listeners`)
+//! takes a place for every client connection as it is accepted, before a
+//! TLS handshake or any byte is read, and a connection over a bound is
+//! closed at once, never queued.
 
-use pingora::apps::ServerApp;
-use pingora::protocols::Stream;
-use pingora::server::ShutdownWatch;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -58,6 +55,12 @@ impl<K: Hash + Eq + Clone> Counts<K> {
     pub fn open(&self, key: &K) -> usize {
         let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         open.get(key).copied().unwrap_or(0)
+    }
+}
+
+impl<K: Hash + Eq + Clone + std::fmt::Debug> std::fmt::Debug for Slot<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Slot").field(&self.key).finish()
     }
 }
 
@@ -171,68 +174,6 @@ impl Limits {
     /// Client connections open now.
     pub fn open(&self) -> usize {
         self.total.load(Ordering::Acquire)
-    }
-}
-
-/// One open connection: its places, and its count in the gauge, given
-/// back however its task ends.
-struct Open {
-    _admitted: Admitted,
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        crate::metrics::get().connections_open.dec();
-    }
-}
-
-/// A Pingora application that admits each client connection under
-/// [`Limits`] as it is accepted (before a TLS handshake or a byte read),
-/// and holds its places until it closes.
-pub struct Limited<A> {
-    pub inner: Arc<A>,
-    pub limits: Arc<Limits>,
-}
-
-#[async_trait::async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
-    fn admit(
-        &self,
-        peer: Option<&pingora::protocols::l4::socket::SocketAddr>,
-    ) -> Option<Box<dyn std::any::Any + Send>> {
-        let ip = peer.and_then(|a| a.as_inet()).map(|a| a.ip());
-        let metrics = crate::metrics::get();
-        match self.limits.admit(ip) {
-            Ok(admitted) => {
-                metrics.connections_open.inc();
-                Some(Box::new(Open {
-                    _admitted: admitted,
-                }))
-            }
-            Err(reason) => {
-                let label = match reason {
-                    Refused::Total => "max_connections",
-                    Refused::PerIp => "max_connections_per_ip",
-                };
-                metrics
-                    .connections_refused
-                    .with_label_values(&[label])
-                    .inc();
-                None
-            }
-        }
-    }
-
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        self.inner.process_new(stream, shutdown).await
-    }
-
-    async fn cleanup(&self) {
-        self.inner.cleanup().await;
     }
 }
 

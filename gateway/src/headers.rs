@@ -4,12 +4,7 @@ use std::net::IpAddr;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub const USER_ID: &str = "x-user-id";
-pub const USER_ROLE: &str = "x-user-role";
-pub const REQUEST_ID: &str = "x-request-id";
-/// On WebSocket upgrades: when the caller's token expires (seconds since the
-/// epoch), so that the upstream can close the socket then.
-pub const AUTH_EXPIRES: &str = "x-auth-expires";
+pub use contract::identity::{AUTH_EXPIRES, REQUEST_ID, USER_ID, USER_ROLE};
 
 /// Whether a client-sent header name is a spelling of an identity header:
 /// any case, with `-` or `_` as separators. All of them are removed, so that

@@ -1,207 +1,48 @@
 //! Portcullis gateway.
 //!
-//! Plain modules hold the rules: [`config`] parses and checks `routes.yaml`,
-//! [`path`] normalises request paths, [`router`] picks a route, [`auth`]
-//! checks and caches tokens, [`headers`] names the identity headers,
-//! [`limits`] keeps rate-limit buckets. Only [`proxy`] (the request hooks),
-//! [`upstreams`] (load balancing and health checks) and [`tls`]
-//! (certificates) know Pingora, and [`server`] assembles the process.
+//! Plain code decides; [`edge`] acts. Everything that touches the proxy
+//! engine lives in [`edge`] (a test fails when any other file names the
+//! engine's crate), and
+//! every decision is a function of plain values with unit tests:
+//!
+//! - [`request`]: what happens to a request, in order ([`request::front`],
+//!   [`request::admit`], [`request::forward`]); [`response`]: what happens
+//!   to an answer, and which refusal answers a failure; [`refusal`]: every
+//!   answer the gateway writes itself.
+//! - [`auth`]: credentials, the verdict cache, the verifier.
+//! - [`path`] normalises request paths, [`router`] picks a route,
+//!   [`limits`] keeps rate-limit buckets, [`connections`] bounds open
+//!   connections and tunnels, [`headers`] holds header rules.
+//! - [`generation`]: the state one read of `routes.yaml` builds, swapped
+//!   whole on reload; [`revocations`] follows revocations; [`settings`]
+//!   layers the environment and flags over the file.
+//! - [`config`] is the `gateway-config` crate (the routes file).
+
+pub use gateway_config as config;
 
 pub mod auth;
-pub mod config;
 pub mod connections;
+pub mod edge;
+pub mod edit;
+pub mod generation;
 pub mod headers;
 pub mod limits;
 pub mod metrics;
 pub mod notify;
 pub mod path;
-pub mod proxy;
+pub mod refusal;
+pub mod request;
+pub mod response;
 pub mod revocations;
 pub mod router;
-pub mod server;
-pub mod tls;
-pub mod upstreams;
-pub mod yaml_de;
-pub mod yaml_lines;
+pub mod settings;
 
-use arc_swap::ArcSwap;
-use config::{Config, ConfigErrors};
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Arc;
-use tokio::sync::watch;
+pub use generation::{Gateway, Generation, ReloadError, Start};
 
-/// One version of the routing state, built from one read of `routes.yaml`.
-/// Requests take a reference at their start and keep it to their end, so a
-/// reload never changes the rules under a request.
-pub struct Generation {
-    pub config: Config,
-    pub routes: router::RouteTable,
-    pub pools: HashMap<String, Arc<upstreams::Pool>>,
-    pub verifier: Arc<auth::Verifier>,
-    /// The HTTPS listener's certificate, read with this generation's file.
-    pub certificate: Option<Arc<pingora::tls::sign::CertifiedKey>>,
-    stop: watch::Sender<bool>,
-}
-
-impl Generation {
-    /// Builds a generation, resolving upstream names. The verifier (and its
-    /// cache) of `previous` is kept when the auth settings did not change.
-    pub fn build(
-        config: Config,
-        previous: Option<&Generation>,
-        revocable: bool,
-    ) -> Result<Generation, String> {
-        let mut pools = HashMap::new();
-        for (name, upstream) in &config.upstreams {
-            pools.insert(
-                name.clone(),
-                Arc::new(upstreams::Pool::build(name, upstream)?),
-            );
-        }
-        // Grants are kept past their end as long as the longest
-        // stale-if-error allowance of any route.
-        let stale_window = config
-            .routes
-            .iter()
-            .filter_map(|r| r.stale_if_error.map(|d| d.0))
-            .max()
-            .unwrap_or_default();
-        let verifier = match previous {
-            Some(previous)
-                if previous.config.auth == config.auth
-                    && previous.verifier.stale_window() == stale_window =>
-            {
-                Arc::clone(&previous.verifier)
-            }
-            _ => {
-                let secret = std::env::var("JWT_SECRET_KEY").ok();
-                Arc::new(
-                    auth::Verifier::new(
-                        &config.auth,
-                        secret.as_deref().map(str::as_bytes),
-                        revocable,
-                    )?
-                    .keeping_stale(stale_window, config.auth.cache_capacity),
-                )
-            }
-        };
-        let certificate = config
-            .tls
-            .as_ref()
-            .map(|t| tls::load_certificate(&t.cert, &t.key))
-            .transpose()
-            .map_err(|e| format!("tls: {e}"))?;
-        let (stop, _) = watch::channel(false);
-        Ok(Generation {
-            routes: router::RouteTable::new(&config),
-            config,
-            pools,
-            verifier,
-            certificate,
-            stop,
-        })
-    }
-
-    /// One health-check round for every pool. Pingora counts a new server
-    /// as healthy until checked, so this runs before a generation serves.
-    pub async fn check_all(&self) {
-        let checks = self.pools.values().map(|pool| pool.check_once());
-        futures::future::join_all(checks).await;
-    }
-
-    /// Starts the periodic health checks of every pool.
-    pub fn start_checks(&self) {
-        for pool in self.pools.values() {
-            pool.spawn_checks(self.stop.subscribe());
-        }
-    }
-
-    /// Stops this generation's health checks.
-    pub fn retire(&self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-/// What a caught panic said, for the log line that reports it.
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    let text = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown cause".into());
-    format!("building the routes failed: {text}")
-}
-
-/// The gateway's shared state: the current generation and where it came from.
-pub struct Gateway {
-    pub current: ArcSwap<Generation>,
-    pub config_path: PathBuf,
-    /// Whether revocations can arrive (Redis or the admin listener).
-    pub revocable: bool,
-    /// WebSocket tunnels open, by user id; they outlive generations.
-    pub tunnels: Arc<connections::Counts<String>>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error("{0}")]
-    Invalid(ConfigErrors),
-    #[error("{0}")]
-    Build(String),
-}
-
-/// Applies what Pingora reads process-wide from the routes file: the
-/// request head's size limit and deadline.
-fn apply_head_limits(config: &Config) {
-    pingora::protocols::http::v1::server::HttpSession::set_request_head_limits(
-        usize::try_from(config.server.max_header_bytes.0).unwrap_or(usize::MAX),
-        Some(config.server.request_head_timeout.0),
-    );
-}
-
-impl Gateway {
-    pub fn new(first: Generation, config_path: PathBuf, revocable: bool) -> Self {
-        apply_head_limits(&first.config);
-        Gateway {
-            current: ArcSwap::from_pointee(first),
-            config_path,
-            revocable,
-            tunnels: Arc::default(),
-        }
-    }
-
-    /// Re-reads the routes file. A valid file replaces the current
-    /// generation atomically, after its first health checks; an invalid one
-    /// changes nothing.
-    pub async fn reload(&self) -> Result<usize, ReloadError> {
-        let mut config = Config::load(&self.config_path).map_err(ReloadError::Invalid)?;
-        let old = self.current.load_full();
-        // The listeners belong to the running process: a changed address
-        // needs a restart, and the running one is kept meanwhile.
-        if config.listen != old.config.listen
-            || config.server.metrics_listen != old.config.server.metrics_listen
-            || config.server.admin_listen != old.config.server.admin_listen
-        {
-            tracing::warn!("listen addresses in the routes file changed; they apply on restart");
-        }
-        config.listen = old.config.listen.clone();
-        config.server.metrics_listen = old.config.server.metrics_listen.clone();
-        config.server.admin_listen = old.config.server.admin_listen.clone();
-        let next =
-            Generation::build(config, Some(&old), self.revocable).map_err(ReloadError::Build)?;
-        next.check_all().await;
-        next.start_checks();
-        let routes = next.routes.len();
-        apply_head_limits(&next.config);
-        let previous = self.current.swap(Arc::new(next));
-        previous.retire();
-        Ok(routes)
-    }
-}
-
+/// Property tests: the routes file, arbitrary or cut short, against the
+/// loader and the generation built from it.
 #[cfg(test)]
-mod tests {
+mod properties {
     use proptest::prelude::*;
 
     /// Values chosen to sit on and beyond every bound, and beyond what the
@@ -349,7 +190,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(ProptestConfig::default())]
 
         /// Whatever a routes file holds, checking it never panics, and
         /// whatever checking accepts builds a generation without a panic.
@@ -369,7 +210,7 @@ mod tests {
             }
             if let Ok(config) = crate::config::Config::parse(&source) {
                 let _ = config.shadowing();
-                let built = crate::Generation::build(config, None, true);
+                let built = crate::Generation::build(config, None, &crate::Start { secret: None, revocable: true });
                 prop_assert!(built.is_ok(), "{source}\n{:?}", built.err());
             }
         }

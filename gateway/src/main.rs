@@ -1,5 +1,6 @@
 use clap::Parser;
 use gateway::config::Config;
+use gateway::settings::{self, Overrides, StartError};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -67,7 +68,7 @@ GATEWAY_ADMIN_TOKEN (at least 32 characters) authenticates the admin listener.";
 
 fn main() -> ExitCode {
     // Before anything else: SIGHUP would otherwise kill the process.
-    let hangups = match gateway::server::hangups() {
+    let hangups = match gateway::edge::server::hangups() {
         Ok(rx) => rx,
         Err(e) => {
             eprintln!("gateway: cannot install the SIGHUP handler: {e}");
@@ -75,13 +76,13 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse();
-    service_kit::telemetry::init();
-    service_kit::supervision::follow_parent();
+    contract::telemetry::init();
+    contract::supervision::follow_parent();
 
     if cli.check {
         return match Config::load(&cli.config) {
             Ok(config) => {
-                let problems = gateway::tls::check_files(&config);
+                let problems = gateway::edge::tls::check_files(&config);
                 if !problems.is_empty() {
                     for problem in &problems {
                         eprintln!("{}: {problem}", cli.config.display());
@@ -108,13 +109,35 @@ fn main() -> ExitCode {
         };
     }
 
-    let options = gateway::server::Options {
-        config_path: cli.config,
+    // Layered once: the file, then the environment and flags over it.
+    let mut config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(errors) => return fail(&StartError::Config(errors)),
+    };
+    for warning in config.shadowing() {
+        tracing::warn!(%warning, "route nested inside a route of the other access");
+    }
+    let overrides = Overrides {
         listen: cli.listen,
         metrics_listen: cli.metrics_listen,
         admin_listen: cli.admin_listen,
-        admin_token: std::env::var("GATEWAY_ADMIN_TOKEN").ok(),
         threads: cli.threads,
+    };
+    let admin_token = std::env::var("GATEWAY_ADMIN_TOKEN").ok();
+    let admin_token = match settings::layer(&mut config, overrides, admin_token) {
+        Ok((token, notice)) => {
+            if let Some(notice) = notice {
+                tracing::warn!("{notice}");
+            }
+            token
+        }
+        Err(error) => return fail(&error),
+    };
+    let launch = gateway::edge::server::Launch {
+        config,
+        config_path: cli.config,
+        admin_token,
+        secret: std::env::var("JWT_SECRET_KEY").ok(),
         upgrade: cli.upgrade,
         watch: cli.watch,
         revocations: cli
@@ -124,13 +147,15 @@ fn main() -> ExitCode {
                 channel: cli.revocation_channel,
             }),
     };
-    match gateway::server::run(options, hangups) {
+    match gateway::edge::server::run(launch, hangups) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            for line in error.lines() {
-                eprintln!("gateway: {line}");
-            }
-            ExitCode::FAILURE
-        }
+        Err(error) => fail(&error),
     }
+}
+
+fn fail(error: &StartError) -> ExitCode {
+    for line in error.to_string().lines() {
+        eprintln!("gateway: {line}");
+    }
+    ExitCode::FAILURE
 }

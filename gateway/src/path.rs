@@ -191,3 +191,107 @@ mod tests {
         }
     }
 }
+
+/// Property tests: the normaliser against a plain reading of RFC 3986
+/// §5.2.4 (dot-segment removal), after the documented extras (unreserved
+/// escapes decoded, repeated slashes collapsed, climbing above the root
+/// refused).
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// RFC 3986 §5.2.4, step by step, on an input buffer.
+    fn remove_dot_segments(path: &str) -> String {
+        let mut input = path.to_owned();
+        let mut output = String::new();
+        let pop = |output: &mut String| {
+            let cut = output.rfind('/').unwrap_or(0);
+            output.truncate(cut);
+        };
+        while !input.is_empty() {
+            if let Some(rest) = input.strip_prefix("../") {
+                input = rest.to_owned();
+            } else if let Some(rest) = input.strip_prefix("./") {
+                input = rest.to_owned();
+            } else if let Some(rest) = input.strip_prefix("/./") {
+                input = format!("/{rest}");
+            } else if input == "/." {
+                input = "/".into();
+            } else if let Some(rest) = input.strip_prefix("/../") {
+                input = format!("/{rest}");
+                pop(&mut output);
+            } else if input == "/.." {
+                input = "/".into();
+                pop(&mut output);
+            } else if input == "." || input == ".." {
+                input.clear();
+            } else {
+                let start = usize::from(input.starts_with('/'));
+                let end = input[start..].find('/').map_or(input.len(), |i| i + start);
+                output.push_str(&input[..end]);
+                input = input[end..].to_owned();
+            }
+        }
+        output
+    }
+
+    /// The reference: `Err(AboveRoot)` when a `..` would climb above the
+    /// root, else the RFC's answer.
+    fn reference(raw: &str) -> Result<String, PathError> {
+        let decoded = raw
+            .replace("%2e", ".")
+            .replace("%2E", ".")
+            .replace("%61", "a")
+            .replace("%7E", "~")
+            .replace("%7e", "~");
+        let mut collapsed = String::new();
+        for c in decoded.chars() {
+            if !(c == '/' && collapsed.ends_with('/')) {
+                collapsed.push(c);
+            }
+        }
+        let mut depth = 0usize;
+        for segment in collapsed.split('/') {
+            match segment {
+                "" | "." => {}
+                ".." => depth = depth.checked_sub(1).ok_or(PathError::AboveRoot)?,
+                _ => depth += 1,
+            }
+        }
+        let out = remove_dot_segments(&collapsed);
+        Ok(if out.is_empty() { "/".into() } else { out })
+    }
+
+    fn segment() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "a", "b", "ab", ".", "..", "", "%2e", "%2E", "%2e%2e", ".%2e", "%61", "x%20y", "~",
+            "%7E",
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::default())]
+
+        #[test]
+        fn normalising_agrees_with_rfc_3986(segments in prop::collection::vec(segment(), 0..8)) {
+            let raw = format!("/{}", segments.join("/"));
+            prop_assert_eq!(normalize(&raw), reference(&raw), "{}", raw);
+        }
+
+        #[test]
+        fn normal_forms_are_fixed_points(raw in "/[a-z./%0-9A-F;~-]{0,40}") {
+            if let Ok(once) = normalize(&raw) {
+                prop_assert_eq!(normalize(&once), Ok(once.clone()), "{}", raw);
+                prop_assert!(once.starts_with('/'));
+                prop_assert!(!once.contains("//"));
+                prop_assert!(once.split('/').all(|s| s != "." && s != ".."));
+            }
+        }
+
+        #[test]
+        fn any_input_is_answered_without_a_panic(raw in "(?s).{0,80}") {
+            let _ = normalize(&raw);
+        }
+    }
+}

@@ -36,7 +36,7 @@ pub fn message(payload: &[u8]) -> Option<(String, Option<String>)> {
         serde_json::Value::String(s) => s,
         _ => return None,
     };
-    let user = service_kit::identity::parse_user_id(&raw)?.to_string();
+    let user = contract::identity::parse_user_id(&raw)?.to_string();
     let id = revocation.id.filter(|id| {
         (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
     });

@@ -264,3 +264,49 @@ mod tests {
         }
     }
 }
+
+/// Property tests: the route found is the longest prefix of whole segments,
+/// never a partial segment, whatever the table.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn segments() -> impl Strategy<Value = Vec<&'static str>> {
+        prop::collection::vec(prop::sample::select(vec!["a", "b", "ab", "abc"]), 0..5)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::default())]
+
+        #[test]
+        fn longest_whole_segment_prefix_wins(
+            prefixes in prop::collection::btree_set(segments(), 1..6),
+            path in segments(),
+            trailing in any::<bool>(),
+        ) {
+            let prefixes: Vec<String> =
+                prefixes.iter().map(|s| format!("/{}", s.join("/"))).collect();
+            let mut source = String::from(
+                "auth: { verify_url: \"http://127.0.0.1:9/api/verify\" }\nupstreams:\n  a: { servers: [\"127.0.0.1:1\"] }\nroutes:\n",
+            );
+            for prefix in &prefixes {
+                source.push_str(&format!("  - {{ prefix: \"{prefix}\", upstream: a, access: public }}\n"));
+            }
+            let table = RouteTable::new(&Config::parse(&source).expect("routes"));
+            let mut path = format!("/{}", path.join("/"));
+            if trailing && path != "/" {
+                path.push('/');
+            }
+            let covers = |prefix: &str| {
+                prefix == "/" || path == prefix || path.starts_with(&format!("{prefix}/"))
+            };
+            let expected = prefixes.iter().filter(|p| covers(p)).max_by_key(|p| p.len());
+            match (table.find(&path, "GET"), expected) {
+                (Lookup::Found(route), Some(prefix)) => prop_assert_eq!(&route.prefix, prefix, "{}", path),
+                (Lookup::NotFound, None) => {}
+                (got, want) => prop_assert!(false, "{path}: {got:?}, expected {want:?}"),
+            }
+        }
+    }
+}

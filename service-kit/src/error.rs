@@ -2,7 +2,6 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use std::borrow::Cow;
 
 /// An error as the client sees it: a status, a stable machine-readable code
@@ -18,17 +17,6 @@ pub struct ApiError {
     pub message: Cow<'static, str>,
     /// Seconds for a `Retry-After` header, for 429 and 503 answers.
     pub retry_after: Option<u64>,
-}
-
-#[derive(Serialize)]
-struct Envelope<'a> {
-    error: Body<'a>,
-}
-
-#[derive(Serialize)]
-struct Body<'a> {
-    code: &'a str,
-    message: &'a str,
 }
 
 impl ApiError {
@@ -85,14 +73,8 @@ impl ApiError {
     }
 }
 
-/// Renders an error envelope. Serialisation of two strings cannot fail, but a
-/// fixed fallback keeps this infallible without a panic path.
-pub fn render(code: &str, message: &str) -> String {
-    serde_json::to_string(&Envelope {
-        error: Body { code, message },
-    })
-    .unwrap_or_else(|_| r#"{"error":{"code":"internal","message":"internal server error"}}"#.into())
-}
+/// Renders an error envelope (the one rendering, shared with the gateway).
+pub use contract::envelope::render;
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -13,12 +13,11 @@ pub mod events;
 pub mod extract;
 pub mod identity;
 pub mod server;
-pub mod supervision;
-pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod text;
 
+pub use contract::{supervision, telemetry};
 pub use db::Db;
 pub use error::ApiError;
 pub use extract::{Json, Path, Query};

@@ -493,3 +493,32 @@ impl RouterClient {
             .await
     }
 }
+
+/// Waits up to `limit` for `check` to hold, trying every 50 ms; returns
+/// whether it did. For effects that arrive on a timer (health checks, cache
+/// expiry, a process starting), never as a substitute for waiting on a
+/// known event.
+pub async fn eventually(limit: std::time::Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// [`eventually`] for tests without a runtime.
+pub fn wait_until(limit: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    check()
+}

@@ -14,7 +14,7 @@ pub mod secret;
 pub mod supervisor;
 
 use databases::Databases;
-use gateway::config::Config;
+use gateway_config::Config;
 use plan::{Kind, Plan, connect_address};
 use secret::Secret;
 use std::path::PathBuf;

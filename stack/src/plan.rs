@@ -6,7 +6,7 @@
 //! place where ports are written, and listing two servers for `orders`
 //! starts two replicas of it.
 
-use gateway::config::{Config, HostPort};
+use gateway_config::{Config, HostPort};
 
 /// The services the stack knows how to start, by the upstream name that
 /// routes to them.

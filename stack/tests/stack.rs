@@ -9,7 +9,7 @@ use service_kit::testing::{
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A directory to run the stack in, with a routes file on free ports.
 struct Workspace {
@@ -133,16 +133,7 @@ fn run_printed_commands(stack: &ChildService, dir: &Path) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    check()
-}
+use service_kit::testing::wait_until;
 
 #[test]
 fn the_stack_runs_everything_and_stops_on_sigterm_keeping_data_and_secret() {

@@ -6,7 +6,7 @@
 //! queue is full, rather than holding events for everyone else, and its
 //! client reconnects and is sent what it missed.
 
-use crate::feed::Event;
+use crate::event::Event;
 use crate::lock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -194,7 +194,7 @@ pub enum Full {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feed::EventId;
+    use crate::event::EventId;
 
     fn event(n: u64) -> Event {
         Event {

@@ -10,6 +10,7 @@
 //! of replicas), or posted directly to `/internal/events` without it (one
 //! replica; the one-command stack). See [`feed`] for both.
 
+pub mod event;
 pub mod feed;
 pub mod hub;
 pub mod socket;

@@ -15,7 +15,7 @@
 //! clients, and keep a gateway in between checking the grant.
 
 use crate::AppState;
-use crate::feed::EventId;
+use crate::event::EventId;
 use crate::hub::{Close, Full, Signal};
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection};
@@ -177,7 +177,7 @@ impl Session {
     /// client left or the connection failed, nothing to send).
     async fn run(
         &mut self,
-        missed: Vec<crate::feed::Event>,
+        missed: Vec<crate::event::Event>,
         expires: Option<SystemTime>,
         ping_interval: Duration,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -232,7 +232,7 @@ impl Session {
         }
     }
 
-    async fn send_event(&mut self, event: crate::feed::Event) -> Result<(), axum::Error> {
+    async fn send_event(&mut self, event: crate::event::Event) -> Result<(), axum::Error> {
         if self.last.is_some_and(|last| event.id <= last) {
             return Ok(());
         }

@@ -184,18 +184,7 @@ async fn close_code(ws: &mut Ws, limit: Duration) -> Option<u16> {
     None
 }
 
-async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use service_kit::testing::eventually;
 
 fn event(user: i64, kind: &str, id: i64) -> Value {
     json!({"user_id": user, "type": kind, "data": {"id": id}})

@@ -19,7 +19,7 @@ pub mod sockets;
 use serde_json::{Value, json};
 use service_kit::testing::{ChildService, TestDatabase, unused_port, workspace_binary};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use service_kit::testing::Reply;
 
@@ -529,21 +529,7 @@ impl Stack {
     }
 }
 
-/// Waits up to `limit` for `check` to hold, trying every 50 ms; returns
-/// whether it did. Used for effects that arrive on a timer (health checks,
-/// cache expiry), never as a substitute for waiting on a known event.
-pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use service_kit::testing::eventually;
 
 /// HTTP through the gateway.
 #[derive(Clone)]

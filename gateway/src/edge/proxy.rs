@@ -1,0 +1,453 @@
+//! The request phases: each reads plain values off Pingora's session, calls
+//! the plain decision, and acts on its answer.
+//!
+//! Per request: pin the current generation, decide the front
+//! ([`request::front`]), admit ([`request::admit`]), pick a server, rewrite
+//! the upstream request ([`request::forward`]), edit the response
+//! ([`response::edits`]), answer failures ([`response::failure`]), log.
+
+use super::upstreams::Pool;
+use super::write;
+use crate::auth::unix_now;
+use crate::generation::{Gateway, Generation};
+use crate::headers;
+use crate::metrics;
+use crate::refusal::Refusal;
+use crate::request::front::{self, Front, Head};
+use crate::request::route::Routed;
+use crate::request::{self, Admission, Refused, Request, body, forward};
+use crate::response::{self, Failure};
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Proxy {
+    pub gateway: Arc<Gateway>,
+}
+
+/// What one request carries through the phases.
+pub struct Ctx {
+    start: Instant,
+    generation: Option<Arc<Generation>>,
+    request_id: String,
+    /// The request arrived over TLS.
+    https: bool,
+    admission: Option<Admission>,
+    /// A refused request's route and path, for the log.
+    refused_on: Option<Routed>,
+    upstream: Upstream,
+    /// The body being read (`server.request_body_timeout`, the route's size).
+    body: Option<body::Progress>,
+}
+
+/// The upstream side of one request.
+#[derive(Default)]
+struct Upstream {
+    pool: Option<Arc<Pool>>,
+    selected: Option<SocketAddr>,
+    tried: Vec<SocketAddr>,
+    /// No server of the pool was healthy (as opposed to all refusing).
+    no_healthy: bool,
+    started: Option<Instant>,
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|addr| addr.as_inet())
+        .map(|addr| addr.ip())
+}
+
+fn plain_request<'a>(session: &'a Session) -> Request<'a> {
+    let head = session.req_header();
+    Request {
+        method: &head.method,
+        path: head.uri.path(),
+        query: head.uri.query(),
+        headers: &head.headers,
+        peer: client_ip(session),
+        upgrade: session.is_upgrade_req(),
+    }
+}
+
+impl Proxy {
+    /// Cuts an upgraded connection whose grant lapsed, at the first chunk
+    /// either way. A chunk that is exactly one WebSocket close frame is let
+    /// through: that is the upstream (or the client) closing, typically for
+    /// this very reason, and the other side should learn the code.
+    fn check_grant(&self, ctx: &Ctx, chunk: Option<&Bytes>) -> Result<()> {
+        let Some(user) = ctx.admission.as_ref().and_then(|a| a.user.as_ref()) else {
+            return Ok(());
+        };
+        if chunk.is_some_and(|c| headers::is_close_frame(c)) {
+            return Ok(());
+        }
+        let verifier = &self.gateway.current.load().verifier;
+        let Some(lapse) = user
+            .grant
+            .lapsed(verifier, &user.identity.user_id, unix_now())
+        else {
+            return Ok(());
+        };
+        metrics::get()
+            .sockets_cut
+            .with_label_values(&[lapse.label()])
+            .inc();
+        tracing::info!(request_id = %ctx.request_id, user_id = %user.identity.user_id, reason = lapse.label(), "closing a WebSocket whose grant lapsed");
+        Err(Error::explain(
+            ErrorType::Custom("grant lapsed"),
+            "the WebSocket's token expired or was revoked",
+        ))
+    }
+}
+
+/// Pingora's error, as the plain failure kinds.
+fn failure(e: &Error, ctx: &Ctx) -> Failure {
+    use ErrorType::*;
+    let timeout = matches!(e.etype(), ConnectTimedout | ReadTimedout | WriteTimedout);
+    match (e.etype(), e.esource()) {
+        (HTTPStatus(code), _) => Failure::Status(*code),
+        (ReadTimedout, ErrorSource::Downstream) if ctx.body.is_some() => Failure::BodyTimeout,
+        (_, ErrorSource::Upstream) if timeout => Failure::UpstreamTimeout,
+        (_, ErrorSource::Upstream) => Failure::Upstream,
+        _ if timeout && ctx.upstream.started.is_some() => Failure::UpstreamTimeout,
+        (
+            ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout,
+            ErrorSource::Downstream,
+        ) => Failure::ClientGone,
+        (_, ErrorSource::Downstream) => Failure::Client,
+        (ConnectRefused | ConnectNoRoute | ConnectError, _) => Failure::Upstream,
+        _ => Failure::Internal,
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            generation: None,
+            request_id: String::new(),
+            https: false,
+            admission: None,
+            refused_on: None,
+            upstream: Upstream::default(),
+            body: None,
+        }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let generation = self.gateway.current.load_full();
+        // Pingora keeps idle client connections forever after the first
+        // request unless told otherwise on every request.
+        let keepalive = generation.config.server.keepalive_timeout.0;
+        session.set_keepalive(Some(keepalive.as_secs().max(1)));
+        // Requests a client sent back to back, without waiting for the
+        // answers, are served in order (RFC 9112 §9.3.2) instead of dropped
+        // after the first answer promised keep-alive.
+        session.set_pipelining_enabled(true);
+        ctx.generation = Some(generation);
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let generation = ctx
+            .generation
+            .clone()
+            .ok_or_else(|| Error::new(ErrorType::InternalError))?;
+        ctx.request_id = front::request_id(&session.req_header().headers);
+        ctx.https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let head = session.req_header();
+        let shape = Head {
+            http11: head.version == http::Version::HTTP_11,
+            target_bytes: head.raw_path().len(),
+            target: head.uri.path_and_query().map_or("/", |p| p.as_str()),
+            https: ctx.https,
+        };
+        match front::check(&plain_request(session), &shape, &generation.config) {
+            Front::Continue => {}
+            Front::Health => return write::health(session, &ctx.request_id).await.map(|()| true),
+            Front::Redirect(location) => {
+                return write::redirect(session, &ctx.request_id, location)
+                    .await
+                    .map(|()| true);
+            }
+            Front::Refuse(refusal) => {
+                session.set_keepalive(None);
+                write::refusal(session, &ctx.request_id, &refusal).await?;
+                return Ok(true);
+            }
+        }
+        if let Some(edit) = forward::connection(&session.req_header().headers) {
+            write::request_edits(session.req_header_mut(), vec![edit])?;
+        }
+        let admitted = request::admit(
+            &plain_request(session),
+            &generation,
+            &self.gateway.tunnels,
+            &ctx.request_id,
+        )
+        .await;
+        match admitted {
+            Ok(admission) => {
+                ctx.upstream.pool = generation.pools.get(&admission.route.upstream).cloned();
+                if !admission.websocket {
+                    // A body must arrive whole in time: each read waits at
+                    // most what is left (request_body_filter).
+                    let limit = generation.config.server.request_body_timeout.0;
+                    let max = admission.route.max_body_bytes;
+                    ctx.body = Some(body::Progress::new(max, limit, Instant::now()));
+                    session.set_read_timeout(Some(limit));
+                }
+                ctx.admission = Some(admission);
+                Ok(false)
+            }
+            Err(Refused { refusal, routed }) => {
+                ctx.refused_on = routed;
+                if !session.is_body_empty() {
+                    // Reading a refused body just to keep the connection
+                    // would let a client make the gateway read without limit.
+                    session.set_keepalive(None);
+                }
+                write::refusal(session, &ctx.request_id, &refusal).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let pool = ctx.upstream.pool.clone().ok_or_else(|| {
+            Error::explain(ErrorType::HTTPStatus(503), "route has no upstream pool")
+        })?;
+        let Some(addr) = pool.select(&ctx.upstream.tried) else {
+            // Nothing healthy, or every server refused the connection: the
+            // gateway itself is fine and the upstream is not (502; 503 is
+            // kept for the gateway's own unavailability).
+            ctx.upstream.no_healthy = ctx.upstream.tried.is_empty();
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(502),
+                "no healthy upstream",
+            ));
+        };
+        ctx.upstream.selected = Some(addr);
+        let mut peer = pool.peer(addr);
+        if ctx.admission.as_ref().is_some_and(|a| a.websocket) {
+            // An upgraded connection is idle between messages; the pool's
+            // per-read timeout would cut it.
+            peer.options.read_timeout = Some(Duration::from_secs(3600));
+            session.set_read_timeout(Some(Duration::from_secs(3600)));
+        }
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(addr) = ctx.upstream.selected.take() {
+            ctx.upstream.tried.push(addr);
+        }
+        // A failed connect sent nothing, so any method may go to the next
+        // server; stop once every server of the pool has been tried.
+        let pool_size = ctx.upstream.pool.as_ref().map_or(0, |p| p.len());
+        if ctx.upstream.tried.len() < pool_size {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut Ctx,
+        reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("upstream {peer}"));
+        // A pooled connection the server has closed since its last use can
+        // fail on write as well as on read; Pingora retries only the read
+        // failures. Nothing was answered yet and the request is idempotent,
+        // so it goes again on a fresh connection. A request that is not
+        // idempotent is never sent twice: the server may have acted on it.
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none();
+        if !replayable {
+            e.set_retry(false);
+        } else if reused
+            && matches!(
+                e.etype(),
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
+            )
+        {
+            e.set_retry(true);
+        } else {
+            e.retry.decide_reuse(reused);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let (Some(admission), Some(generation)) = (&ctx.admission, &ctx.generation) else {
+            return Err(Error::new(ErrorType::InternalError));
+        };
+        let target = forward::target(
+            &admission.route,
+            &admission.path,
+            session.req_header().uri.query(),
+        )
+        .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "unforwardable path"))?;
+        upstream.set_uri(target);
+        let peer = client_ip(session);
+        let facts = forward::Forward {
+            admission,
+            peer,
+            trusted: peer.is_some_and(|ip| generation.config.server.trusts(ip)),
+            https: ctx.https,
+            request_id: &ctx.request_id,
+            server: ctx.upstream.selected,
+        };
+        let (edits, spoofed) = forward::edits(&upstream.headers, &facts);
+        if spoofed > 0 {
+            metrics::get().identity_stripped.inc_by(spoofed as u64);
+        }
+        write::request_edits(upstream, edits)?;
+        ctx.upstream.started = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if session.was_upgraded() {
+            // A socket's frames are not a request body: no size limit, but
+            // the grant is checked on each.
+            return self.check_grant(ctx, body.as_ref());
+        }
+        if let Some(progress) = &mut ctx.body {
+            let wait = progress
+                .chunk(body.as_ref().map(Bytes::len), end, Instant::now())
+                .map_err(|refusal| {
+                    Error::explain(
+                        ErrorType::HTTPStatus(refusal.status()),
+                        "request body refused",
+                    )
+                })?;
+            session.set_read_timeout(Some(wait));
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let edits = response::edits(
+            ctx.admission.as_ref(),
+            &ctx.request_id,
+            response.status.as_u16(),
+            response
+                .headers
+                .contains_key(http::header::SEC_WEBSOCKET_PROTOCOL),
+        );
+        write::response_edits(response, edits)
+    }
+
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if session.was_upgraded() {
+            self.check_grant(ctx, body.as_ref())?;
+        }
+        Ok(None)
+    }
+
+    fn early_refusal(&self, status: u16, _error: &Error) -> Option<(ResponseHeader, Bytes)> {
+        let (mut header, body) = write::refusal_head(&response::early(status)).ok()?;
+        header.insert_header("connection", "close").ok()?;
+        Some((header, body))
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let (status, refusal) = response::failure(failure(e, ctx), ctx.upstream.no_healthy);
+        if let Some(refusal) = refusal
+            && session.response_written().is_none()
+        {
+            if refusal == Refusal::Internal {
+                tracing::error!(request_id = %ctx.request_id, error = %e, "proxy error");
+            }
+            session.set_keepalive(None);
+            let _ = write::refusal(session, &ctx.request_id, &refusal).await;
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map_or(0, |response| response.status.as_u16());
+        let admission = ctx.admission.as_ref();
+        let (route, path) = match (admission, &ctx.refused_on) {
+            (Some(a), _) => (a.route.prefix.as_str(), a.path.as_str()),
+            (None, Some(r)) => (r.route.prefix.as_str(), r.path.as_str()),
+            (None, None) => ("none", session.req_header().uri.path()),
+        };
+        let m = metrics::get();
+        m.requests
+            .with_label_values(&[route, metrics::status_label(status)])
+            .inc();
+        let upstream = ctx.upstream.pool.as_ref().map_or("", |p| p.name.as_str());
+        if let Some(started) = ctx.upstream.started {
+            m.upstream_latency
+                .with_label_values(&[upstream])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        let user = admission.and_then(|a| a.user.as_ref());
+        tracing::info!(
+            target: "access",
+            request_id = %ctx.request_id,
+            method = %session.req_header().method,
+            path,
+            route,
+            status,
+            upstream,
+            // Evaluated only when the access log is enabled.
+            server = %ctx.upstream.selected.map(|a| a.to_string()).unwrap_or_default(),
+            user_id = user.map_or("", |u| &*u.identity.user_id),
+            // The identity came from a stale grant (stale-if-error).
+            stale = user.is_some_and(|u| u.stale),
+            duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
+            error = error.map(|e| e.etype().as_str()).unwrap_or(""),
+        );
+    }
+}

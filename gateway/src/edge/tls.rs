@@ -1,0 +1,183 @@
+//! TLS, through Pingora's rustls: the certificate the HTTPS listener
+//! presents, and the roots an upstream pool's certificates are checked
+//! against.
+//!
+//! The listener never holds a certificate of its own: every handshake asks
+//! the resolver, which answers with the certificate of the generation in
+//! force. A reload reads the files again while building the new generation
+//! (a bad file refuses the reload, and the old certificate stays), and the
+//! swap that installs the routes installs the certificate too, so a
+//! rotation needs no restart and drops no connection.
+
+use crate::Gateway;
+use pingora::listeners::tls::TlsSettings;
+use pingora::tls::sign::CertifiedKey;
+
+/// A certificate chain with its key, as the handshake presents it.
+pub type Certificate = CertifiedKey;
+use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert, RootCertStore};
+use pingora::utils::tls::{WrappedX509, parse_x509};
+use std::sync::Arc;
+
+/// Reads a PEM certificate chain (leaf first) and its private key.
+pub fn load_certificate(cert: &str, key: &str) -> Result<Arc<CertifiedKey>, String> {
+    for path in [cert, key] {
+        std::fs::metadata(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    }
+    let (chain, private) = pingora::tls::load_certs_and_key_files(cert, key)
+        .map_err(|e| format!("cannot read {cert} or {key}: {e}"))?
+        .ok_or_else(|| format!("{cert} holds no PEM certificate or {key} no PEM private key"))?;
+    pingora::tls::install_default_crypto_provider();
+    let provider = CryptoProvider::get_default().ok_or("no TLS crypto provider")?;
+    let signing = provider
+        .key_provider
+        .load_private_key(private)
+        .map_err(|e| format!("{key}: unusable private key: {e}"))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified
+        .keys_match()
+        .map_err(|e| format!("{key} does not belong to the certificate in {cert}: {e}"))?;
+    Ok(Arc::new(certified))
+}
+
+/// What `--check` adds to the file's own checks: that every certificate,
+/// key and CA file it names can be read and used, each problem with its
+/// key path.
+pub fn check_files(config: &crate::config::Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(tls) = &config.tls
+        && let Err(e) = load_certificate(&tls.cert, &tls.key)
+    {
+        problems.push(format!("tls.cert/tls.key: {e}"));
+    }
+    for (name, upstream) in &config.upstreams {
+        if let Some(ca) = upstream.tls.as_ref().and_then(|t| t.ca.as_deref())
+            && let Err(e) = load_roots(ca)
+        {
+            problems.push(format!("upstreams.{name}.tls.ca: {e}"));
+        }
+    }
+    problems
+}
+
+/// Reads PEM CA certificates for checking an upstream pool's servers.
+pub fn load_roots(path: &str) -> Result<Arc<[WrappedX509]>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let mut checked = RootCertStore::empty();
+    let mut roots = Vec::new();
+    for block in pem_blocks(&pem, "CERTIFICATE") {
+        let der = block.map_err(|e| format!("{path}: {e}"))?;
+        // Added to a store first: a certificate that does not parse is an
+        // error here, not a panic when the first connection is made.
+        checked
+            .add(pingora::tls::CertificateDer::from(der.clone()))
+            .map_err(|e| format!("{path}: not a usable CA certificate: {e}"))?;
+        roots.push(WrappedX509::new(der, parse_x509));
+    }
+    if roots.is_empty() {
+        return Err(format!("{path} holds no PEM certificate"));
+    }
+    Ok(roots.into())
+}
+
+/// The base64 bodies of `label` blocks in a PEM file, decoded.
+fn pem_blocks<'a>(
+    pem: &'a [u8],
+    label: &'a str,
+) -> impl Iterator<Item = Result<Vec<u8>, String>> + 'a {
+    use base64::Engine;
+    let text = String::from_utf8_lossy(pem).into_owned();
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let mut blocks = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find(&begin) {
+        let after = &rest[start + begin.len()..];
+        let Some(stop) = after.find(&end) else {
+            blocks.push(Err(format!("a {label} block is not closed")));
+            break;
+        };
+        let body: String = after[..stop]
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        blocks.push(
+            base64::engine::general_purpose::STANDARD
+                .decode(body)
+                .map_err(|e| format!("a {label} block is not base64: {e}")),
+        );
+        rest = &after[stop + end.len()..];
+    }
+    blocks.into_iter()
+}
+
+/// Answers every handshake with the current generation's certificate.
+pub struct Resolver {
+    pub gateway: Arc<Gateway>,
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Resolver")
+    }
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.gateway.current.load().certificate.clone()
+    }
+}
+
+/// The HTTPS listener's settings: TLS 1.2 and 1.3 (rustls offers nothing
+/// older), the resolver's certificate, and ALPN h2 then http/1.1 when
+/// `http2`.
+pub fn settings(gateway: Arc<Gateway>, http2: bool) -> Result<TlsSettings, String> {
+    let mut settings =
+        TlsSettings::intermediate("", "").map_err(|e| format!("TLS settings: {e}"))?;
+    settings.set_cert_resolver(Arc::new(Resolver { gateway }));
+    if http2 {
+        settings.enable_h2();
+    }
+    Ok(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_blocks_are_found_and_checked() {
+        let pem = b"junk\n-----BEGIN CERTIFICATE-----\nAQID\nBA==\n-----END CERTIFICATE-----\n\
+                    -----BEGIN PRIVATE KEY-----\nBQY=\n-----END PRIVATE KEY-----\n\
+                    -----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n\
+                    -----BEGIN CERTIFICATE-----\nAQ==";
+        let blocks: Vec<Result<Vec<u8>, String>> = pem_blocks(pem, "CERTIFICATE").collect();
+        assert_eq!(blocks.len(), 3);
+        assert_eq!(blocks[0], Ok(vec![1, 2, 3, 4]));
+        assert!(blocks[1].as_ref().is_err_and(|e| e.contains("base64")));
+        assert!(blocks[2].as_ref().is_err_and(|e| e.contains("not closed")));
+    }
+
+    #[test]
+    fn unreadable_or_mismatched_files_are_refused_with_their_names() {
+        let dir = tempfile::tempdir().expect("dir");
+        let missing = dir.path().join("missing.pem").display().to_string();
+        let error = load_certificate(&missing, &missing).expect_err("missing");
+        assert!(error.contains("missing.pem"), "{error}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "nothing here").expect("write");
+        let empty = empty.display().to_string();
+        let error = load_certificate(&empty, &empty).expect_err("empty");
+        assert!(error.contains("no PEM"), "{error}");
+        let error = load_roots(&empty).expect_err("empty");
+        assert!(error.contains("no PEM certificate"), "{error}");
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\nAQID\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let error = load_roots(&garbage.display().to_string()).expect_err("garbage");
+        assert!(error.contains("not a usable CA certificate"), "{error}");
+    }
+}

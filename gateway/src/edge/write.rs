@@ -1,0 +1,93 @@
+//! Plain answers and header edits, written onto Pingora's sessions and
+//! heads.
+
+use crate::edit::Edit;
+use crate::headers::REQUEST_ID;
+use crate::refusal::Refusal;
+use bytes::Bytes;
+use pingora::Result;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+
+/// Applies edits to an upstream request head.
+pub fn request_edits(head: &mut RequestHeader, edits: Vec<Edit>) -> Result<()> {
+    for edit in edits {
+        match edit {
+            Edit::Remove(name) => {
+                head.remove_header(&name);
+            }
+            Edit::Set(name, value) => head.insert_header(name, value)?,
+        }
+    }
+    Ok(())
+}
+
+/// Applies edits to a response head.
+pub fn response_edits(head: &mut ResponseHeader, edits: Vec<Edit>) -> Result<()> {
+    for edit in edits {
+        match edit {
+            Edit::Remove(name) => {
+                head.remove_header(&name);
+            }
+            Edit::Set(name, value) => head.insert_header(name, value)?,
+        }
+    }
+    Ok(())
+}
+
+/// The response head of a refusal (without `x-request-id`).
+pub fn refusal_head(refusal: &Refusal) -> Result<(ResponseHeader, Bytes)> {
+    let answer = refusal.answer();
+    let mut header = ResponseHeader::build(answer.status, Some(answer.headers.len() + 1))?;
+    for (name, value) in answer.headers {
+        header.insert_header(name, value)?;
+    }
+    Ok((header, Bytes::from(answer.body)))
+}
+
+/// Writes a refusal with a `Content-Length`, so that the client connection
+/// can be kept alive (Pingora's own error responses close it).
+pub async fn refusal(session: &mut Session, request_id: &str, refusal: &Refusal) -> Result<()> {
+    let (mut header, body) = refusal_head(refusal)?;
+    if !request_id.is_empty() {
+        header.insert_header(REQUEST_ID, request_id)?;
+    }
+    let head = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(header), head)
+        .await?;
+    if !head {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// The gateway's own `/healthz` answer.
+pub async fn health(session: &mut Session, request_id: &str) -> Result<()> {
+    let body = Bytes::from_static(br#"{"status":"ok"}"#);
+    let mut header = ResponseHeader::build(200, Some(4))?;
+    header.insert_header("content-type", "application/json")?;
+    header.insert_header("content-length", body.len().to_string())?;
+    header.insert_header(REQUEST_ID, request_id)?;
+    let head = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(header), head)
+        .await?;
+    if !head {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// A `308` to `location`; the connection closes after it.
+pub async fn redirect(session: &mut Session, request_id: &str, location: String) -> Result<()> {
+    let mut header = ResponseHeader::build(308, Some(4))?;
+    header.insert_header("location", location)?;
+    header.insert_header("content-length", "0")?;
+    header.insert_header(REQUEST_ID, request_id)?;
+    session.set_keepalive(None);
+    session
+        .write_response_header(Box::new(header), true)
+        .await?;
+    Ok(())
+}

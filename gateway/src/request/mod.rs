@@ -1,0 +1,217 @@
+//! What happens to a request, decided in plain code: functions of plain
+//! values (method, path, headers, peer address, the generation) that return
+//! plain values (an admission, header edits, a refusal). The proxy phases
+//! in [`crate::edge`] only call them and act on the answer.
+//!
+//! In order:
+//! 1. [`front`]: before any route: request id, head size, `Host`, the
+//!    gateway's own `/healthz`, the redirect to HTTPS.
+//! 2. [`admit`]: route ([`route`]), limits before authentication,
+//!    declared body size ([`body`]), credentials and verification
+//!    ([`crate::auth`]), role, per-user limit, WebSocket slots.
+//! 3. [`forward`]: the upstream request's target and header edits.
+//!
+//! A new request-side feature is one module here and one call in [`admit`]
+//! (or in [`forward`] for what the upstream sees).
+
+pub mod body;
+pub mod forward;
+pub mod front;
+pub mod route;
+
+use crate::auth::{self, Credentials, Grant, Identity, Subprotocols};
+use crate::connections::{Counts, Slot};
+use crate::generation::Generation;
+use crate::headers;
+use crate::limits::{Decision, Scope};
+use crate::metrics;
+use crate::refusal::Refusal;
+use crate::router::Route;
+use http::{HeaderMap, Method};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// A request as the decisions see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub method: &'a Method,
+    /// The path as received, before normalisation.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    /// The client connection's address.
+    pub peer: Option<IpAddr>,
+    /// An upgrade request (`Connection: upgrade` with `Upgrade`).
+    pub upgrade: bool,
+}
+
+/// What a request was admitted with: everything the later phases need.
+#[derive(Debug)]
+pub struct Admission {
+    pub route: Arc<Route>,
+    /// The normalised path the route was chosen on (sent upstream after the
+    /// route's rewrite).
+    pub path: String,
+    /// An admitted WebSocket upgrade.
+    pub websocket: bool,
+    /// On an upgrade that offered subprotocols: what to forward and answer.
+    pub subprotocols: Option<Subprotocols>,
+    /// The route's tightest rate-limit decision, for the response headers.
+    pub rate: Option<Decision>,
+    /// On a protected route: who, from which grant.
+    pub user: Option<User>,
+}
+
+/// The verified caller of a protected route.
+#[derive(Debug)]
+pub struct User {
+    pub identity: Arc<Identity>,
+    pub stale: bool,
+    pub grant: Grant,
+    /// An admitted WebSocket's place under its user's tunnel bound.
+    pub tunnel: Option<Slot<String>>,
+}
+
+/// Keeps the decision with the fewest requests left, for the headers.
+fn tighter(current: Option<Decision>, new: Decision) -> Option<Decision> {
+    match current {
+        Some(old) if old.remaining <= new.remaining => Some(old),
+        _ => Some(new),
+    }
+}
+
+/// The 429 for a request a limit refused, counted by route and scope.
+fn rate_limited(route: &Route, scope: Scope, decision: Decision) -> Refusal {
+    metrics::get()
+        .rate_limited
+        .with_label_values(&[route.prefix.as_str(), scope.label()])
+        .inc();
+    Refusal::RateLimited(decision)
+}
+
+/// A refused request, with the route it was refused on when it got that
+/// far (for the access log and the per-route metrics).
+#[derive(Debug)]
+pub struct Refused {
+    pub refusal: Refusal,
+    pub routed: Option<route::Routed>,
+}
+
+/// What the checks after routing found.
+struct Checked {
+    subprotocols: Option<Subprotocols>,
+    rate: Option<Decision>,
+    user: Option<User>,
+}
+
+/// Decides whether a request goes upstream: `Ok` with what it was admitted
+/// with, or the refusal to answer.
+pub async fn admit(
+    request: &Request<'_>,
+    generation: &Generation,
+    tunnels: &Arc<Counts<String>>,
+    request_id: &str,
+) -> Result<Admission, Refused> {
+    let routed = route::resolve(&generation.routes, request).map_err(|refusal| Refused {
+        refusal,
+        routed: None,
+    })?;
+    match check(request, &routed, generation, tunnels, request_id).await {
+        Ok(checked) => Ok(Admission {
+            route: routed.route,
+            path: routed.path,
+            websocket: routed.websocket,
+            subprotocols: checked.subprotocols,
+            rate: checked.rate,
+            user: checked.user,
+        }),
+        Err(refusal) => Err(Refused {
+            refusal,
+            routed: Some(routed),
+        }),
+    }
+}
+
+/// The checks on a routed request: limits, body size, credentials, role,
+/// WebSocket slots.
+async fn check(
+    request: &Request<'_>,
+    routed: &route::Routed,
+    generation: &Generation,
+    tunnels: &Arc<Counts<String>>,
+    request_id: &str,
+) -> Result<Checked, Refusal> {
+    let route = &routed.route;
+    let mut rate = None;
+
+    // Per client IP and per route, before anything is verified: a flood is
+    // refused here and never reaches the auth service.
+    if let Some(limits) = &route.limits {
+        let server = &generation.config.server;
+        let forwarded: Vec<&str> = if server.trusted_proxies.is_empty() {
+            Vec::new()
+        } else {
+            request
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect()
+        };
+        let ip = headers::limit_address(request.peer, &forwarded, |ip| server.trusts(ip));
+        if let Some((scope, decision)) = limits.before_auth(ip) {
+            if !decision.allowed {
+                return Err(rate_limited(route, scope, decision));
+            }
+            rate = tighter(rate, decision);
+        }
+    }
+
+    body::check_declared(request.headers, route.max_body_bytes)?;
+    let credentials = Credentials::read(request.headers, routed.websocket)?;
+
+    let mut user = None;
+    if route.access == crate::config::Access::Protected {
+        let auth::Admitted {
+            identity,
+            stale,
+            grant,
+        } = generation
+            .verifier
+            .admit(&credentials, route.stale_if_error, request_id)
+            .await?;
+        if !route.admits(&identity.role) {
+            return Err(Refusal::Forbidden);
+        }
+        if let Some((scope, decision)) = route
+            .limits
+            .as_ref()
+            .and_then(|limits| limits.after_auth(&identity.user_id))
+        {
+            if !decision.allowed {
+                return Err(rate_limited(route, scope, decision));
+            }
+            rate = tighter(rate, decision);
+        }
+        let mut tunnel = None;
+        if routed.websocket {
+            let max = generation.config.server.max_websockets_per_user;
+            tunnel = Some(
+                tunnels
+                    .take(identity.user_id.to_string(), max)
+                    .ok_or(Refusal::TooManyWebsockets { max })?,
+            );
+        }
+        user = Some(User {
+            identity,
+            stale,
+            grant,
+            tunnel,
+        });
+    }
+    Ok(Checked {
+        subprotocols: credentials.subprotocols,
+        rate,
+        user,
+    })
+}

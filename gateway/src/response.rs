@@ -1,0 +1,158 @@
+//! What happens to a response, decided in plain code: the header edits on
+//! an upstream's answer, and which refusal answers a failure to get one.
+//!
+//! A new response-side feature is one module (or function) here and one
+//! call in the edge's `response_filter` (or `fail_to_proxy`).
+
+use crate::auth::BEARER_SUBPROTOCOL;
+use crate::edit::Edit;
+use crate::headers::REQUEST_ID;
+use crate::refusal::{self, Refusal};
+use crate::request::Admission;
+
+/// The edits on an upstream's response head.
+pub fn edits(
+    admission: Option<&Admission>,
+    request_id: &str,
+    status: u16,
+    answered_subprotocol: bool,
+) -> Vec<Edit> {
+    let mut edits = vec![Edit::set(REQUEST_ID, request_id)];
+    let Some(admission) = admission else {
+        return edits;
+    };
+    if let Some(rate) = &admission.rate {
+        edits.extend(
+            refusal::rate_headers(rate)
+                .into_iter()
+                .map(|(name, value)| Edit::set(name, value)),
+        );
+    }
+    // A browser that offered subprotocols fails the handshake unless the
+    // 101 names one of them; the upstream never saw `bearer`.
+    if status == 101
+        && admission.subprotocols.as_ref().is_some_and(|s| s.bearer)
+        && !answered_subprotocol
+    {
+        edits.push(Edit::Set(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            BEARER_SUBPROTOCOL.into(),
+        ));
+    }
+    edits
+}
+
+/// Where a request failed, as the edge classifies the proxy engine's errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// A phase asked for this status.
+    Status(u16),
+    /// The client's body stalled past `server.request_body_timeout`.
+    BodyTimeout,
+    /// The upstream timed out (connect, read or write).
+    UpstreamTimeout,
+    /// The upstream refused, reset, or answered something unreadable.
+    Upstream,
+    /// The connection to the client broke or timed out: no one to answer.
+    ClientGone,
+    /// The client sent something that could not be read.
+    Client,
+    /// Anything else: the gateway's own fault.
+    Internal,
+}
+
+/// The refusal that answers a failure (`None`: nobody to answer), and the
+/// status to log.
+pub fn failure(failure: Failure, no_healthy: bool) -> (u16, Option<Refusal>) {
+    let refusal = match failure {
+        Failure::ClientGone => return (0, None),
+        Failure::Status(502) | Failure::Upstream => Refusal::BadGateway { no_healthy },
+        Failure::Status(503) => Refusal::Unavailable,
+        Failure::Status(504) | Failure::UpstreamTimeout => Refusal::GatewayTimeout,
+        Failure::Status(413) => Refusal::PayloadTooLarge { limit: None },
+        Failure::Status(400) | Failure::Client => Refusal::Unreadable,
+        Failure::Status(408) | Failure::BodyTimeout => Refusal::RequestTimeout { head: false },
+        Failure::Status(431) => Refusal::HeadersTooLarge,
+        Failure::Status(_) | Failure::Internal => Refusal::Internal,
+    };
+    (refusal.status(), Some(refusal))
+}
+
+/// The refusal for a request refused before any phase ran.
+pub fn early(status: u16) -> Refusal {
+    match status {
+        405 => Refusal::ConnectNotSupported,
+        408 => Refusal::RequestTimeout { head: true },
+        431 => Refusal::HeadersTooLarge,
+        _ => Refusal::Unreadable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_map_to_one_refusal_each() {
+        let cases = [
+            (Failure::ClientGone, false, 0, None),
+            (
+                Failure::Upstream,
+                false,
+                502,
+                Some(Refusal::BadGateway { no_healthy: false }),
+            ),
+            (
+                Failure::Status(502),
+                true,
+                502,
+                Some(Refusal::BadGateway { no_healthy: true }),
+            ),
+            (Failure::Status(503), false, 503, Some(Refusal::Unavailable)),
+            (
+                Failure::UpstreamTimeout,
+                false,
+                504,
+                Some(Refusal::GatewayTimeout),
+            ),
+            (
+                Failure::Status(504),
+                false,
+                504,
+                Some(Refusal::GatewayTimeout),
+            ),
+            (
+                Failure::Status(413),
+                false,
+                413,
+                Some(Refusal::PayloadTooLarge { limit: None }),
+            ),
+            (Failure::Client, false, 400, Some(Refusal::Unreadable)),
+            (Failure::Status(400), false, 400, Some(Refusal::Unreadable)),
+            (
+                Failure::BodyTimeout,
+                false,
+                408,
+                Some(Refusal::RequestTimeout { head: false }),
+            ),
+            (
+                Failure::Status(408),
+                false,
+                408,
+                Some(Refusal::RequestTimeout { head: false }),
+            ),
+            (Failure::Internal, false, 500, Some(Refusal::Internal)),
+            (Failure::Status(418), false, 500, Some(Refusal::Internal)),
+        ];
+        for (given, no_healthy, status, refusal) in cases {
+            assert_eq!(failure(given, no_healthy), (status, refusal), "{given:?}");
+        }
+    }
+
+    #[test]
+    fn early_refusals() {
+        for (status, expected) in [(400, 400), (405, 405), (408, 408), (431, 431), (414, 400)] {
+            assert_eq!(early(status).status(), expected, "{status}");
+        }
+    }
+}

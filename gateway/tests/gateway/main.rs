@@ -1,0 +1,13 @@
+//! The gateway as users, operators and attackers meet it: real gateway and
+//! auth service processes on ephemeral ports, and a recording upstream.
+//! One test binary; one module per subject.
+
+mod auth;
+mod hardening;
+mod lifecycle;
+mod limits;
+mod revocations;
+mod support;
+mod tls;
+mod upstreams;
+mod websockets;

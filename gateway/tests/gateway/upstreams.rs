@@ -1,0 +1,185 @@
+//! Upstream pools: failures, failover, retries, timeouts, the envelope of
+//! every gateway error, servers returning to rotation.
+
+use crate::support::*;
+use service_kit::testing::TestDatabase;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_upstream_gives_502_then_leaves_rotation() {
+    let s = stack(&[]).await;
+    let gw = s.gateway.addr();
+    assert_eq!(raw(gw, "GET", "/api/public/a", &[], "").await.status, 200);
+    s.tasks.stop();
+    let first = raw(gw, "GET", "/api/public/a", &[], "").await;
+    assert_eq!(first.status, 502, "{:?}", first.body);
+    assert_eq!(first.code(), "bad_gateway");
+    // Within two health-check intervals (200 ms each, plus slack) the server
+    // is out of rotation, and the answer says so.
+    let ejected = eventually(Duration::from_secs(3), async || {
+        raw(gw, "GET", "/api/public/a", &[], "").await.body["error"]["message"]
+            == "no healthy upstream server for this route"
+    })
+    .await;
+    assert!(ejected, "the dead server stayed in rotation");
+    let reply = raw(gw, "GET", "/api/public/a", &[], "").await;
+    assert_eq!(reply.status, 502);
+    assert_eq!(reply.header("retry-after"), None);
+    let gauge = format!(
+        "portcullis_upstream_healthy{{server=\"{}\",upstream=\"tasks\"}}",
+        s.tasks.addr
+    );
+    assert_eq!(s.gateway.metric(&gauge).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_fail_over_to_the_live_server_of_a_pool() {
+    let db = TestDatabase::new().await;
+    let auth = auth_service(&db, &[]);
+    let (a, b) = (Upstream::start().await, Upstream::start().await);
+    let gateway = Gateway::start(&routes(auth.addr, &[a.addr, b.addr], ""), &[]);
+    let gw = gateway.addr();
+    for _ in 0..4 {
+        assert_eq!(raw(gw, "GET", "/api/public/x", &[], "").await.status, 200);
+    }
+    assert_eq!((a.seen().len(), b.seen().len()), (2, 2), "round robin");
+    a.stop();
+    for i in 0..20 {
+        let reply = raw(gw, "GET", "/api/public/x", &[], "").await;
+        assert_eq!(reply.status, 200, "request {i} after one server stopped");
+    }
+    assert_eq!(b.seen().len(), 22);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_pooled_connection_is_retried_for_get_and_never_for_post() {
+    let db = TestDatabase::new().await;
+    let auth = auth_service(&db, &[]);
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&routes(auth.addr, &[upstream.addr], ""), &[]);
+    let gw = gateway.addr();
+    upstream
+        .drop_second
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+
+    // The first request leaves its connection in the pool; the second goes
+    // on it, the server drops it, and the gateway sends it again on a new
+    // connection.
+    assert_eq!(raw(gw, "GET", "/api/public/one", &[], "").await.status, 200);
+    let reply = raw(gw, "GET", "/api/public/two", &[], "").await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let targets: Vec<String> = upstream.seen().iter().map(|s| s.target.clone()).collect();
+    assert_eq!(
+        targets,
+        ["/api/public/one", "/api/public/two", "/api/public/two"]
+    );
+
+    // A POST that meets the same fate is answered 502 and sent only once:
+    // the server may have acted on it.
+    let reply = raw(gw, "POST", "/api/public/three", &[], "{}").await;
+    assert_eq!(reply.status, 502, "{:?}", reply.body);
+    let posts = upstream
+        .seen()
+        .iter()
+        .filter(|s| s.target == "/api/public/three")
+        .count();
+    assert_eq!(posts, 1, "a POST was sent twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_upstream_gives_504() {
+    let s = stack(&[]).await;
+    s.tasks.hang.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let reply = raw(s.gateway.addr(), "GET", "/api/public/slow", &[], "").await;
+    assert_eq!(reply.status, 504, "{:?}", reply.body);
+    assert_eq!(reply.code(), "gateway_timeout");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_errors_are_json_envelopes() {
+    let s = stack(&[]).await;
+    let gw = s.gateway.addr();
+    let (token, _) = register(gw, "errors@example.com").await;
+    let health = raw(gw, "GET", "/healthz", &[], "").await;
+    assert_eq!(
+        (health.status, health.body["status"].as_str()),
+        (200, Some("ok"))
+    );
+
+    let not_found = raw(gw, "GET", "/nowhere", &[], "").await;
+    assert_eq!((not_found.status, not_found.code()), (404, "not_found"));
+    let wrong_method = raw(gw, "GET", "/api/auth/login", &[], "").await;
+    assert_eq!(
+        (wrong_method.status, wrong_method.code()),
+        (405, "method_not_allowed")
+    );
+    assert_eq!(wrong_method.header("allow"), Some("POST"));
+    let big_body = raw(
+        gw,
+        "POST",
+        "/api/public/upload",
+        &[("content-length", "5000000")],
+        "",
+    )
+    .await;
+    assert_eq!(
+        (big_body.status, big_body.code()),
+        (413, "payload_too_large")
+    );
+    let huge = "h".repeat(20 * 1024);
+    let big_headers = raw(gw, "GET", "/api/public/x", &[("x-padding", &huge)], "").await;
+    assert_eq!(
+        (big_headers.status, big_headers.code()),
+        (431, "headers_too_large")
+    );
+    for (value, code) in [
+        ("", "unauthenticated"),
+        ("Bearer a.b", "invalid_token"),
+        ("Bearer a.b.c d", "invalid_token"),
+    ] {
+        let headers: Vec<(&str, &str)> = if value.is_empty() {
+            vec![]
+        } else {
+            vec![("authorization", value)]
+        };
+        let reply = raw(gw, "GET", "/api/tasks", &headers, "").await;
+        assert_eq!((reply.status, reply.code()), (401, code), "{value:?}");
+        assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
+    }
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    let reply = get_with_token(gw, "/api/tasks", &forged).await;
+    assert_eq!((reply.status, reply.code()), (401, "invalid_token"));
+    let user_on_admin = get_with_token(gw, "/api/admin/users", &token).await;
+    assert_eq!(
+        (user_on_admin.status, user_on_admin.code()),
+        (403, "forbidden")
+    );
+    assert!(s.tasks.seen().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_answers_again_returns_to_rotation() {
+    let s = stack(&[]).await;
+    let gw = s.gateway.addr();
+    let addr = s.tasks.addr;
+    s.tasks.stop();
+    let ejected = eventually(Duration::from_secs(3), async || {
+        raw(gw, "GET", "/api/public/a", &[], "").await.body["error"]["message"]
+            == "no healthy upstream server for this route"
+    })
+    .await;
+    assert!(ejected, "the stopped server stayed in rotation");
+    let revived = Upstream::start_on(addr).await;
+    let back = eventually(Duration::from_secs(3), async || {
+        raw(gw, "GET", "/api/public/a", &[], "").await.status == 200
+    })
+    .await;
+    assert!(
+        back,
+        "the server did not return within the health-check bound"
+    );
+    assert!(!revived.seen().is_empty());
+}
