@@ -31,17 +31,33 @@ impl Config {
             .map_err(|r| file_error(r.path, r.message, Some(r.line)))?;
         let mut de = crate::yaml_de::Deserializer::new(&events);
         let parsed: Result<Config, _> = serde_path_to_error::deserialize(&mut de);
+        // Every unknown key, wherever it is, then what else is wrong: one
+        // run reports every problem.
+        let mut errors: Vec<ConfigError> = de
+            .unknown_keys()
+            .into_iter()
+            .map(|unknown| ConfigError {
+                path: unknown.path,
+                message: unknown.message,
+                line: Some(unknown.line),
+            })
+            .collect();
         let config = match parsed {
             Ok(config) => config,
             Err(e) => {
                 let path = e.path().to_string();
                 let path = if path == "." { String::new() } else { path };
                 let line = lines.line(&path).or_else(|| de.line());
-                return Err(file_error(path, e.into_inner().0, line));
+                errors.push(ConfigError {
+                    path,
+                    message: e.into_inner().0,
+                    line,
+                });
+                return Err(ConfigErrors(errors));
             }
         };
         drop(events);
-        let errors = config.check(&lines);
+        errors.extend(config.check(&lines));
         if errors.is_empty() {
             let mut config = config;
             config.lines = std::sync::Arc::new(lines);

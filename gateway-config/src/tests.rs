@@ -154,6 +154,77 @@ fn unknown_keys_are_errors_with_a_line() {
 }
 
 #[test]
+fn every_unknown_key_and_every_other_problem_in_one_run() {
+    let source = r#"
+servr: { listen: "127.0.0.1:1" }
+auth:
+  verify_url: http://127.0.0.1:9001/api/verify
+  cache_tll: 30s
+upstreams:
+  tasks:
+    servers: ["127.0.0.1:9101"]
+    health_chek: { path: /healthz }
+routes:
+  - prefix: /api/tasks
+    upstream: tasks
+    access: protected
+  - prefix: /api/orders
+    upstream: ordrs
+    access: public
+    acess: protected
+"#;
+    let errors = Config::parse(source).expect_err("invalid").0;
+    let found: Vec<(String, Option<usize>)> =
+        errors.iter().map(|e| (e.path.clone(), e.line)).collect();
+    for (path, line) in [
+        ("servr", 2),
+        ("auth.cache_tll", 5),
+        ("upstreams.tasks.health_chek", 9),
+        ("routes[1].acess", 17),
+    ] {
+        assert!(
+            found.contains(&(path.to_owned(), Some(line))),
+            "{path} at line {line} missing: {errors:?}"
+        );
+    }
+    let unknown = errors
+        .iter()
+        .find(|e| e.path == "auth.cache_tll")
+        .expect("reported");
+    assert!(unknown.message.contains("expected one of"), "{unknown}");
+    // The checks after parsing still run: the undefined upstream too.
+    assert!(
+        errors.iter().any(|e| e.path == "routes[1].upstream"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn an_unknown_key_inside_an_alias_is_reported_once_per_use_with_its_path() {
+    let source = r#"
+auth:
+  verify_url: http://127.0.0.1:9001/api/verify
+upstreams:
+  tasks:
+    servers: ["127.0.0.1:9101"]
+routes:
+  - &r { prefix: /a, upstream: tasks, access: public, colour: red }
+  - *r
+"#;
+    let errors = Config::parse(source).expect_err("invalid").0;
+    let unknown: Vec<&str> = errors
+        .iter()
+        .filter(|e| e.message.contains("colour"))
+        .map(|e| e.path.as_str())
+        .collect();
+    assert_eq!(
+        unknown,
+        ["routes[0].colour", "routes[1].colour"],
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn every_semantic_error_is_reported_with_path_and_line() {
     let source = r#"
 auth:

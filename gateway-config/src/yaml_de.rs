@@ -10,7 +10,9 @@
 
 use crate::yaml_lines::{Ev, Node};
 use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
+use std::cell::RefCell;
 use std::fmt;
+use std::rc::Rc;
 
 /// A deserialisation error: serde's message; the caller adds the path and
 /// line.
@@ -35,7 +37,31 @@ impl de::Error for Error {
 /// the error names the key path.
 pub fn from_str<T: serde::de::DeserializeOwned>(source: &str) -> Result<T, String> {
     let (_, events) = crate::yaml_lines::KeyLines::read(source).map_err(|r| r.message)?;
-    serde_path_to_error::deserialize(&mut Deserializer::new(&events)).map_err(|e| e.to_string())
+    let mut de = Deserializer::new(&events);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| e.to_string())?;
+    match de.unknown_keys().into_iter().next() {
+        Some(unknown) => Err(format!("{}: {}", unknown.path, unknown.message)),
+        None => Ok(value),
+    }
+}
+
+/// A key a struct does not have. It is set aside (with its value) rather
+/// than failing the document, so that one run reports every unknown key
+/// along with every other problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownKey {
+    /// The key's path, e.g. `routes[3].acess`.
+    pub path: String,
+    pub line: usize,
+    /// serde's own message (`unknown field …, expected one of …`).
+    pub message: String,
+}
+
+/// One step of the path to the value being read.
+#[derive(Clone, Copy)]
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
 }
 
 /// A cursor over a document's events.
@@ -45,6 +71,8 @@ pub struct Deserializer<'a> {
     /// Collections and aliases entered: aliases can nest a document far
     /// deeper than its text, and serde recurses once per level.
     depth: usize,
+    path: Vec<Step<'a>>,
+    unknown: Rc<RefCell<Vec<UnknownKey>>>,
 }
 
 /// How deep deserialisation may go, aliases followed.
@@ -56,7 +84,34 @@ impl<'a> Deserializer<'a> {
             events,
             at: 0,
             depth: 0,
+            path: Vec::new(),
+            unknown: Rc::default(),
         }
+    }
+
+    /// The unknown keys set aside so far, in document order.
+    pub fn unknown_keys(&self) -> Vec<UnknownKey> {
+        self.unknown.borrow().clone()
+    }
+
+    fn path_text(&self, key: &str) -> String {
+        let mut text = String::new();
+        for step in &self.path {
+            match step {
+                Step::Key(k) => {
+                    if !text.is_empty() {
+                        text.push('.');
+                    }
+                    text.push_str(k);
+                }
+                Step::Index(i) => text.push_str(&format!("[{i}]")),
+            }
+        }
+        if !text.is_empty() {
+            text.push('.');
+        }
+        text.push_str(key);
+        text
     }
 
     fn deeper(&self) -> Result<usize, Error> {
@@ -98,6 +153,8 @@ impl<'a> Deserializer<'a> {
                     events: self.events,
                     at: *target,
                     depth,
+                    path: self.path.clone(),
+                    unknown: Rc::clone(&self.unknown),
                 }))
             }
             _ => None,
@@ -327,7 +384,7 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'_> {
             Ev::SeqStart => {
                 let outer = self.depth;
                 self.depth = self.deeper()?;
-                let value = visitor.visit_seq(Items { de: self });
+                let value = visitor.visit_seq(Items { de: self, index: 0 });
                 self.depth = outer;
                 let value = value?;
                 match self.next()? {
@@ -357,32 +414,16 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'_> {
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        follow_alias!(self, deserialize_map, visitor);
-        match self.next()? {
-            Ev::MapStart => {
-                let outer = self.depth;
-                self.depth = self.deeper()?;
-                let value = visitor.visit_map(Entries { de: self });
-                self.depth = outer;
-                let value = value?;
-                match self.next()? {
-                    Ev::MapEnd => Ok(value),
-                    _ => Err(de::Error::custom(
-                        "the mapping has more entries than expected",
-                    )),
-                }
-            }
-            ev => Err(de::Error::invalid_type(unexpected(ev), &visitor)),
-        }
+        self.mapping(visitor, None)
     }
 
     fn deserialize_struct<V: Visitor<'de>>(
         self,
         _name: &'static str,
-        _fields: &'static [&'static str],
+        fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Error> {
-        self.deserialize_map(visitor)
+        self.mapping(visitor, Some(fields))
     }
 
     fn deserialize_enum<V: Visitor<'de>>(
@@ -403,8 +444,44 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'_> {
     }
 }
 
+impl Deserializer<'_> {
+    /// A mapping; for a struct (`fields`), keys it does not have are set
+    /// aside as [`UnknownKey`]s with their values.
+    fn mapping<'de, V: Visitor<'de>>(
+        &mut self,
+        visitor: V,
+        fields: Option<&'static [&'static str]>,
+    ) -> Result<V::Value, Error> {
+        if let Some(target) = self.alias() {
+            let mut target = target?;
+            return target.mapping(visitor, fields);
+        }
+        match self.next()? {
+            Ev::MapStart => {
+                let outer = self.depth;
+                self.depth = self.deeper()?;
+                let value = visitor.visit_map(Entries {
+                    de: self,
+                    fields,
+                    pushed: false,
+                });
+                self.depth = outer;
+                let value = value?;
+                match self.next()? {
+                    Ev::MapEnd => Ok(value),
+                    _ => Err(de::Error::custom(
+                        "the mapping has more entries than expected",
+                    )),
+                }
+            }
+            ev => Err(de::Error::invalid_type(unexpected(ev), &visitor)),
+        }
+    }
+}
+
 struct Items<'a, 'b> {
     de: &'a mut Deserializer<'b>,
+    index: usize,
 }
 
 impl<'de> SeqAccess<'de> for Items<'_, '_> {
@@ -416,13 +493,23 @@ impl<'de> SeqAccess<'de> for Items<'_, '_> {
     ) -> Result<Option<T::Value>, Error> {
         match self.de.peek()? {
             Ev::SeqEnd => Ok(None),
-            _ => seed.deserialize(&mut *self.de).map(Some),
+            _ => {
+                self.de.path.push(Step::Index(self.index));
+                self.index += 1;
+                let value = seed.deserialize(&mut *self.de).map(Some);
+                self.de.path.pop();
+                value
+            }
         }
     }
 }
 
 struct Entries<'a, 'b> {
     de: &'a mut Deserializer<'b>,
+    /// A struct's fields: other keys are set aside.
+    fields: Option<&'static [&'static str]>,
+    /// The current key is on the path.
+    pushed: bool,
 }
 
 impl<'de> MapAccess<'de> for Entries<'_, '_> {
@@ -432,14 +519,39 @@ impl<'de> MapAccess<'de> for Entries<'_, '_> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, Error> {
-        match self.de.peek()? {
-            Ev::MapEnd => Ok(None),
-            _ => seed.deserialize(&mut *self.de).map(Some),
+        loop {
+            let node = self.de.events.get(self.de.at);
+            let Some(node) = node else {
+                return Err(Error("the file ends where a key was expected".into()));
+            };
+            match (&node.ev, self.fields) {
+                (Ev::MapEnd, _) => return Ok(None),
+                (Ev::Scalar(key, _), Some(fields)) if !fields.contains(&key.as_str()) => {
+                    let unknown = UnknownKey {
+                        path: self.de.path_text(key),
+                        line: node.line,
+                        message: <Error as de::Error>::unknown_field(key, fields).0,
+                    };
+                    self.de.unknown.borrow_mut().push(unknown);
+                    self.de.at += 1;
+                    self.de.skip()?;
+                }
+                (Ev::Scalar(key, _), _) => {
+                    self.de.path.push(Step::Key(key));
+                    self.pushed = true;
+                    return seed.deserialize(&mut *self.de).map(Some);
+                }
+                _ => return seed.deserialize(&mut *self.de).map(Some),
+            }
         }
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
-        seed.deserialize(&mut *self.de)
+        let value = seed.deserialize(&mut *self.de);
+        if std::mem::take(&mut self.pushed) {
+            self.de.path.pop();
+        }
+        value
     }
 }
 

@@ -176,3 +176,39 @@ impl Gateway {
         Ok(routes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The largest values `--check` allows still build every part of a
+    /// generation: caches, buckets, pools.
+    #[test]
+    fn the_largest_accepted_values_build() {
+        let source = r#"
+server: { max_header_bytes: 1MiB, keepalive_timeout: 1h, grace_period: 1h }
+auth:
+  verify_url: http://127.0.0.1:9/api/verify
+  cache_ttl: 24h
+  negative_ttl: 1h
+  cache_capacity: 10000000
+  leeway: 5m
+upstreams:
+  tasks: { servers: ["127.0.0.1:9101"] }
+routes:
+  - prefix: /api/x
+    upstream: tasks
+    access: protected
+    stale_if_error: 1h
+    rate_limit:
+      per_ip: { requests: 1, per: 24h, burst: 7 }
+      route: { requests: 1000000, per: 1ms, burst: 1000000 }
+"#;
+        let config = Config::parse(source).expect("largest values");
+        let start = Start {
+            secret: None,
+            revocable: true,
+        };
+        assert!(Generation::build(config, None, &start).is_ok());
+    }
+}

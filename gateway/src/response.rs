@@ -149,6 +149,96 @@ mod tests {
         }
     }
 
+    fn admission(bearer: Option<bool>, rate: bool) -> Admission {
+        use crate::router::Route;
+        use std::sync::Arc;
+        use std::time::Duration;
+        Admission {
+            route: Arc::new(Route {
+                index: 0,
+                prefix: "/ws".into(),
+                upstream: "u".into(),
+                access: crate::config::Access::Public,
+                roles: Vec::new(),
+                rewrite: None,
+                methods: Vec::new(),
+                forward_authorization: false,
+                websocket: true,
+                max_body_bytes: 0,
+                limits: None,
+                stale_if_error: None,
+            }),
+            path: "/ws".into(),
+            websocket: bearer.is_some(),
+            subprotocols: bearer.map(|bearer| crate::auth::Subprotocols {
+                others: String::new(),
+                bearer,
+            }),
+            rate: rate.then_some(crate::limits::Decision {
+                allowed: true,
+                limit: 10,
+                remaining: 4,
+                reset: Duration::from_millis(1500),
+                retry_after: Duration::ZERO,
+                window: Duration::from_secs(60),
+            }),
+            user: None,
+        }
+    }
+
+    #[test]
+    fn response_edits() {
+        let id = Edit::set("x-request-id", "rid");
+        let bearer = Edit::Set(http::header::SEC_WEBSOCKET_PROTOCOL, "bearer".into());
+        let rate = [
+            Edit::set("ratelimit", "limit=10, remaining=4, reset=2"),
+            Edit::set("ratelimit-policy", "10;w=60"),
+        ];
+        let cases: Vec<(Option<Admission>, u16, bool, Vec<Edit>)> = vec![
+            (None, 200, false, vec![id.clone()]),
+            (Some(admission(None, false)), 200, false, vec![id.clone()]),
+            (
+                Some(admission(None, true)),
+                200,
+                false,
+                [vec![id.clone()], rate.to_vec()].concat(),
+            ),
+            // A 101 must name `bearer` when the browser offered it...
+            (
+                Some(admission(Some(true), false)),
+                101,
+                false,
+                vec![id.clone(), bearer],
+            ),
+            // ...unless the upstream chose another, or it was not offered.
+            (
+                Some(admission(Some(true), false)),
+                101,
+                true,
+                vec![id.clone()],
+            ),
+            (
+                Some(admission(Some(false), false)),
+                101,
+                false,
+                vec![id.clone()],
+            ),
+            (
+                Some(admission(Some(true), false)),
+                403,
+                false,
+                vec![id.clone()],
+            ),
+        ];
+        for (admission, status, answered, expected) in cases {
+            assert_eq!(
+                edits(admission.as_ref(), "rid", status, answered),
+                expected,
+                "{status} {answered}"
+            );
+        }
+    }
+
     #[test]
     fn early_refusals() {
         for (status, expected) in [(400, 400), (405, 405), (408, 408), (431, 431), (414, 400)] {

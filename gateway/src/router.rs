@@ -17,7 +17,8 @@ pub struct Route {
     pub access: Access,
     pub roles: Vec<String>,
     pub rewrite: Option<String>,
-    /// Upper-case methods; empty means any.
+    /// Upper-case methods, HEAD included where GET is
+    /// ([`crate::config::implied_methods`]); empty means any.
     pub methods: Vec<String>,
     pub forward_authorization: bool,
     pub websocket: bool,
@@ -31,9 +32,7 @@ pub struct Route {
 
 impl Route {
     fn allows(&self, method: &str) -> bool {
-        self.methods.is_empty()
-            || self.methods.iter().any(|m| m == method)
-            || (method == "HEAD" && self.methods.iter().any(|m| m == "GET"))
+        self.methods.is_empty() || self.methods.iter().any(|m| m == method)
     }
 
     /// Whether `role` may use this route.
@@ -93,7 +92,10 @@ impl RouteTable {
                 access: route.access,
                 roles: route.roles.clone(),
                 rewrite: route.rewrite.as_ref().map(|p| p.0.clone()),
-                methods: route.methods.iter().map(|m| m.0.clone()).collect(),
+                methods: crate::config::implied_methods(route.methods.iter().map(|m| m.0.as_str()))
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
                 forward_authorization: route.forward_authorization,
                 websocket: route.websocket,
                 max_body_bytes: config.body_limit(route),
@@ -135,9 +137,6 @@ impl RouteTable {
                             .iter()
                             .flat_map(|r| r.methods.iter().map(String::as_str))
                             .collect();
-                        if allowed.contains(&"GET") {
-                            allowed.push("HEAD");
-                        }
                         allowed.sort_unstable();
                         allowed.dedup();
                         Lookup::MethodNotAllowed(allowed.join(", "))

@@ -88,6 +88,17 @@ impl Lapse {
 }
 
 impl Grant {
+    /// A grant admitted now, for tests of what is built from one.
+    #[cfg(test)]
+    pub(crate) fn at(expires: Option<u64>) -> Grant {
+        Grant {
+            expires,
+            ends: expires,
+            admitted: Instant::now(),
+            epoch: 0,
+        }
+    }
+
     /// Whether the grant still holds for `user_id`, at `now` (seconds since
     /// the epoch).
     pub fn lapsed(&self, verifier: &Verifier, user_id: &str, now: u64) -> Option<Lapse> {

@@ -142,3 +142,234 @@ pub fn connection(headers: &HeaderMap) -> Option<Edit> {
         Edit::Set(http::header::CONNECTION, kept.join(", "))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Grant, Identity, Subprotocols};
+    use crate::config::Access;
+    use crate::request::User;
+    use std::sync::Arc;
+
+    fn route(access: Access, forward_authorization: bool, rewrite: Option<&str>) -> Arc<Route> {
+        Arc::new(Route {
+            index: 0,
+            prefix: "/api/tasks".into(),
+            upstream: "tasks".into(),
+            access,
+            roles: Vec::new(),
+            rewrite: rewrite.map(String::from),
+            methods: Vec::new(),
+            forward_authorization,
+            websocket: true,
+            max_body_bytes: 1024,
+            limits: None,
+            stale_if_error: None,
+        })
+    }
+
+    fn admission(
+        route: Arc<Route>,
+        websocket: bool,
+        user: bool,
+        subprotocols: Option<&str>,
+    ) -> Admission {
+        Admission {
+            route,
+            path: "/api/tasks/7".into(),
+            websocket,
+            subprotocols: subprotocols.map(|others| Subprotocols {
+                others: others.into(),
+                bearer: true,
+            }),
+            rate: None,
+            user: user.then(|| User {
+                identity: Arc::new(Identity {
+                    user_id: "7".into(),
+                    role: "admin".into(),
+                }),
+                stale: false,
+                grant: Grant::at(Some(1_900_000_000)),
+                tunnel: None,
+            }),
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                value.parse().expect("value"),
+            );
+        }
+        map
+    }
+
+    /// The client's headers after the edits, and the spoofing count.
+    fn forwarded(
+        client: &[(&str, &str)],
+        admission: &Admission,
+        trusted: bool,
+    ) -> (HeaderMap, usize) {
+        let mut map = headers(client);
+        let facts = Forward {
+            admission,
+            peer: Some("10.0.0.1".parse().expect("ip")),
+            trusted,
+            https: false,
+            request_id: "rid-1",
+            server: Some("127.0.0.1:9101".parse().expect("addr")),
+        };
+        let (edits, spoofed) = edits(&map, &facts);
+        crate::edit::apply(&mut map, &edits);
+        (map, spoofed)
+    }
+
+    fn all<'a>(map: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+        map.get_all(name)
+            .iter()
+            .map(|v| v.to_str().expect("text"))
+            .collect()
+    }
+
+    const HOSTILE: &[(&str, &str)] = &[
+        ("host", "example.com"),
+        ("x-user-id", "1"),
+        ("X-User-Id", "2"),
+        ("x_user_role", "admin"),
+        ("x-auth-expires", "99999999999"),
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-proto", "https"),
+        ("forwarded", "for=6.6.6.6"),
+        ("x-real-ip", "6.6.6.6"),
+        ("x-http-method-override", "DELETE"),
+        ("x-original-url", "/admin"),
+        ("my_header", "1"),
+        ("authorization", "Bearer a.b.c"),
+        ("x-request-id", "client-chosen"),
+        ("x-kept", "yes"),
+    ];
+
+    #[test]
+    fn a_public_route_gets_no_identity_and_nothing_the_client_forged() {
+        let admission = admission(route(Access::Public, false, None), false, false, None);
+        let (map, spoofed) = forwarded(HOSTILE, &admission, false);
+        assert_eq!(spoofed, 4, "every identity spelling is counted");
+        let cases: &[(&str, &[&str])] = &[
+            ("x-user-id", &[]),
+            ("x-user-role", &[]),
+            ("x_user_role", &[]),
+            ("x-auth-expires", &[]),
+            ("x-forwarded-for", &["10.0.0.1"]),
+            ("x-forwarded-host", &["example.com"]),
+            ("x-forwarded-proto", &["http"]),
+            ("forwarded", &[]),
+            ("x-real-ip", &[]),
+            ("x-http-method-override", &[]),
+            ("x-original-url", &[]),
+            ("my_header", &[]),
+            ("authorization", &[]),
+            ("x-request-id", &["rid-1"]),
+            ("host", &["127.0.0.1:9101"]),
+            ("x-kept", &["yes"]),
+        ];
+        for (name, expected) in cases {
+            assert_eq!(all(&map, name), *expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_protected_route_gets_exactly_one_verified_identity() {
+        let protected = admission(route(Access::Protected, false, None), false, true, None);
+        let (map, _) = forwarded(HOSTILE, &protected, false);
+        assert_eq!(all(&map, "x-user-id"), ["7"]);
+        assert_eq!(all(&map, "x-user-role"), ["admin"]);
+        // Only an upgraded connection is told when its token ends.
+        assert!(all(&map, "x-auth-expires").is_empty());
+        assert!(all(&map, "authorization").is_empty());
+
+        let forwarding = admission(route(Access::Protected, true, None), false, true, None);
+        let (map, _) = forwarded(HOSTILE, &forwarding, false);
+        assert_eq!(all(&map, "authorization"), ["Bearer a.b.c"]);
+    }
+
+    #[test]
+    fn a_websocket_is_told_when_its_token_ends_and_never_sees_the_bearer_subprotocol() {
+        let client = [
+            ("host", "example.com"),
+            ("sec-websocket-protocol", "chat, bearer, a.b.c"),
+        ];
+        let with_others = admission(
+            route(Access::Protected, false, None),
+            true,
+            true,
+            Some("chat"),
+        );
+        let (map, _) = forwarded(&client, &with_others, false);
+        assert_eq!(all(&map, "x-auth-expires"), ["1900000000"]);
+        assert_eq!(all(&map, "sec-websocket-protocol"), ["chat"]);
+
+        let only_bearer = admission(route(Access::Protected, false, None), true, true, Some(""));
+        let (map, _) = forwarded(&client, &only_bearer, false);
+        assert!(all(&map, "sec-websocket-protocol").is_empty());
+    }
+
+    #[test]
+    fn a_trusted_proxy_chain_is_extended_and_its_headers_kept() {
+        let admission = admission(route(Access::Public, false, None), false, false, None);
+        let (map, spoofed) = forwarded(HOSTILE, &admission, true);
+        assert_eq!(spoofed, 4, "identity headers go even from a trusted proxy");
+        assert_eq!(all(&map, "x-forwarded-for"), ["6.6.6.6, 10.0.0.1"]);
+        assert_eq!(all(&map, "x-forwarded-proto"), ["https"]);
+        assert_eq!(all(&map, "x-forwarded-host"), ["evil.example"]);
+        assert_eq!(all(&map, "x-real-ip"), ["6.6.6.6"]);
+        assert!(all(&map, "x-user-id").is_empty());
+    }
+
+    #[test]
+    fn targets_follow_the_rewrite_and_keep_the_query() {
+        let plain = route(Access::Public, false, None);
+        assert_eq!(
+            target(&plain, "/api/tasks/7", Some("a=1")).expect("uri"),
+            "/api/tasks/7?a=1"
+        );
+        let rewritten = route(Access::Public, false, Some("/v2/items"));
+        assert_eq!(
+            target(&rewritten, "/api/tasks/7", None).expect("uri"),
+            "/v2/items/7"
+        );
+        assert_eq!(
+            target(&rewritten, "/api/tasks", None).expect("uri"),
+            "/v2/items"
+        );
+    }
+
+    #[test]
+    fn connection_options_cannot_drop_what_the_gateway_sets() {
+        let cases: &[(&[&str], Option<Edit>)] = &[
+            (&[], None),
+            (&["keep-alive"], None),
+            (
+                &["close, x-user-id"],
+                Some(Edit::Set(http::header::CONNECTION, "close".into())),
+            ),
+            (
+                &["x-forwarded-for", "host"],
+                Some(Edit::Remove(http::header::CONNECTION)),
+            ),
+            (
+                &["upgrade, X-Request-Id", "keep-alive"],
+                Some(Edit::Set(
+                    http::header::CONNECTION,
+                    "upgrade, keep-alive".into(),
+                )),
+            ),
+        ];
+        for (values, expected) in cases {
+            let pairs: Vec<(&str, &str)> = values.iter().map(|v| ("connection", *v)).collect();
+            assert_eq!(&connection(&headers(&pairs)), expected, "{values:?}");
+        }
+    }
+}

@@ -215,3 +215,212 @@ async fn check(
         user,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::generation::Start;
+    use http::HeaderMap;
+
+    const SECRET: &str = "a-signing-secret-of-at-least-thirty-two-bytes";
+
+    const ROUTES: &str = r#"
+server: { max_websockets_per_user: 1, max_body_bytes: 1KiB }
+auth: { mode: local }
+upstreams:
+  a: { servers: ["127.0.0.1:1"] }
+routes:
+  - { prefix: /pub, upstream: a, access: public }
+  - { prefix: /admin, upstream: a, access: protected, roles: [admin] }
+  - { prefix: /mine, upstream: a, access: protected }
+  - { prefix: /lim, upstream: a, access: public, rate_limit: { per_ip: { requests: 1, per: 1m } } }
+  - { prefix: /ws, upstream: a, access: protected, websocket: true }
+"#;
+
+    fn generation() -> Generation {
+        let start = Start {
+            secret: Some(SECRET.into()),
+            revocable: false,
+        };
+        Generation::build(Config::parse(ROUTES).expect("routes"), None, &start).expect("built")
+    }
+
+    fn token(role: &str) -> String {
+        let now = crate::auth::unix_now();
+        let claims = serde_json::json!({
+            "sub": "7", "type": "access", "role": role,
+            "iat": now, "nbf": now, "exp": now + 600,
+        });
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("token")
+    }
+
+    async fn decide(
+        generation: &Generation,
+        tunnels: &Arc<Counts<String>>,
+        method: &str,
+        path: &str,
+        pairs: &[(&str, String)],
+        upgrade: bool,
+    ) -> Result<Admission, Refused> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                value.parse().expect("value"),
+            );
+        }
+        let method = Method::from_bytes(method.as_bytes()).expect("method");
+        let request = Request {
+            method: &method,
+            path,
+            query: None,
+            headers: &headers,
+            peer: Some("192.0.2.1".parse().expect("ip")),
+            upgrade,
+        };
+        admit(&request, generation, tunnels, "rid").await
+    }
+
+    fn refusal(result: Result<Admission, Refused>) -> (Refusal, Option<String>) {
+        let refused = result.expect_err("refused");
+        (
+            refused.refusal,
+            refused.routed.map(|r| r.route.prefix.clone()),
+        )
+    }
+
+    #[tokio::test]
+    async fn admissions_and_refusals_in_order() {
+        let generation = generation();
+        let tunnels = Arc::default();
+        let user = format!("Bearer {}", token("user"));
+        let admin = format!("Bearer {}", token("admin"));
+        let auth = |value: &str| vec![("authorization", value.to_owned())];
+
+        let public = decide(&generation, &tunnels, "GET", "/pub/x", &[], false).await;
+        assert!(
+            public
+                .as_ref()
+                .is_ok_and(|a| a.user.is_none() && a.path == "/pub/x")
+        );
+
+        assert_eq!(
+            refusal(decide(&generation, &tunnels, "GET", "/nowhere", &[], false).await),
+            (Refusal::NotFound, None)
+        );
+        // Refused after routing: the route is kept for the log.
+        assert_eq!(
+            refusal(decide(&generation, &tunnels, "GET", "/mine", &[], false).await),
+            (Refusal::Unauthenticated, Some("/mine".into()))
+        );
+        assert_eq!(
+            refusal(
+                decide(
+                    &generation,
+                    &tunnels,
+                    "GET",
+                    "/mine",
+                    &auth("Bearer x"),
+                    false
+                )
+                .await
+            )
+            .0,
+            Refusal::MalformedBearer
+        );
+        assert_eq!(
+            refusal(
+                decide(
+                    &generation,
+                    &tunnels,
+                    "GET",
+                    "/mine",
+                    &auth("Bearer a.b.c"),
+                    false
+                )
+                .await
+            )
+            .0,
+            Refusal::InvalidToken
+        );
+        assert_eq!(
+            refusal(decide(&generation, &tunnels, "GET", "/admin", &auth(&user), false).await).0,
+            Refusal::Forbidden
+        );
+        let admitted = decide(&generation, &tunnels, "GET", "/admin", &auth(&admin), false)
+            .await
+            .expect("admin");
+        let who = admitted.user.expect("user");
+        assert_eq!(
+            (&*who.identity.user_id, &*who.identity.role),
+            ("7", "admin")
+        );
+        assert!(!who.stale);
+
+        let too_long = vec![("content-length", "2048".to_owned())];
+        assert_eq!(
+            refusal(decide(&generation, &tunnels, "POST", "/pub", &too_long, false).await).0,
+            Refusal::PayloadTooLarge { limit: Some(1024) }
+        );
+
+        assert!(
+            decide(&generation, &tunnels, "GET", "/lim", &[], false)
+                .await
+                .is_ok()
+        );
+        let limited = refusal(decide(&generation, &tunnels, "GET", "/lim", &[], false).await).0;
+        assert!(
+            matches!(limited, Refusal::RateLimited(d) if !d.allowed),
+            "{limited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn websockets_take_a_slot_and_their_token_from_the_subprotocol() {
+        let generation = generation();
+        let tunnels = Arc::default();
+        let offered = vec![(
+            "sec-websocket-protocol",
+            format!("chat, bearer, {}", token("user")),
+        )];
+        let first = decide(&generation, &tunnels, "GET", "/ws", &offered, true)
+            .await
+            .expect("admitted");
+        assert!(first.websocket);
+        assert_eq!(
+            first.subprotocols,
+            Some(Subprotocols {
+                others: "chat".into(),
+                bearer: true
+            })
+        );
+        let user = first.user.as_ref().expect("user");
+        assert!(user.tunnel.is_some() && user.grant.expires.is_some());
+        assert_eq!(
+            refusal(decide(&generation, &tunnels, "GET", "/ws", &offered, true).await).0,
+            Refusal::TooManyWebsockets { max: 1 }
+        );
+        drop(first);
+        assert!(
+            decide(&generation, &tunnels, "GET", "/ws", &offered, true)
+                .await
+                .is_ok()
+        );
+
+        let malformed = vec![("sec-websocket-protocol", "bearer".to_owned())];
+        assert_eq!(
+            refusal(decide(&generation, &tunnels, "GET", "/ws", &malformed, true).await).0,
+            Refusal::MalformedSubprotocol
+        );
+        assert_eq!(
+            refusal(decide(&generation, &tunnels, "GET", "/pub", &offered, true).await).0,
+            Refusal::UpgradeNotAllowed
+        );
+    }
+}
