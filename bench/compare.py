@@ -542,6 +542,7 @@ def main():
         for scenario, system, config, tool, target, tok, script in ordered:
             log(f"round {round_}/{ROUNDS}: {scenario} / {system} {config} ({tool})")
             r = measure(tool, target, systems[system], token=tok, script=script)
+            log(f"  {r['rps']:.0f} req/s, p99 {r['p99']:.2f} ms")
             results.setdefault((scenario, system, config, tool), []).append(r)
 
     if QUICK:

@@ -1,19 +1,34 @@
 //! Header edits: what the plain decisions ask the edge to do to a request
 //! or response head, in order.
 
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Edit {
     /// Remove every value of the header.
     Remove(HeaderName),
     /// Replace every value of the header with this one.
-    Set(HeaderName, String),
+    Set(HeaderName, HeaderValue),
 }
 
+/// A value the gateway made could not be a header value (a bug, never a
+/// client's doing: every value is built from checked parts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsendable;
+
 impl Edit {
-    pub fn set(name: &'static str, value: impl Into<String>) -> Edit {
-        Edit::Set(HeaderName::from_static(name), value.into())
+    /// Sets `name` to `value`, taken over without a copy.
+    pub fn set(name: &'static str, value: impl Into<String>) -> Result<Edit, Unsendable> {
+        let value = HeaderValue::try_from(value.into()).map_err(|_| Unsendable)?;
+        Ok(Edit::Set(HeaderName::from_static(name), value))
+    }
+
+    /// Sets `name` to a value known at compile time.
+    pub fn set_static(name: &'static str, value: &'static str) -> Edit {
+        Edit::Set(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        )
     }
 
     pub fn remove(name: &'static str) -> Edit {
@@ -30,9 +45,7 @@ pub fn apply(headers: &mut http::HeaderMap, edits: &[Edit]) {
                 headers.remove(name);
             }
             Edit::Set(name, value) => {
-                if let Ok(value) = http::HeaderValue::from_str(value) {
-                    headers.insert(name.clone(), value);
-                }
+                headers.insert(name.clone(), value.clone());
             }
         }
     }

@@ -5,7 +5,7 @@
 //! call in the edge's `response_filter` (or `fail_to_proxy`).
 
 use crate::auth::BEARER_SUBPROTOCOL;
-use crate::edit::Edit;
+use crate::edit::{Edit, Unsendable};
 use crate::headers::REQUEST_ID;
 use crate::refusal::{self, Refusal};
 use crate::request::Admission;
@@ -16,17 +16,16 @@ pub fn edits(
     request_id: &str,
     status: u16,
     answered_subprotocol: bool,
-) -> Vec<Edit> {
-    let mut edits = vec![Edit::set(REQUEST_ID, request_id)];
+) -> Result<Vec<Edit>, Unsendable> {
+    let mut edits = Vec::with_capacity(4);
+    edits.push(Edit::set(REQUEST_ID, request_id)?);
     let Some(admission) = admission else {
-        return edits;
+        return Ok(edits);
     };
     if let Some(rate) = &admission.rate {
-        edits.extend(
-            refusal::rate_headers(rate)
-                .into_iter()
-                .map(|(name, value)| Edit::set(name, value)),
-        );
+        for (name, value) in refusal::rate_headers(rate) {
+            edits.push(Edit::set(name, value)?);
+        }
     }
     // A browser that offered subprotocols fails the handshake unless the
     // 101 names one of them; the upstream never saw `bearer`.
@@ -36,10 +35,10 @@ pub fn edits(
     {
         edits.push(Edit::Set(
             http::header::SEC_WEBSOCKET_PROTOCOL,
-            BEARER_SUBPROTOCOL.into(),
+            http::HeaderValue::from_static(BEARER_SUBPROTOCOL),
         ));
     }
-    edits
+    Ok(edits)
 }
 
 /// Where a request failed, as the edge classifies the proxy engine's errors.
@@ -76,6 +75,46 @@ pub fn failure(failure: Failure, no_healthy: bool) -> (u16, Option<Refusal>) {
         Failure::Status(_) | Failure::Internal => Refusal::Internal,
     };
     (refusal.status(), Some(refusal))
+}
+
+/// Whether a request whose upstream exchange failed goes again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Never: the upstream may have acted on it, or there is nothing left
+    /// to send again.
+    Never,
+    /// On a fresh connection.
+    Again,
+    /// As the proxy engine decides for its own pooled connections.
+    Default,
+}
+
+/// What a failed exchange may do. A pooled connection the server closed
+/// since its last use can fail on write as well as on read; the engine
+/// retries only the read failures. Nothing was answered yet and the request
+/// is idempotent, so it goes again on a fresh connection (the same server,
+/// or the next if that one refuses). A request that is not idempotent, or
+/// whose body can no longer be replayed, is never sent twice.
+pub fn retry(
+    idempotent: bool,
+    replayable_body: bool,
+    answered: bool,
+    reused: bool,
+    connection_broke: bool,
+) -> Retry {
+    if !idempotent || !replayable_body || answered {
+        Retry::Never
+    } else if reused && connection_broke {
+        Retry::Again
+    } else {
+        Retry::Default
+    }
+}
+
+/// A failed connect sent nothing, so any method may go to the next server,
+/// until every server of the pool was tried.
+pub fn connect_again(tried: usize, pool_size: usize) -> bool {
+    tried < pool_size
 }
 
 /// The refusal for a request refused before any phase ran.
@@ -188,11 +227,14 @@ mod tests {
 
     #[test]
     fn response_edits() {
-        let id = Edit::set("x-request-id", "rid");
-        let bearer = Edit::Set(http::header::SEC_WEBSOCKET_PROTOCOL, "bearer".into());
+        let id = Edit::set_static("x-request-id", "rid");
+        let bearer = Edit::Set(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            http::HeaderValue::from_static("bearer"),
+        );
         let rate = [
-            Edit::set("ratelimit", "limit=10, remaining=4, reset=2"),
-            Edit::set("ratelimit-policy", "10;w=60"),
+            Edit::set_static("ratelimit", "limit=10, remaining=4, reset=2"),
+            Edit::set_static("ratelimit-policy", "10;w=60"),
         ];
         let cases: Vec<(Option<Admission>, u16, bool, Vec<Edit>)> = vec![
             (None, 200, false, vec![id.clone()]),
@@ -233,10 +275,34 @@ mod tests {
         for (admission, status, answered, expected) in cases {
             assert_eq!(
                 edits(admission.as_ref(), "rid", status, answered),
-                expected,
+                Ok(expected),
                 "{status} {answered}"
             );
         }
+    }
+
+    #[test]
+    fn retries_never_send_a_request_the_upstream_may_have_acted_on_twice() {
+        use Retry::*;
+        // (idempotent, replayable body, answered, reused, connection broke)
+        let cases = [
+            ((true, true, false, true, true), Again),
+            ((true, true, false, false, true), Default),
+            ((true, true, false, true, false), Default),
+            ((false, true, false, true, true), Never),
+            ((true, false, false, true, true), Never),
+            ((true, true, true, true, true), Never),
+        ];
+        for ((idempotent, replayable, answered, reused, broke), expected) in cases {
+            assert_eq!(
+                retry(idempotent, replayable, answered, reused, broke),
+                expected,
+                "{idempotent} {replayable} {answered} {reused} {broke}"
+            );
+        }
+        assert!(connect_again(1, 2));
+        assert!(!connect_again(2, 2));
+        assert!(!connect_again(0, 0));
     }
 
     #[test]

@@ -17,8 +17,14 @@ pub struct TestDatabase {
 }
 
 enum Cleanup {
-    Directory(#[allow(dead_code)] tempfile::TempDir),
-    Schema { admin_url: String, schema: String },
+    /// Removed when dropped.
+    Directory {
+        _dir: tempfile::TempDir,
+    },
+    Schema {
+        admin_url: String,
+        schema: String,
+    },
 }
 
 fn unique_name() -> String {
@@ -67,7 +73,7 @@ impl TestDatabase {
                 let url = format!("sqlite://{}", dir.path().join("test.db").display());
                 TestDatabase {
                     url,
-                    cleanup: Cleanup::Directory(dir),
+                    cleanup: Cleanup::Directory { _dir: dir },
                 }
             }
         }

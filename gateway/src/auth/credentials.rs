@@ -125,10 +125,13 @@ pub struct Subprotocols {
     pub bearer: bool,
 }
 
-/// What a request offers to authenticate with, read once from its headers.
+/// What a request offers to authenticate with. The subprotocols are read
+/// at once (they are edited on every route); `Authorization` only when a
+/// protected route asks for the token.
 #[derive(Debug)]
 pub struct Credentials<'a> {
-    token: Result<&'a str, BearerError>,
+    headers: &'a HeaderMap,
+    subprotocol_token: Option<&'a str>,
     /// On a WebSocket upgrade that offered subprotocols.
     pub subprotocols: Option<Subprotocols>,
 }
@@ -139,8 +142,11 @@ impl<'a> Credentials<'a> {
     /// counts (on protected routes) when there is no `Authorization`; a
     /// malformed `bearer` subprotocol is refused on every route.
     pub fn read(headers: &'a HeaderMap, websocket: bool) -> Result<Self, Refusal> {
-        let mut subprotocol_token = None;
-        let mut subprotocols = None;
+        let mut credentials = Credentials {
+            headers,
+            subprotocol_token: None,
+            subprotocols: None,
+        };
         if websocket {
             let offered: Vec<&[u8]> = headers
                 .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
@@ -150,34 +156,31 @@ impl<'a> Credentials<'a> {
             if !offered.is_empty() {
                 let parsed =
                     subprotocol_bearer(&offered).map_err(|_| Refusal::MalformedSubprotocol)?;
-                subprotocol_token = parsed.token;
-                subprotocols = Some(Subprotocols {
+                credentials.subprotocol_token = parsed.token;
+                credentials.subprotocols = Some(Subprotocols {
                     others: parsed.others,
                     bearer: parsed.token.is_some(),
                 });
             }
         }
-        let values: Vec<&[u8]> = headers
-            .get_all(http::header::AUTHORIZATION)
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect();
-        let token = match (bearer(&values), subprotocol_token) {
-            (Err(BearerError::Missing), Some(token)) => Ok(token),
-            (result, _) => result,
-        };
-        Ok(Credentials {
-            token,
-            subprotocols,
-        })
+        Ok(credentials)
     }
 
-    /// The token, or the refusal a protected route answers without one.
+    /// The token (from `Authorization`, else the `bearer` subprotocol), or
+    /// the refusal a protected route answers without one.
     pub fn token(&self) -> Result<&'a str, Refusal> {
-        self.token.map_err(|e| match e {
-            BearerError::Missing => Refusal::Unauthenticated,
-            BearerError::Malformed => Refusal::MalformedBearer,
-        })
+        let mut values = self.headers.get_all(http::header::AUTHORIZATION).iter();
+        let found = match (values.next(), values.next()) {
+            (None, _) => bearer(&[]),
+            (Some(one), None) => bearer(&[one.as_bytes()]),
+            (Some(_), Some(_)) => Err(BearerError::Malformed),
+        };
+        match (found, self.subprotocol_token) {
+            (Err(BearerError::Missing), Some(token)) => Ok(token),
+            (Ok(token), _) => Ok(token),
+            (Err(BearerError::Missing), None) => Err(Refusal::Unauthenticated),
+            (Err(BearerError::Malformed), _) => Err(Refusal::MalformedBearer),
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use crate::refusal::Refusal;
 use crate::request::front::{self, Front, Head};
 use crate::request::route::Routed;
 use crate::request::{self, Admission, Refused, Request, body, forward};
-use crate::response::{self, Failure};
+use crate::response::{self, Failure, Retry};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -73,6 +73,57 @@ fn plain_request<'a>(session: &'a Session) -> Request<'a> {
         headers: &head.headers,
         peer: client_ip(session),
         upgrade: session.is_upgrade_req(),
+    }
+}
+
+/// The request head's shape, for the front decisions.
+fn head(session: &Session, https: bool) -> Head<'_> {
+    let head = session.req_header();
+    Head {
+        http11: head.version == http::Version::HTTP_11,
+        target_bytes: head.raw_path().len(),
+        target: head.uri.path_and_query().map_or("/", |p| p.as_str()),
+        https,
+    }
+}
+
+/// Writes what the front decided instead of going on; the connection is
+/// closed after a refusal.
+async fn answer_front(session: &mut Session, request_id: &str, decided: Front) -> Result<()> {
+    match decided {
+        Front::Continue => Ok(()),
+        Front::Health => write::health(session, request_id).await,
+        Front::Redirect(location) => write::redirect(session, request_id, location).await,
+        Front::Refuse(refusal) => {
+            session.set_keepalive(None);
+            write::refusal(session, request_id, &refusal).await
+        }
+    }
+}
+
+/// Writes an admission's refusal.
+async fn refuse(session: &mut Session, ctx: &mut Ctx, refused: Refused) -> Result<()> {
+    ctx.refused_on = refused.routed;
+    if !session.is_body_empty() {
+        // Reading a refused body just to keep the connection would let a
+        // client make the gateway read without limit.
+        session.set_keepalive(None);
+    }
+    write::refusal(session, &ctx.request_id, &refused.refusal).await
+}
+
+impl Ctx {
+    /// Keeps an admission: its pool, and unless it is a WebSocket, the
+    /// body's bounds (each read waits at most what is left of the deadline).
+    fn admitted(&mut self, admission: Admission, generation: &Generation, session: &mut Session) {
+        self.upstream.pool = generation.pools.get(&admission.route.upstream).cloned();
+        if !admission.websocket {
+            let limit = generation.config.server.request_body_timeout.0;
+            let max = admission.route.max_body_bytes;
+            self.body = Some(body::Progress::new(max, limit, Instant::now()));
+            session.set_read_timeout(Some(limit));
+        }
+        self.admission = Some(admission);
     }
 }
 
@@ -165,61 +216,24 @@ impl ProxyHttp for Proxy {
             .ok_or_else(|| Error::new(ErrorType::InternalError))?;
         ctx.request_id = front::request_id(&session.req_header().headers);
         ctx.https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        let head = session.req_header();
-        let shape = Head {
-            http11: head.version == http::Version::HTTP_11,
-            target_bytes: head.raw_path().len(),
-            target: head.uri.path_and_query().map_or("/", |p| p.as_str()),
-            https: ctx.https,
-        };
-        match front::check(&plain_request(session), &shape, &generation.config) {
-            Front::Continue => {}
-            Front::Health => return write::health(session, &ctx.request_id).await.map(|()| true),
-            Front::Redirect(location) => {
-                return write::redirect(session, &ctx.request_id, location)
-                    .await
-                    .map(|()| true);
-            }
-            Front::Refuse(refusal) => {
-                session.set_keepalive(None);
-                write::refusal(session, &ctx.request_id, &refusal).await?;
-                return Ok(true);
-            }
+        let head = head(session, ctx.https);
+        let decided = front::check(&plain_request(session), &head, &generation.config);
+        if decided != Front::Continue {
+            return answer_front(session, &ctx.request_id, decided)
+                .await
+                .map(|()| true);
         }
         if let Some(edit) = forward::connection(&session.req_header().headers) {
             write::request_edits(session.req_header_mut(), vec![edit])?;
         }
-        let admitted = request::admit(
-            &plain_request(session),
-            &generation,
-            &self.gateway.tunnels,
-            &ctx.request_id,
-        )
-        .await;
-        match admitted {
+        let tunnels = &self.gateway.tunnels;
+        let request = plain_request(session);
+        match request::admit(&request, &generation, tunnels, &ctx.request_id).await {
             Ok(admission) => {
-                ctx.upstream.pool = generation.pools.get(&admission.route.upstream).cloned();
-                if !admission.websocket {
-                    // A body must arrive whole in time: each read waits at
-                    // most what is left (request_body_filter).
-                    let limit = generation.config.server.request_body_timeout.0;
-                    let max = admission.route.max_body_bytes;
-                    ctx.body = Some(body::Progress::new(max, limit, Instant::now()));
-                    session.set_read_timeout(Some(limit));
-                }
-                ctx.admission = Some(admission);
+                ctx.admitted(admission, &generation, session);
                 Ok(false)
             }
-            Err(Refused { refusal, routed }) => {
-                ctx.refused_on = routed;
-                if !session.is_body_empty() {
-                    // Reading a refused body just to keep the connection
-                    // would let a client make the gateway read without limit.
-                    session.set_keepalive(None);
-                }
-                write::refusal(session, &ctx.request_id, &refusal).await?;
-                Ok(true)
-            }
+            Err(refused) => refuse(session, ctx, refused).await.map(|()| true),
         }
     }
 
@@ -258,10 +272,8 @@ impl ProxyHttp for Proxy {
         if let Some(addr) = ctx.upstream.selected.take() {
             ctx.upstream.tried.push(addr);
         }
-        // A failed connect sent nothing, so any method may go to the next
-        // server; stop once every server of the pool has been tried.
         let pool_size = ctx.upstream.pool.as_ref().map_or(0, |p| p.len());
-        if ctx.upstream.tried.len() < pool_size {
+        if response::connect_again(ctx.upstream.tried.len(), pool_size) {
             e.set_retry(true);
         }
         e
@@ -276,25 +288,20 @@ impl ProxyHttp for Proxy {
         reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("upstream {peer}"));
-        // A pooled connection the server has closed since its last use can
-        // fail on write as well as on read; Pingora retries only the read
-        // failures. Nothing was answered yet and the request is idempotent,
-        // so it goes again on a fresh connection. A request that is not
-        // idempotent is never sent twice: the server may have acted on it.
-        let replayable = session.req_header().method.is_idempotent()
-            && !session.as_ref().retry_buffer_truncated()
-            && session.response_written().is_none();
-        if !replayable {
-            e.set_retry(false);
-        } else if reused
-            && matches!(
-                e.etype(),
-                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
-            )
-        {
-            e.set_retry(true);
-        } else {
-            e.retry.decide_reuse(reused);
+        let broke = matches!(
+            e.etype(),
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
+        );
+        match response::retry(
+            session.req_header().method.is_idempotent(),
+            !session.as_ref().retry_buffer_truncated(),
+            session.response_written().is_some(),
+            reused,
+            broke,
+        ) {
+            Retry::Never => e.set_retry(false),
+            Retry::Again => e.set_retry(true),
+            Retry::Default => e.retry.decide_reuse(reused),
         }
         e
     }
@@ -324,7 +331,8 @@ impl ProxyHttp for Proxy {
             request_id: &ctx.request_id,
             server: ctx.upstream.selected,
         };
-        let (edits, spoofed) = forward::edits(&upstream.headers, &facts);
+        let (edits, spoofed) = forward::edits(&upstream.headers, &facts)
+            .map_err(|_| Error::explain(ErrorType::InternalError, "unsendable header value"))?;
         if spoofed > 0 {
             metrics::get().identity_stripped.inc_by(spoofed as u64);
         }
@@ -372,7 +380,8 @@ impl ProxyHttp for Proxy {
             response
                 .headers
                 .contains_key(http::header::SEC_WEBSOCKET_PROTOCOL),
-        );
+        )
+        .map_err(|_| Error::explain(ErrorType::InternalError, "unsendable header value"))?;
         write::response_edits(response, edits)
     }
 

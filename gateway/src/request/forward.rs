@@ -8,11 +8,11 @@
 //!   extended instead.
 
 use super::Admission;
-use crate::edit::Edit;
+use crate::edit::{Edit, Unsendable};
 use crate::headers::{self, AUTH_EXPIRES, REQUEST_ID, USER_ID, USER_ROLE};
 use crate::refusal::Refusal;
 use crate::router::Route;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use std::net::{IpAddr, SocketAddr};
 
 /// The upstream request target: the route's path for `path`, and the query.
@@ -40,31 +40,34 @@ pub struct Forward<'a> {
 
 /// The edits that make the client's `headers` the upstream request's, and
 /// how many identity headers the client sent (counted as spoofing).
-pub fn edits(headers: &HeaderMap, forward: &Forward<'_>) -> (Vec<Edit>, usize) {
+pub fn edits(headers: &HeaderMap, forward: &Forward<'_>) -> Result<(Vec<Edit>, usize), Unsendable> {
     let trusted = forward.trusted;
     let mut spoofed = 0;
-    let mut edits: Vec<Edit> = headers
-        .keys()
-        .filter(|name| {
-            if headers::is_identity_header(name.as_str()) {
-                spoofed += headers.get_all(*name).iter().count();
-                return true;
-            }
-            headers::is_method_override(name.as_str())
-                || headers::is_url_override(name.as_str())
-                || headers::has_underscore(name.as_str())
-                || (!trusted && headers::is_forwarding_header(name.as_str()))
-        })
-        .map(|name| Edit::Remove(name.clone()))
-        .collect();
+    // One allocation: the removals, then at most ten edits of the gateway's.
+    let mut edits: Vec<Edit> = Vec::with_capacity(12);
+    edits.extend(
+        headers
+            .keys()
+            .filter(|name| {
+                if headers::is_identity_header(name.as_str()) {
+                    spoofed += headers.get_all(*name).iter().count();
+                    return true;
+                }
+                headers::is_method_override(name.as_str())
+                    || headers::is_url_override(name.as_str())
+                    || headers::has_underscore(name.as_str())
+                    || (!trusted && headers::is_forwarding_header(name.as_str()))
+            })
+            .map(|name| Edit::Remove(name.clone())),
+    );
     let admission = forward.admission;
     if let Some(user) = &admission.user {
-        edits.push(Edit::set(USER_ID, &*user.identity.user_id));
-        edits.push(Edit::set(USER_ROLE, &*user.identity.role));
+        edits.push(Edit::set(USER_ID, &*user.identity.user_id)?);
+        edits.push(Edit::set(USER_ROLE, &*user.identity.role)?);
         if admission.websocket
             && let Some(expires) = user.grant.expires
         {
-            edits.push(Edit::set(AUTH_EXPIRES, expires.to_string()));
+            edits.push(Edit::set(AUTH_EXPIRES, expires.to_string())?);
         }
     }
     if let Some(subprotocols) = &admission.subprotocols {
@@ -72,13 +75,16 @@ pub fn edits(headers: &HeaderMap, forward: &Forward<'_>) -> (Vec<Edit>, usize) {
         edits.push(if subprotocols.others.is_empty() {
             Edit::Remove(name)
         } else {
-            Edit::Set(name, subprotocols.others.clone())
+            Edit::Set(
+                name,
+                HeaderValue::from_str(&subprotocols.others).map_err(|_| Unsendable)?,
+            )
         });
     }
     if !admission.route.forward_authorization {
         edits.push(Edit::Remove(http::header::AUTHORIZATION));
     }
-    edits.push(Edit::set(REQUEST_ID, forward.request_id));
+    edits.push(Edit::set(REQUEST_ID, forward.request_id)?);
 
     // The gateway's own forwarding headers; a trusted proxy's chain is
     // extended, anyone else's was removed above.
@@ -97,21 +103,24 @@ pub fn edits(headers: &HeaderMap, forward: &Forward<'_>) -> (Vec<Edit>, usize) {
         (_, _, Some(ip)) => ip.to_string(),
         (_, _, None) => String::from("unknown"),
     };
-    edits.push(Edit::set("x-forwarded-for", forwarded_for));
+    edits.push(Edit::set("x-forwarded-for", forwarded_for)?);
     if !trusted || !headers.contains_key("x-forwarded-proto") {
         let scheme = if forward.https { "https" } else { "http" };
-        edits.push(Edit::set("x-forwarded-proto", scheme));
+        edits.push(Edit::set_static("x-forwarded-proto", scheme));
     }
     if !trusted || !headers.contains_key("x-forwarded-host") {
-        edits.push(match headers.get(http::header::HOST).map(|h| h.to_str()) {
-            Some(Ok(host)) => Edit::set("x-forwarded-host", host),
-            _ => Edit::remove("x-forwarded-host"),
+        edits.push(match headers.get(http::header::HOST) {
+            Some(host) => Edit::Set(HeaderName::from_static("x-forwarded-host"), host.clone()),
+            None => Edit::remove("x-forwarded-host"),
         });
     }
     if let Some(addr) = forward.server {
-        edits.push(Edit::Set(http::header::HOST, addr.to_string()));
+        edits.push(Edit::Set(
+            http::header::HOST,
+            HeaderValue::try_from(addr.to_string()).map_err(|_| Unsendable)?,
+        ));
     }
-    (edits, spoofed)
+    Ok((edits, spoofed))
 }
 
 /// `Connection` without the options that would make the gateway drop
@@ -139,7 +148,10 @@ pub fn connection(headers: &HeaderMap) -> Option<Edit> {
     Some(if kept.is_empty() {
         Edit::Remove(http::header::CONNECTION)
     } else {
-        Edit::Set(http::header::CONNECTION, kept.join(", "))
+        match HeaderValue::try_from(kept.join(", ")) {
+            Ok(value) => Edit::Set(http::header::CONNECTION, value),
+            Err(_) => Edit::Remove(http::header::CONNECTION),
+        }
     })
 }
 
@@ -221,7 +233,7 @@ mod tests {
             request_id: "rid-1",
             server: Some("127.0.0.1:9101".parse().expect("addr")),
         };
-        let (edits, spoofed) = edits(&map, &facts);
+        let (edits, spoofed) = edits(&map, &facts).expect("sendable");
         crate::edit::apply(&mut map, &edits);
         (map, spoofed)
     }
@@ -353,7 +365,10 @@ mod tests {
             (&["keep-alive"], None),
             (
                 &["close, x-user-id"],
-                Some(Edit::Set(http::header::CONNECTION, "close".into())),
+                Some(Edit::Set(
+                    http::header::CONNECTION,
+                    HeaderValue::from_static("close"),
+                )),
             ),
             (
                 &["x-forwarded-for", "host"],
@@ -363,7 +378,7 @@ mod tests {
                 &["upgrade, X-Request-Id", "keep-alive"],
                 Some(Edit::Set(
                     http::header::CONNECTION,
-                    "upgrade, keep-alive".into(),
+                    HeaderValue::from_static("upgrade, keep-alive"),
                 )),
             ),
         ];
