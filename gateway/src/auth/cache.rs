@@ -44,6 +44,18 @@ pub enum Outcome {
     Expired,
 }
 
+impl Outcome {
+    /// The result label counted in `portcullis_verify_cache_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Coalesced => "coalesced",
+            Outcome::Expired => "expired",
+        }
+    }
+}
+
 /// A cached verdict and the moment it stops counting. The deadline is
 /// checked on every read, so a grant ends at the token's `exp` to the
 /// millisecond; the cache itself keeps no per-entry timer (a timer node per

@@ -137,7 +137,7 @@ impl Verifier {
         let started = Instant::now();
         let (checked, outcome) = self.check(token).await;
         let m = metrics::get();
-        m.verify_outcome(outcome);
+        m.verify_result(outcome.label());
         if outcome == Outcome::Miss {
             m.verify_latency.observe(started.elapsed().as_secs_f64());
         }

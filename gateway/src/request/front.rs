@@ -126,13 +126,7 @@ mod tests {
         https: bool,
         config: &Config,
     ) -> Front {
-        let mut map = HeaderMap::new();
-        for (name, value) in headers {
-            map.append(
-                http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
-                value.parse().expect("value"),
-            );
-        }
+        let map = crate::request::header_map(headers);
         let method = Method::from_bytes(method.as_bytes()).expect("method");
         let request = Request {
             method: &method,

@@ -1,7 +1,7 @@
 //! What happens to a request, decided in plain code: functions of plain
 //! values (method, path, headers, peer address, the generation) that return
 //! plain values (an admission, header edits, a refusal). The proxy phases
-//! in [`crate::edge`] only call them and act on the answer.
+//! in the edge (`edge/proxy.rs`) only call them and act on the answer.
 //!
 //! In order:
 //! 1. [`front`]: before any route: request id, head size, `Host`, the
@@ -70,6 +70,19 @@ pub struct User {
     pub grant: Grant,
     /// An admitted WebSocket's place under its user's tunnel bound.
     pub tunnel: Option<Slot<String>>,
+}
+
+/// A header map from name/value pairs, for the tests of the decisions.
+#[cfg(test)]
+pub(crate) fn header_map<V: AsRef<str>>(pairs: &[(&str, V)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        map.append(
+            http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+            value.as_ref().parse().expect("value"),
+        );
+    }
+    map
 }
 
 /// Keeps the decision with the fewest requests left, for the headers.
@@ -221,7 +234,6 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::generation::Start;
-    use http::HeaderMap;
 
     const SECRET: &str = "a-signing-secret-of-at-least-thirty-two-bytes";
 
@@ -268,13 +280,7 @@ routes:
         pairs: &[(&str, String)],
         upgrade: bool,
     ) -> Result<Admission, Refused> {
-        let mut headers = HeaderMap::new();
-        for (name, value) in pairs {
-            headers.append(
-                http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
-                value.parse().expect("value"),
-            );
-        }
+        let headers = header_map(pairs);
         let method = Method::from_bytes(method.as_bytes()).expect("method");
         let request = Request {
             method: &method,

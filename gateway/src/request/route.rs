@@ -54,7 +54,7 @@ pub fn resolve(routes: &RouteTable, request: &Request<'_>) -> Result<Routed, Ref
 mod tests {
     use super::*;
     use crate::config::Config;
-    use http::{HeaderMap, Method};
+    use http::Method;
 
     const ROUTES: &str = r#"
 auth: { verify_url: "http://127.0.0.1:9/api/verify" }
@@ -75,13 +75,7 @@ routes:
     type Decided = Result<(String, String, bool), Refusal>;
 
     fn decide(method: &str, path: &str, upgrade: bool, headers: &[(&str, &str)]) -> Decided {
-        let mut map = HeaderMap::new();
-        for (name, value) in headers {
-            map.append(
-                http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
-                value.parse().expect("value"),
-            );
-        }
+        let map = crate::request::header_map(headers);
         let method = Method::from_bytes(method.as_bytes()).expect("method");
         let request = Request {
             method: &method,
