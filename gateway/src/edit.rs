@@ -7,8 +7,10 @@ use http::{HeaderName, HeaderValue};
 pub enum Edit {
     /// Remove every value of the header.
     Remove(HeaderName),
-    /// Replace every value of the header with this one.
-    Set(HeaderName, HeaderValue),
+    /// Replace every value of the header with this one. The name is
+    /// written as spelled here (HTTP/1 keeps a header's case): a static
+    /// name costs no copy when the head is written.
+    Set(&'static str, HeaderValue),
 }
 
 /// A value the gateway made could not be a header value (a bug, never a
@@ -20,15 +22,12 @@ impl Edit {
     /// Sets `name` to `value`, taken over without a copy.
     pub fn set(name: &'static str, value: impl Into<String>) -> Result<Edit, Unsendable> {
         let value = HeaderValue::try_from(value.into()).map_err(|_| Unsendable)?;
-        Ok(Edit::Set(HeaderName::from_static(name), value))
+        Ok(Edit::Set(name, value))
     }
 
     /// Sets `name` to a value known at compile time.
     pub fn set_static(name: &'static str, value: &'static str) -> Edit {
-        Edit::Set(
-            HeaderName::from_static(name),
-            HeaderValue::from_static(value),
-        )
+        Edit::Set(name, HeaderValue::from_static(value))
     }
 
     pub fn remove(name: &'static str) -> Edit {
@@ -45,7 +44,9 @@ pub fn apply(headers: &mut http::HeaderMap, edits: &[Edit]) {
                 headers.remove(name);
             }
             Edit::Set(name, value) => {
-                headers.insert(name.clone(), value.clone());
+                if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+                    headers.insert(name, value.clone());
+                }
             }
         }
     }

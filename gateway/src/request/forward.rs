@@ -12,7 +12,7 @@ use crate::edit::{Edit, Unsendable};
 use crate::headers::{self, AUTH_EXPIRES, REQUEST_ID, USER_ID, USER_ROLE};
 use crate::refusal::Refusal;
 use crate::router::Route;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 use std::net::{IpAddr, SocketAddr};
 
 /// The upstream request target: the route's path for `path`, and the query.
@@ -71,12 +71,11 @@ pub fn edits(headers: &HeaderMap, forward: &Forward<'_>) -> Result<(Vec<Edit>, u
         }
     }
     if let Some(subprotocols) = &admission.subprotocols {
-        let name = http::header::SEC_WEBSOCKET_PROTOCOL;
         edits.push(if subprotocols.others.is_empty() {
-            Edit::Remove(name)
+            Edit::Remove(http::header::SEC_WEBSOCKET_PROTOCOL)
         } else {
             Edit::Set(
-                name,
+                "Sec-WebSocket-Protocol",
                 HeaderValue::from_str(&subprotocols.others).map_err(|_| Unsendable)?,
             )
         });
@@ -110,13 +109,13 @@ pub fn edits(headers: &HeaderMap, forward: &Forward<'_>) -> Result<(Vec<Edit>, u
     }
     if !trusted || !headers.contains_key("x-forwarded-host") {
         edits.push(match headers.get(http::header::HOST) {
-            Some(host) => Edit::Set(HeaderName::from_static("x-forwarded-host"), host.clone()),
+            Some(host) => Edit::Set("x-forwarded-host", host.clone()),
             None => Edit::remove("x-forwarded-host"),
         });
     }
     if let Some(addr) = forward.server {
         edits.push(Edit::Set(
-            http::header::HOST,
+            "Host",
             HeaderValue::try_from(addr.to_string()).map_err(|_| Unsendable)?,
         ));
     }
@@ -149,7 +148,7 @@ pub fn connection(headers: &HeaderMap) -> Option<Edit> {
         Edit::Remove(http::header::CONNECTION)
     } else {
         match HeaderValue::try_from(kept.join(", ")) {
-            Ok(value) => Edit::Set(http::header::CONNECTION, value),
+            Ok(value) => Edit::Set("Connection", value),
             Err(_) => Edit::Remove(http::header::CONNECTION),
         }
     })
@@ -358,10 +357,7 @@ mod tests {
             (&["keep-alive"], None),
             (
                 &["close, x-user-id"],
-                Some(Edit::Set(
-                    http::header::CONNECTION,
-                    HeaderValue::from_static("close"),
-                )),
+                Some(Edit::Set("Connection", HeaderValue::from_static("close"))),
             ),
             (
                 &["x-forwarded-for", "host"],
@@ -370,7 +366,7 @@ mod tests {
             (
                 &["upgrade, X-Request-Id", "keep-alive"],
                 Some(Edit::Set(
-                    http::header::CONNECTION,
+                    "Connection",
                     HeaderValue::from_static("upgrade, keep-alive"),
                 )),
             ),
