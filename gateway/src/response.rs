@@ -34,7 +34,7 @@ pub fn edits(
         && !answered_subprotocol
     {
         edits.push(Edit::Set(
-            "Sec-WebSocket-Protocol",
+            "sec-websocket-protocol",
             http::HeaderValue::from_static(BEARER_SUBPROTOCOL),
         ));
     }
@@ -229,7 +229,7 @@ mod tests {
     fn response_edits() {
         let id = Edit::set_static("x-request-id", "rid");
         let bearer = Edit::Set(
-            "Sec-WebSocket-Protocol",
+            "sec-websocket-protocol",
             http::HeaderValue::from_static("bearer"),
         );
         let rate = [

@@ -39,8 +39,10 @@ pub struct Ctx {
     /// The request arrived over TLS.
     https: bool,
     admission: Option<Admission>,
-    /// A refused request's route and path, for the log.
+    /// A refused request's route and path, and whether a stale grant was
+    /// taken before the refusal, for the log.
     refused_on: Option<Routed>,
+    refused_stale: bool,
     upstream: Upstream,
     /// The body being read (`server.request_body_timeout`, the route's size).
     body: Option<body::Progress>,
@@ -98,12 +100,14 @@ async fn answer_front(session: &mut Session, request_id: &str, decided: Front) -
             session.set_keepalive(None);
             write::refusal(session, request_id, &refusal).await
         }
+        Front::Answer(refusal) => write::refusal(session, request_id, &refusal).await,
     }
 }
 
 /// Writes an admission's refusal.
 async fn refuse(session: &mut Session, ctx: &mut Ctx, refused: Refused) -> Result<()> {
     ctx.refused_on = refused.routed;
+    ctx.refused_stale = refused.stale;
     if !session.is_body_empty() {
         // Reading a refused body just to keep the connection would let a
         // client make the gateway read without limit.
@@ -190,6 +194,7 @@ impl ProxyHttp for Proxy {
             https: false,
             admission: None,
             refused_on: None,
+            refused_stale: false,
             upstream: Upstream::default(),
             body: None,
         }
@@ -454,7 +459,7 @@ impl ProxyHttp for Proxy {
             server = %ctx.upstream.selected.map(|a| a.to_string()).unwrap_or_default(),
             user_id = user.map_or("", |u| &*u.identity.user_id),
             // The identity came from a stale grant (stale-if-error).
-            stale = user.is_some_and(|u| u.stale),
+            stale = user.is_some_and(|u| u.stale) || ctx.refused_stale,
             duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
             error = error.map(|e| e.etype().as_str()).unwrap_or(""),
         );

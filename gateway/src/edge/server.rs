@@ -244,6 +244,23 @@ fn fingerprint(source: &str) -> u64 {
     hasher.finish()
 }
 
+/// What the watch compares: the text's fingerprint when the file reads,
+/// else its size and modification time, so that a file turned unreadable,
+/// oversized or not UTF-8 is still noticed (and its reload refused and
+/// reported) once, not skipped in silence.
+fn watched(path: &std::path::Path, read: &Result<String, ConfigErrors>) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    match read {
+        Ok(source) => Some(fingerprint(source)),
+        Err(_) => {
+            let meta = std::fs::metadata(path).ok()?;
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            (meta.len(), meta.modified().ok()).hash(&mut hasher);
+            Some(hasher.finish())
+        }
+    }
+}
+
 impl Control {
     /// Reloads from `read`, the file's text as read once for this reload
     /// (and for the change it was noticed by).
@@ -299,7 +316,7 @@ impl BackgroundService for Control {
         });
         let mut hangups = self.hangups.lock().ok().and_then(|mut h| h.take());
         let path = self.gateway.config_path.clone();
-        let mut last = Config::read(&path).ok().map(|s| fingerprint(&s));
+        let mut last = watched(&path, &Config::read(&path));
         let mut poll = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -311,16 +328,15 @@ impl BackgroundService for Control {
                     }
                 } => {
                     let read = Config::read(&path);
-                    last = read.as_ref().ok().map(|s| fingerprint(s));
+                    last = watched(&path, &read);
                     self.reload("SIGHUP", read).await;
                 }
                 _ = poll.tick(), if self.watch => {
-                    if let Ok(source) = Config::read(&path) {
-                        let now = Some(fingerprint(&source));
-                        if now != last {
-                            last = now;
-                            self.reload("file change", Ok(source)).await;
-                        }
+                    let read = Config::read(&path);
+                    let now = watched(&path, &read);
+                    if now.is_some() && now != last {
+                        last = now;
+                        self.reload("file change", read).await;
                     }
                 }
             }

@@ -75,7 +75,7 @@ pub fn edits(headers: &HeaderMap, forward: &Forward<'_>) -> Result<(Vec<Edit>, u
             Edit::Remove(http::header::SEC_WEBSOCKET_PROTOCOL)
         } else {
             Edit::Set(
-                "Sec-WebSocket-Protocol",
+                "sec-websocket-protocol",
                 HeaderValue::from_str(&subprotocols.others).map_err(|_| Unsendable)?,
             )
         });

@@ -14,8 +14,11 @@ use std::net::SocketAddr;
 pub enum Front {
     /// On to admission.
     Continue,
-    /// Refused before routing; the connection is closed after the answer.
+    /// Refused before routing; the connection is closed after the answer
+    /// (the head itself was at fault).
     Refuse(Refusal),
+    /// Refused before routing; the connection may serve another request.
+    Answer(Refusal),
     /// The gateway's own health answer.
     Health,
     /// `308` to this location, over HTTPS.
@@ -85,7 +88,7 @@ pub fn check(request: &Request<'_>, head: &Head<'_>, config: &Config) -> Front {
             .map_or(443, |a| a.port());
         return match https_location(request.headers, head.target, port) {
             Some(location) => Front::Redirect(location),
-            None => Front::Refuse(Refusal::BadRequest("a Host header is required")),
+            None => Front::Answer(Refusal::BadRequest("a Host header is required")),
         };
     }
     Front::Continue
@@ -212,7 +215,7 @@ mod tests {
         );
         assert_eq!(
             front("GET", "/a", &[], false, false, &redirecting),
-            Front::Refuse(Refusal::BadRequest("a Host header is required"))
+            Front::Answer(Refusal::BadRequest("a Host header is required"))
         );
         let plain = config("");
         assert_eq!(

@@ -108,6 +108,8 @@ fn rate_limited(route: &Route, scope: Scope, decision: Decision) -> Refusal {
 pub struct Refused {
     pub refusal: Refusal,
     pub routed: Option<route::Routed>,
+    /// Refused after a stale grant (stale-if-error) was taken, for the log.
+    pub stale: bool,
 }
 
 /// What the checks after routing found.
@@ -128,8 +130,14 @@ pub async fn admit(
     let routed = route::resolve(&generation.routes, request).map_err(|refusal| Refused {
         refusal,
         routed: None,
+        stale: false,
     })?;
-    match check(request, &routed, generation, tunnels, request_id).await {
+    let mut stale = false;
+    match check(
+        request, &routed, generation, tunnels, request_id, &mut stale,
+    )
+    .await
+    {
         Ok(checked) => Ok(Admission {
             route: routed.route,
             path: routed.path,
@@ -141,6 +149,7 @@ pub async fn admit(
         Err(refusal) => Err(Refused {
             refusal,
             routed: Some(routed),
+            stale,
         }),
     }
 }
@@ -153,7 +162,9 @@ async fn check(
     generation: &Generation,
     tunnels: &Arc<Counts<String>>,
     request_id: &str,
+    stale_grant: &mut bool,
 ) -> Result<Checked, Refusal> {
+    route::check_upgrade(routed, request)?;
     let route = &routed.route;
     let mut rate = None;
 
@@ -193,6 +204,7 @@ async fn check(
             .verifier
             .admit(&credentials, route.stale_if_error, request_id)
             .await?;
+        *stale_grant = stale;
         if !route.admits(&identity.role) {
             return Err(Refusal::Forbidden);
         }
@@ -424,9 +436,10 @@ routes:
             refusal(decide(&generation, &tunnels, "GET", "/ws", &malformed, true).await).0,
             Refusal::MalformedSubprotocol
         );
+        // Refused after routing: the route is kept for the log.
         assert_eq!(
-            refusal(decide(&generation, &tunnels, "GET", "/pub", &offered, true).await).0,
-            Refusal::UpgradeNotAllowed
+            refusal(decide(&generation, &tunnels, "GET", "/pub", &offered, true).await),
+            (Refusal::UpgradeNotAllowed, Some("/pub".into()))
         );
     }
 }

@@ -16,7 +16,7 @@ pub struct Routed {
     pub websocket: bool,
 }
 
-/// Normalises the path, finds the route, and applies the upgrade rules.
+/// Normalises the path and finds the route ([`check_upgrade`] follows).
 pub fn resolve(routes: &RouteTable, request: &Request<'_>) -> Result<Routed, Refusal> {
     let normalised = path::normalize(request.path).map_err(|e| Refusal::BadPath(e.to_string()))?;
     let route = match routes.find(&normalised, request.method.as_str()) {
@@ -24,30 +24,36 @@ pub fn resolve(routes: &RouteTable, request: &Request<'_>) -> Result<Routed, Ref
         Lookup::NotFound => return Err(Refusal::NotFound),
         Lookup::MethodNotAllowed(allow) => return Err(Refusal::MethodNotAllowed { allow }),
     };
-    let websocket = request.upgrade;
-    if websocket {
-        if !route.websocket {
-            return Err(Refusal::UpgradeNotAllowed);
-        }
-        // An upgrade carries no body (RFC 6455 §4.1); one that does would
-        // be read with the tunnel's long timeouts, not the body deadline.
-        let headers = request.headers;
-        let has_body = headers.contains_key(http::header::TRANSFER_ENCODING)
-            || headers
-                .get_all(http::header::CONTENT_LENGTH)
-                .iter()
-                .any(|v| v.as_bytes() != b"0");
-        if has_body {
-            return Err(Refusal::BadRequest(
-                "an upgrade request must not carry a body",
-            ));
-        }
-    }
     Ok(Routed {
         route,
         path: normalised,
-        websocket,
+        websocket: request.upgrade,
     })
+}
+
+/// The upgrade rules, once routed: only on a route that allows WebSockets,
+/// and never with a body.
+pub fn check_upgrade(routed: &Routed, request: &Request<'_>) -> Result<(), Refusal> {
+    if !routed.websocket {
+        return Ok(());
+    }
+    if !routed.route.websocket {
+        return Err(Refusal::UpgradeNotAllowed);
+    }
+    // An upgrade carries no body (RFC 6455 §4.1); one that does would be
+    // read with the tunnel's long timeouts, not the body deadline.
+    let headers = request.headers;
+    let has_body = headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes() != b"0");
+    if has_body {
+        return Err(Refusal::BadRequest(
+            "an upgrade request must not carry a body",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -85,7 +91,9 @@ routes:
             peer: None,
             upgrade,
         };
-        resolve(&table(), &request).map(|r| (r.route.prefix.clone(), r.path, r.websocket))
+        let routed = resolve(&table(), &request)?;
+        check_upgrade(&routed, &request)?;
+        Ok((routed.route.prefix.clone(), routed.path, routed.websocket))
     }
 
     fn found(prefix: &str, path: &str) -> Decided {
