@@ -282,6 +282,22 @@ async fn watch_applies_a_changed_file_without_a_signal() {
     .await;
     assert!(refused);
     assert_eq!(raw(gw, "GET", "/api/watched", &[], "").await.status, 200);
+    // So is a save that cannot be read as text: noticed, refused, counted.
+    let rejected = r#"portcullis_config_reloads_total{result="rejected"}"#;
+    let before = gateway.metric(rejected).await;
+    let tmp = gateway.config.with_extension("tmp");
+    std::fs::write(&tmp, b"routes: [\xff\xfe]\n").expect("write");
+    std::fs::rename(&tmp, &gateway.config).expect("rename");
+    let counted = eventually(Duration::from_secs(5), async || {
+        gateway.metric(rejected).await > before
+    })
+    .await;
+    assert!(
+        counted,
+        "a non-UTF-8 save went unnoticed:\n{}",
+        gateway.child.logs()
+    );
+    assert_eq!(raw(gw, "GET", "/api/watched", &[], "").await.status, 200);
 }
 
 /// Receives one datagram on a systemd-style notify socket.
