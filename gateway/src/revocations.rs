@@ -7,7 +7,8 @@
 //! cache is dropped: the price is one verification per active token, the
 //! gain is that no revoked grant outlives a Redis outage.
 
-use crate::{Gateway, metrics};
+use crate::auth::Verifier;
+use crate::metrics;
 use futures::StreamExt;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -104,10 +105,10 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
-/// Drops `user_id`'s cached grants in the current generation and counts
-/// them; `via` names the path the revocation came by, for the log.
-pub async fn apply(gateway: &Gateway, user_id: &str, via: &'static str) -> usize {
-    let verifier = Arc::clone(&gateway.current.load().verifier);
+/// Drops `user_id`'s cached grants from `verifier` (the current
+/// generation's) and counts them; `via` names the path the revocation came
+/// by, for the log.
+pub async fn apply(verifier: &Verifier, user_id: &str, via: &'static str) -> usize {
     let purged = verifier.revoke_user(user_id).await;
     metrics::get().revoked_entries.inc_by(purged as u64);
     tracing::info!(user_id, purged, via, "revocation applied");
@@ -121,10 +122,11 @@ pub struct Subscription {
     pub channel: String,
 }
 
-/// Follows the channel until `shutdown` resolves, reconnecting with a
+/// Follows the channel until `shutdown` resolves, applying each revocation
+/// to the verifier `current` gives (the generation in force), reconnecting with a
 /// growing pause (up to 10 s) when Redis is away.
 pub async fn follow(
-    gateway: Arc<Gateway>,
+    current: impl Fn() -> Arc<Verifier> + Send,
     subscription: Subscription,
     mut shutdown: impl std::future::Future<Output = ()> + Unpin,
 ) {
@@ -155,7 +157,7 @@ pub async fn follow(
             let mut acks = client.get_multiplexed_async_connection().await?;
             let acks_channel = acks_channel(&subscription.channel);
             if connections > 0 {
-                gateway.current.load().verifier.clear();
+                current().clear();
                 tracing::warn!("revocation channel back after a gap; cached verdicts dropped");
             }
             connections += 1;
@@ -171,7 +173,7 @@ pub async fn follow(
                     tracing::warn!("unreadable revocation message ignored");
                     continue;
                 };
-                apply(&gateway, &user_id, "redis").await;
+                apply(&current(), &user_id, "redis").await;
                 if let Some(id) = id {
                     let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
                         .arg(&acks_channel)

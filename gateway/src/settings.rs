@@ -6,6 +6,16 @@
 use crate::config::{Config, ConfigErrors};
 use crate::revocations::MIN_ADMIN_TOKEN_LEN;
 
+/// What every generation is built with besides its file: settings from the
+/// environment and flags, read once in `main`.
+#[derive(Clone, Default)]
+pub struct Start {
+    /// The auth service's signing secret, for `auth.mode: local`.
+    pub secret: Option<String>,
+    /// Whether revocations can arrive (Redis or the admin listener).
+    pub revocable: bool,
+}
+
 /// Values from the environment or flags that replace the file's.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {

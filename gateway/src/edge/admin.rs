@@ -1,7 +1,7 @@
 //! The admin listener: revocations reported by the auth service when there
 //! is no Redis between them. The decision is `revocations::admin_request`.
 
-use crate::generation::Gateway;
+use super::generation::Gateway;
 use crate::metrics;
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -50,8 +50,12 @@ impl pingora::apps::http_app::ServeHttp for Admin {
         let (status, json) = match decision {
             AdminRequest::Revoke(user_id) => {
                 metrics::get().revocations.inc();
-                let purged =
-                    crate::revocations::apply(&self.gateway, &user_id, "admin listener").await;
+                let purged = crate::revocations::apply(
+                    &self.gateway.current.load().verifier,
+                    &user_id,
+                    "admin listener",
+                )
+                .await;
                 (200, format!(r#"{{"purged":{purged}}}"#))
             }
             AdminRequest::Refused(status, code, message) => {

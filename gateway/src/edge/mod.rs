@@ -5,12 +5,18 @@
 //! - [`proxy`]: the `ProxyHttp` phases.
 //! - [`write`](mod@write): answers and header edits onto Pingora's sessions and heads.
 //! - [`upstreams`]: pools of servers, load balancing and health checks.
-//! - [`tls`]: certificates through Pingora's rustls.
+//! - [`tls`]: certificate and CA files through Pingora's rustls;
+//!   [`handshake`]: each handshake takes the current generation's
+//!   certificate.
 //! - [`listeners`]: client connections admitted as they are accepted.
+//! - [`generation`]: the state one read of `routes.yaml` builds (routes,
+//!   pools, verifier, certificate), swapped whole on reload.
 //! - [`admin`]: the admin listener (revocations without Redis).
 //! - [`server`]: process assembly, reloads and the control loop.
 
 pub mod admin;
+pub mod generation;
+pub mod handshake;
 pub mod listeners;
 pub mod proxy;
 pub mod server;

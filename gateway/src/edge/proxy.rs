@@ -6,10 +6,10 @@
 //! the upstream request ([`request::forward`]), edit the response
 //! ([`response::edits`]), answer failures ([`response::failure`]), log.
 
+use super::generation::{Gateway, Generation};
 use super::upstreams::Pool;
 use super::write;
 use crate::auth::unix_now;
-use crate::generation::{Gateway, Generation};
 use crate::headers;
 use crate::metrics;
 use crate::refusal::Refusal;
@@ -231,9 +231,10 @@ impl ProxyHttp for Proxy {
         if let Some(edit) = forward::connection(&session.req_header().headers) {
             write::request_edits(session.req_header_mut(), vec![edit])?;
         }
-        let tunnels = &self.gateway.tunnels;
+        let rules = generation.rules();
         let request = plain_request(session);
-        match request::admit(&request, &generation, tunnels, &ctx.request_id).await {
+        let tunnels = &self.gateway.tunnels;
+        match request::admit(&request, &rules, tunnels, &ctx.request_id).await {
             Ok(admission) => {
                 ctx.admitted(admission, &generation, session);
                 Ok(false)

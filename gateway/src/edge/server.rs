@@ -2,10 +2,12 @@
 //! listeners, and the control service that reloads `routes.yaml`.
 
 use super::admin::Admin;
+use super::generation::{Gateway, Generation, ReloadError};
 use super::proxy::Proxy;
 use crate::config::{Config, ConfigErrors};
+use crate::metrics;
+use crate::settings::Start;
 use crate::settings::StartError;
-use crate::{Gateway, Generation, ReloadError, Start, metrics};
 use async_trait::async_trait;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
@@ -121,7 +123,7 @@ pub fn run(options: Launch, hangups: mpsc::UnboundedReceiver<()>) -> Result<(), 
         revocable: options.revocations.is_some() || config.server.admin_listen.is_some(),
     };
     let generation = std::panic::catch_unwind(|| Generation::build(config, None, &start))
-        .unwrap_or_else(|panic| Err(crate::generation::panic_message(&*panic)))
+        .unwrap_or_else(|panic| Err(super::generation::panic_message(&*panic)))
         .map_err(StartError::Build)?;
     // Pingora treats a server as healthy until checked: check before serving.
     tokio::runtime::Builder::new_current_thread()
@@ -169,8 +171,8 @@ pub fn run(options: Launch, hangups: mpsc::UnboundedReceiver<()>) -> Result<(), 
     let buffers = L4BufferSettings::default().read(0);
     proxy.add_listener(ListenerConfig::tcp(&listen).l4_buffer(buffers));
     if let Some(tls) = &tls {
-        let settings =
-            super::tls::settings(Arc::clone(&gateway), tls.http2).map_err(StartError::Build)?;
+        let settings = super::handshake::settings(Arc::clone(&gateway), tls.http2)
+            .map_err(StartError::Build)?;
         proxy.add_listener(
             ListenerConfig::tcp(&tls.listen)
                 .tls(settings)
@@ -274,7 +276,7 @@ impl Control {
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|panic| {
-                    Err(ReloadError::Build(crate::generation::panic_message(
+                    Err(ReloadError::Build(super::generation::panic_message(
                         &*panic,
                     )))
                 }),
@@ -306,8 +308,9 @@ impl BackgroundService for Control {
         self.gateway.current.load().start_checks();
         let followed = self.revocations.clone().map(|subscription| {
             let mut stop = shutdown.clone();
+            let gateway = Arc::clone(&self.gateway);
             tokio::spawn(crate::revocations::follow(
-                Arc::clone(&self.gateway),
+                move || Arc::clone(&gateway.current.load().verifier),
                 subscription,
                 Box::pin(async move {
                     let _ = stop.changed().await;

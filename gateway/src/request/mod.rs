@@ -19,17 +19,27 @@ pub mod forward;
 pub mod front;
 pub mod route;
 
+use crate::auth::Verifier;
 use crate::auth::{self, Credentials, Grant, Identity, Subprotocols};
+use crate::config::ServerSettings;
 use crate::connections::{Counts, Slot};
-use crate::generation::Generation;
 use crate::headers;
 use crate::limits::{Decision, Scope};
 use crate::metrics;
 use crate::refusal::Refusal;
 use crate::router::Route;
+use crate::router::RouteTable;
 use http::{HeaderMap, Method};
 use std::net::IpAddr;
 use std::sync::Arc;
+
+/// What the admission decisions read of the generation in force.
+#[derive(Clone, Copy)]
+pub struct Rules<'a> {
+    pub routes: &'a RouteTable,
+    pub server: &'a ServerSettings,
+    pub verifier: &'a Verifier,
+}
 
 /// A request as the decisions see it.
 #[derive(Debug, Clone, Copy)]
@@ -123,21 +133,17 @@ struct Checked {
 /// with, or the refusal to answer.
 pub async fn admit(
     request: &Request<'_>,
-    generation: &Generation,
+    rules: &Rules<'_>,
     tunnels: &Arc<Counts<String>>,
     request_id: &str,
 ) -> Result<Admission, Refused> {
-    let routed = route::resolve(&generation.routes, request).map_err(|refusal| Refused {
+    let routed = route::resolve(rules.routes, request).map_err(|refusal| Refused {
         refusal,
         routed: None,
         stale: false,
     })?;
     let mut stale = false;
-    match check(
-        request, &routed, generation, tunnels, request_id, &mut stale,
-    )
-    .await
-    {
+    match check(request, &routed, rules, tunnels, request_id, &mut stale).await {
         Ok(checked) => Ok(Admission {
             route: routed.route,
             path: routed.path,
@@ -159,7 +165,7 @@ pub async fn admit(
 async fn check(
     request: &Request<'_>,
     routed: &route::Routed,
-    generation: &Generation,
+    rules: &Rules<'_>,
     tunnels: &Arc<Counts<String>>,
     request_id: &str,
     stale_grant: &mut bool,
@@ -171,7 +177,7 @@ async fn check(
     // Per client IP and per route, before anything is verified: a flood is
     // refused here and never reaches the auth service.
     if let Some(limits) = &route.limits {
-        let server = &generation.config.server;
+        let server = rules.server;
         let forwarded: Vec<&str> = if server.trusted_proxies.is_empty() {
             Vec::new()
         } else {
@@ -200,7 +206,7 @@ async fn check(
             identity,
             stale,
             grant,
-        } = generation
+        } = rules
             .verifier
             .admit(&credentials, route.stale_if_error, request_id)
             .await?;
@@ -220,7 +226,7 @@ async fn check(
         }
         let mut tunnel = None;
         if routed.websocket {
-            let max = generation.config.server.max_websockets_per_user;
+            let max = rules.server.max_websockets_per_user;
             tunnel = Some(
                 tunnels
                     .take(identity.user_id.to_string(), max)
@@ -245,7 +251,6 @@ async fn check(
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::generation::Start;
 
     const SECRET: &str = "a-signing-secret-of-at-least-thirty-two-bytes";
 
@@ -262,12 +267,32 @@ routes:
   - { prefix: /ws, upstream: a, access: protected, websocket: true }
 "#;
 
-    fn generation() -> Generation {
-        let start = Start {
-            secret: Some(SECRET.into()),
-            revocable: false,
-        };
-        Generation::build(Config::parse(ROUTES).expect("routes"), None, &start).expect("built")
+    /// What a generation holds for the decisions, built from `ROUTES`.
+    struct Fixture {
+        config: Config,
+        routes: RouteTable,
+        verifier: Verifier,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let config = Config::parse(ROUTES).expect("routes");
+            let verifier =
+                Verifier::new(&config.auth, Some(SECRET.as_bytes()), false).expect("verifier");
+            Fixture {
+                routes: RouteTable::new(&config),
+                config,
+                verifier,
+            }
+        }
+
+        fn rules(&self) -> Rules<'_> {
+            Rules {
+                routes: &self.routes,
+                server: &self.config.server,
+                verifier: &self.verifier,
+            }
+        }
     }
 
     fn token(role: &str) -> String {
@@ -285,7 +310,7 @@ routes:
     }
 
     async fn decide(
-        generation: &Generation,
+        fixture: &Fixture,
         tunnels: &Arc<Counts<String>>,
         method: &str,
         path: &str,
@@ -302,7 +327,7 @@ routes:
             peer: Some("192.0.2.1".parse().expect("ip")),
             upgrade,
         };
-        admit(&request, generation, tunnels, "rid").await
+        admit(&request, &fixture.rules(), tunnels, "rid").await
     }
 
     fn refusal(result: Result<Admission, Refused>) -> (Refusal, Option<String>) {
@@ -315,7 +340,7 @@ routes:
 
     #[tokio::test]
     async fn admissions_and_refusals_in_order() {
-        let generation = generation();
+        let generation = Fixture::new();
         let tunnels = Arc::default();
         let user = format!("Bearer {}", token("user"));
         let admin = format!("Bearer {}", token("admin"));
@@ -401,7 +426,7 @@ routes:
 
     #[tokio::test]
     async fn websockets_take_a_slot_and_their_token_from_the_subprotocol() {
-        let generation = generation();
+        let generation = Fixture::new();
         let tunnels = Arc::default();
         let offered = vec![(
             "sec-websocket-protocol",
