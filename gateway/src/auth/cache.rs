@@ -168,7 +168,9 @@ impl Verifier {
         usable.then_some(kept.identity)
     }
 
-    /// The verdict for `token` (already shape-checked).
+    /// The verdict for `token` (already shape-checked), for tests; the
+    /// proxy goes through [`Verifier::admit`](super::Verifier::admit).
+    #[cfg(test)]
     pub async fn verify(&self, token: &str) -> (Result<Verdict, Unavailable>, Outcome) {
         let (checked, outcome) = self.check(token).await;
         (checked.map(|(verdict, _)| verdict), outcome)

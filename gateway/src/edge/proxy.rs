@@ -14,7 +14,6 @@ use crate::headers;
 use crate::metrics;
 use crate::refusal::Refusal;
 use crate::request::front::{self, Front, Head};
-use crate::request::route::Routed;
 use crate::request::{self, Admission, Refused, Request, body, forward};
 use crate::response::{self, Failure, Retry};
 use async_trait::async_trait;
@@ -39,10 +38,8 @@ pub struct Ctx {
     /// The request arrived over TLS.
     https: bool,
     admission: Option<Admission>,
-    /// A refused request's route and path, and whether a stale grant was
-    /// taken before the refusal, for the log.
-    refused_on: Option<Routed>,
-    refused_stale: bool,
+    /// A refused request's route, path and grant, for the log.
+    refused: Option<Refused>,
     upstream: Upstream,
     /// The body being read (`server.request_body_timeout`, the route's size).
     body: Option<body::Progress>,
@@ -106,14 +103,14 @@ async fn answer_front(session: &mut Session, request_id: &str, decided: Front) -
 
 /// Writes an admission's refusal.
 async fn refuse(session: &mut Session, ctx: &mut Ctx, refused: Refused) -> Result<()> {
-    ctx.refused_on = refused.routed;
-    ctx.refused_stale = refused.stale;
     if !session.is_body_empty() {
         // Reading a refused body just to keep the connection would let a
         // client make the gateway read without limit.
         session.set_keepalive(None);
     }
-    write::refusal(session, &ctx.request_id, &refused.refusal).await
+    let written = write::refusal(session, &ctx.request_id, &refused.refusal).await;
+    ctx.refused = Some(refused);
+    written
 }
 
 impl Ctx {
@@ -193,8 +190,7 @@ impl ProxyHttp for Proxy {
             request_id: String::new(),
             https: false,
             admission: None,
-            refused_on: None,
-            refused_stale: false,
+            refused: None,
             upstream: Upstream::default(),
             body: None,
         }
@@ -222,20 +218,20 @@ impl ProxyHttp for Proxy {
         ctx.request_id = front::request_id(&session.req_header().headers);
         ctx.https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let head = head(session, ctx.https);
-        let decided = front::check(&plain_request(session), &head, &generation.config);
+        let request = plain_request(session);
+        let decided = front::check(&request, &head, &generation.config);
         if decided != Front::Continue {
             return answer_front(session, &ctx.request_id, decided)
                 .await
                 .map(|()| true);
         }
-        if let Some(edit) = forward::connection(&session.req_header().headers) {
-            write::request_edits(session.req_header_mut(), vec![edit])?;
-        }
         let rules = generation.rules();
-        let request = plain_request(session);
         let tunnels = &self.gateway.tunnels;
         match request::admit(&request, &rules, tunnels, &ctx.request_id).await {
             Ok(admission) => {
+                if let Some(edit) = forward::connection(&session.req_header().headers) {
+                    write::edits(session.req_header_mut(), vec![edit])?;
+                }
                 ctx.admitted(admission, &generation, session);
                 Ok(false)
             }
@@ -342,7 +338,7 @@ impl ProxyHttp for Proxy {
         if spoofed > 0 {
             metrics::get().identity_stripped.inc_by(spoofed as u64);
         }
-        write::request_edits(upstream, edits)?;
+        write::edits(upstream, edits)?;
         ctx.upstream.started = Some(Instant::now());
         Ok(())
     }
@@ -388,7 +384,7 @@ impl ProxyHttp for Proxy {
                 .contains_key(http::header::SEC_WEBSOCKET_PROTOCOL),
         )
         .map_err(|_| Error::explain(ErrorType::InternalError, "unsendable header value"))?;
-        write::response_edits(response, edits)
+        write::edits(response, edits)
     }
 
     fn response_body_filter(
@@ -432,7 +428,8 @@ impl ProxyHttp for Proxy {
             .response_written()
             .map_or(0, |response| response.status.as_u16());
         let admission = ctx.admission.as_ref();
-        let (route, path) = match (admission, &ctx.refused_on) {
+        let refused_on = ctx.refused.as_ref().and_then(|r| r.routed.as_ref());
+        let (route, path) = match (admission, refused_on) {
             (Some(a), _) => (a.route.prefix.as_str(), a.path.as_str()),
             (None, Some(r)) => (r.route.prefix.as_str(), r.path.as_str()),
             (None, None) => ("none", session.req_header().uri.path()),
@@ -460,7 +457,7 @@ impl ProxyHttp for Proxy {
             server = %ctx.upstream.selected.map(|a| a.to_string()).unwrap_or_default(),
             user_id = user.map_or("", |u| &*u.identity.user_id),
             // The identity came from a stale grant (stale-if-error).
-            stale = user.is_some_and(|u| u.stale) || ctx.refused_stale,
+            stale = user.is_some_and(|u| u.stale) || ctx.refused.as_ref().is_some_and(|r| r.stale),
             duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
             error = error.map(|e| e.etype().as_str()).unwrap_or(""),
         );

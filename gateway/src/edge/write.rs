@@ -9,27 +9,36 @@ use pingora::Result;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 
-/// Applies edits to an upstream request head.
-pub fn request_edits(head: &mut RequestHeader, edits: Vec<Edit>) -> Result<()> {
-    for edit in edits {
-        match edit {
-            Edit::Remove(name) => {
-                head.remove_header(&name);
-            }
-            Edit::Set(name, value) => head.insert_header(name, value)?,
-        }
-    }
-    Ok(())
+/// Pingora's request and response heads, as far as edits go.
+pub trait Head {
+    fn set(&mut self, name: &'static str, value: http::HeaderValue) -> Result<()>;
+    fn remove(&mut self, name: &http::HeaderName);
 }
 
-/// Applies edits to a response head.
-pub fn response_edits(head: &mut ResponseHeader, edits: Vec<Edit>) -> Result<()> {
+impl Head for RequestHeader {
+    fn set(&mut self, name: &'static str, value: http::HeaderValue) -> Result<()> {
+        self.insert_header(name, value)
+    }
+    fn remove(&mut self, name: &http::HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+impl Head for ResponseHeader {
+    fn set(&mut self, name: &'static str, value: http::HeaderValue) -> Result<()> {
+        self.insert_header(name, value)
+    }
+    fn remove(&mut self, name: &http::HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+/// Applies edits, in order, to a request or response head.
+pub fn edits(head: &mut impl Head, edits: Vec<Edit>) -> Result<()> {
     for edit in edits {
         match edit {
-            Edit::Remove(name) => {
-                head.remove_header(&name);
-            }
-            Edit::Set(name, value) => head.insert_header(name, value)?,
+            Edit::Remove(name) => head.remove(&name),
+            Edit::Set(name, value) => head.set(name, value)?,
         }
     }
     Ok(())

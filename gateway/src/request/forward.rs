@@ -126,22 +126,17 @@ pub fn edits(headers: &HeaderMap, forward: &Forward<'_>) -> Result<(Vec<Edit>, u
 /// headers it sets (identity, request id, forwarding, host); the rest keep
 /// their effect. `None`: nothing to change.
 pub fn connection(headers: &HeaderMap) -> Option<Edit> {
-    let values: Vec<String> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .collect();
-    let scrubbed: Vec<Option<String>> = values
-        .iter()
-        .map(|v| headers::scrub_connection(v))
-        .collect();
-    if scrubbed.iter().all(Option::is_none) {
+    let values = headers.get_all(http::header::CONNECTION);
+    // Nothing is allocated unless some option must go (the common case is
+    // no Connection header, or `keep-alive`/`close`).
+    let scrub =
+        |v: &http::HeaderValue| headers::scrub_connection(&String::from_utf8_lossy(v.as_bytes()));
+    if values.iter().all(|v| scrub(v).is_none()) {
         return None;
     }
     let kept: Vec<String> = values
-        .into_iter()
-        .zip(scrubbed)
-        .map(|(value, scrubbed)| scrubbed.unwrap_or(value))
+        .iter()
+        .map(|v| scrub(v).unwrap_or_else(|| String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .filter(|v| !v.is_empty())
         .collect();
     Some(if kept.is_empty() {
