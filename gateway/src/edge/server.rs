@@ -6,8 +6,7 @@ use super::generation::{Gateway, Generation, ReloadError};
 use super::proxy::Proxy;
 use crate::config::{Config, ConfigErrors};
 use crate::metrics;
-use crate::settings::Start;
-use crate::settings::StartError;
+use crate::settings::{Start, StartError};
 use async_trait::async_trait;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
@@ -239,28 +238,21 @@ struct Control {
     revocations: Option<crate::revocations::Subscription>,
 }
 
-fn fingerprint(source: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    source.hash(&mut hasher);
-    hasher.finish()
-}
-
 /// What the watch compares: the text's fingerprint when the file reads,
 /// else its size and modification time, so that a file turned unreadable,
 /// oversized or not UTF-8 is still noticed (and its reload refused and
 /// reported) once, not skipped in silence.
 fn watched(path: &std::path::Path, read: &Result<String, ConfigErrors>) -> Option<u64> {
     use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
     match read {
-        Ok(source) => Some(fingerprint(source)),
+        Ok(source) => source.hash(&mut hasher),
         Err(_) => {
             let meta = std::fs::metadata(path).ok()?;
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
             (meta.len(), meta.modified().ok()).hash(&mut hasher);
-            Some(hasher.finish())
         }
     }
+    Some(hasher.finish())
 }
 
 impl Control {

@@ -131,14 +131,7 @@ mod tests {
     ) -> Front {
         let map = crate::request::header_map(headers);
         let method = Method::from_bytes(method.as_bytes()).expect("method");
-        let request = Request {
-            method: &method,
-            path,
-            query: None,
-            headers: &map,
-            peer: None,
-            upgrade: false,
-        };
+        let request = crate::request::test_request(&method, path, &map, false);
         let head = Head {
             http11,
             target_bytes: path.len(),

@@ -95,6 +95,24 @@ pub(crate) fn header_map<V: AsRef<str>>(pairs: &[(&str, V)]) -> HeaderMap {
     map
 }
 
+/// A request from a fixed client address, for the tests of the decisions.
+#[cfg(test)]
+pub(crate) fn test_request<'a>(
+    method: &'a Method,
+    path: &'a str,
+    headers: &'a HeaderMap,
+    upgrade: bool,
+) -> Request<'a> {
+    Request {
+        method,
+        path,
+        query: None,
+        headers,
+        peer: Some(std::net::Ipv4Addr::new(192, 0, 2, 1).into()),
+        upgrade,
+    }
+}
+
 /// Keeps the decision with the fewest requests left, for the headers.
 fn tighter(current: Option<Decision>, new: Decision) -> Option<Decision> {
     match current {
@@ -319,14 +337,7 @@ routes:
     ) -> Result<Admission, Refused> {
         let headers = header_map(pairs);
         let method = Method::from_bytes(method.as_bytes()).expect("method");
-        let request = Request {
-            method: &method,
-            path,
-            query: None,
-            headers: &headers,
-            peer: Some("192.0.2.1".parse().expect("ip")),
-            upgrade,
-        };
+        let request = test_request(&method, path, &headers, upgrade);
         admit(&request, &fixture.rules(), tunnels, "rid").await
     }
 

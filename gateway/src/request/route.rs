@@ -83,14 +83,7 @@ routes:
     fn decide(method: &str, path: &str, upgrade: bool, headers: &[(&str, &str)]) -> Decided {
         let map = crate::request::header_map(headers);
         let method = Method::from_bytes(method.as_bytes()).expect("method");
-        let request = Request {
-            method: &method,
-            path,
-            query: None,
-            headers: &map,
-            peer: None,
-            upgrade,
-        };
+        let request = crate::request::test_request(&method, path, &map, upgrade);
         let routed = resolve(&table(), &request)?;
         check_upgrade(&routed, &request)?;
         Ok((routed.route.prefix.clone(), routed.path, routed.websocket))
