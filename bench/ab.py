@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """Two gateway builds, A/B: many short loads, alternating, in one run.
 
-    python3 bench/ab.py OLD_GATEWAY [NEW_GATEWAY]
+    python3 bench/ab.py OLD_GATEWAY [NEW_GATEWAY] [--old-env K=V] [--new-env K=V]
+                        [--old-server 'key: value'] [--new-server 'key: value']
 
-NEW_GATEWAY defaults to target/release/gateway. Both run side by side in
+NEW_GATEWAY defaults to target/release/gateway. One lever of configuration
+rather than of build is measured with the same binary on both sides and an
+environment variable (`--new-env RUST_LOG=info` turns the access log on) or a
+line of the routes file's server section (`--new-server 'threads: 2'`) given
+to one side only. Both run side by side in
 front of the same echo backend and auth service, with the same routes file,
 servers pinned to the first core and oha to the last (as bench/compare.py).
 Each pair is one load on each (the order swapped every other pair), so drift
@@ -11,9 +16,12 @@ on a shared machine falls on both; per route, the median of the per-pair
 ratios new ÷ old and its interquartile range. The whole is done twice, the
 gateways started in one order and then the other, and the two medians are
 combined (geometric mean) so that the order of start-up cancels out. PAIRS
-(15) and DURATION (4s) tune the run. Prints a Markdown table.
+(15) and DURATION (4s) tune the run; PLACEMENT=shared pins nothing (the
+load generator then competes with the gateways for every core, as in
+bench/compare.py's shared placement). Prints a Markdown table.
 """
 
+import argparse
 import os
 import statistics
 import sys
@@ -24,14 +32,15 @@ import compare as c  # noqa: E402  (the same process handling and loads)
 PAIRS = int(os.environ.get("PAIRS", "15"))
 
 
-def one_pass(old, new, new_first, routes, token, auth_pid):
+def one_pass(sides, new_first, token, auth_pid):
     """Per-pair ratios new ÷ old for each route, with the two gateways
-    started in the given order."""
+    started in the given order. `sides` maps old/new to (binary, routes, env)."""
     ports = {"old": c.free_port(), "new": c.free_port()}
     order = ("new", "old") if new_first else ("old", "new")
     procs = {}
     for side in order:
-        procs[side] = c.start_gateway(side, routes, ports[side], binary=new if side == "new" else old)
+        binary, routes, env = sides[side]
+        procs[side] = c.start_gateway(side, routes, ports[side], binary=binary, env=env)
     pids = {side: c.tree(proc.pid) + c.tree(auth_pid) for side, proc in procs.items()}
     found = {}
     for label, path, tok in (("public route", "/public/x", None), ("protected route", "/api/echo/x", token)):
@@ -51,11 +60,24 @@ def one_pass(old, new, new_first, routes, token, auth_pid):
     return found
 
 
+def environment(pairs):
+    env = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        env[key] = value
+    return env
+
+
 def main():
-    if len(sys.argv) < 2:
-        raise SystemExit(__doc__)
-    old = os.path.abspath(sys.argv[1])
-    new = os.path.abspath(sys.argv[2]) if len(sys.argv) > 2 else os.path.join(c.RELEASE, "gateway")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("old")
+    parser.add_argument("new", nargs="?", default=os.path.join(c.RELEASE, "gateway"))
+    for side in ("old", "new"):
+        parser.add_argument(f"--{side}-env", action="append", default=[], metavar="K=V")
+        parser.add_argument(f"--{side}-server", action="append", default=[], metavar="LINE")
+    args = parser.parse_args()
+    c.place(os.environ.get("PLACEMENT", "pinned"))
+    old, new = os.path.abspath(args.old), os.path.abspath(args.new)
     duration = os.environ.get("DURATION", "4s")
     c.DURATION = duration
     p = {name: c.free_port() for name in ("echo", "auth")}
@@ -64,18 +86,24 @@ def main():
     auth = c.start("auth", [os.path.join(c.RELEASE, "auth-service"), "--listen", f"127.0.0.1:{p['auth']}"],
                    p["auth"], env={"JWT_SECRET_KEY": secret, "DATABASE_URL": f"sqlite://{c.WORK}/auth.db",
                                    "RUST_LOG": "warn"})
-    routes = c.gateway_routes(p["auth"], p["echo"], capacity=100_000)
+    sides = {
+        "old": (old, c.gateway_routes(p["auth"], p["echo"], capacity=100_000, server=args.old_server),
+                environment(args.old_env)),
+        "new": (new, c.gateway_routes(p["auth"], p["echo"], capacity=100_000, server=args.new_server),
+                environment(args.new_env)),
+    }
     reply = c.http("POST", f"http://127.0.0.1:{p['auth']}/api/register",
                    {"email": "ab@example.com", "password": "benchmark password"})
     token = reply["access"]
     # Two passes, the gateways started in both orders: a process started
     # second was seen to run a few per cent slower whatever its build, and
     # the geometric mean of the two passes cancels that out.
-    passes = [one_pass(old, new, False, routes, token, auth.pid),
-              one_pass(old, new, True, routes, token, auth.pid)]
-    print(f"old: `{old}`; new: `{new}`. Per route and pass, {PAIRS} pairs of {duration} oha loads, "
-          f"50 connections, servers on cpu {c.SERVER_CPUS}, oha on cpu {c.LOAD_CPUS}; the order "
-          "within a pair alternates.\n")
+    passes = [one_pass(sides, False, token, auth.pid), one_pass(sides, True, token, auth.pid)]
+    described = {side: " ".join([f"`{path}`", *args_of(args, side)]) for side, path in (("old", old), ("new", new))}
+    print(f"old: {described['old']}; new: {described['new']}. Per route and pass, {PAIRS} pairs of {duration} oha loads, "
+          "50 connections, " + (f"servers on cpu {c.SERVER_CPUS}, oha on cpu {c.LOAD_CPUS}"
+                                if c.PLACEMENT == "pinned" else "nothing pinned")
+          + "; the order within a pair alternates.\n")
     print("| route | old req/s | new req/s | new ÷ old, old started first | new ÷ old, new started first "
           "| new ÷ old (both orders) |")
     print("|---|---|---|---|---|---|")
@@ -88,6 +116,10 @@ def main():
         new_rps = statistics.median([rows[0][1], rows[1][1]])
         cells = [f"{m:.3f} ({q[0]:.3f} – {q[2]:.3f})" for m, q in zip(medians, iqr)]
         print(f"| {label} | {c.fmt(old_rps)} | {c.fmt(new_rps)} | {cells[0]} | {cells[1]} | {combined:.3f} |")
+
+
+def args_of(args, side):
+    return [f"`{e}`" for e in getattr(args, f"{side}_env")] + [f"`server.{l}`" for l in getattr(args, f"{side}_server")]
 
 
 if __name__ == "__main__":

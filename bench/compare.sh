@@ -4,6 +4,7 @@
 # missing (oha with cargo, nginx, haproxy, caddy and wrk with apt-get), then
 # runs bench/compare.py, which writes bench/results/<date>-<machine>.md and
 # .svg. DURATION (10s), CONNECTIONS (50) and ROUNDS (3) tune the loads;
+# PLACEMENTS (pinned,shared) chooses where servers and load run;
 # BASELINE_GATEWAY=path adds an earlier gateway build beside this one, and
 # QUICK=1 keeps only the gateway's public and protected rows and the floor.
 set -euo pipefail

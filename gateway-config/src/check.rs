@@ -237,7 +237,7 @@ impl Config {
             if upstream.servers.is_empty() {
                 error(
                     format!("{at}.servers"),
-                    "needs at least one host:port".into(),
+                    "needs at least one host:port or unix:/path".into(),
                 );
             } else if upstream.servers.len() > bounds::SERVERS {
                 error(
@@ -250,6 +250,16 @@ impl Config {
                 );
             }
             if let Some(tls) = &upstream.tls {
+                if upstream
+                    .servers
+                    .iter()
+                    .any(|s| matches!(s, ServerAddr::Unix(_)))
+                {
+                    error(
+                        format!("{at}.tls"),
+                        "TLS is for host:port servers; a unix: socket is local and plain".into(),
+                    );
+                }
                 if tls.sni.as_deref().is_some_and(str::is_empty) {
                     error(format!("{at}.tls.sni"), "must not be empty".into());
                 }

@@ -60,6 +60,11 @@ pub struct ServerSettings {
     /// Worker threads for the proxy; default: the number of cores.
     #[serde(default)]
     pub threads: Option<usize>,
+    /// Whether an idle worker thread may take tasks queued on a busy one
+    /// (one shared runtime), or each thread runs only the connections it
+    /// accepted (one runtime per thread).
+    #[serde(default = "defaults::work_stealing")]
+    pub work_stealing: bool,
     /// How long in-flight requests may finish after SIGTERM.
     #[serde(default = "defaults::grace_period")]
     pub grace_period: Dur,
@@ -121,6 +126,7 @@ impl Default for ServerSettings {
     fn default() -> Self {
         ServerSettings {
             threads: None,
+            work_stealing: defaults::work_stealing(),
             grace_period: defaults::grace_period(),
             keepalive_timeout: defaults::keepalive_timeout(),
             max_header_bytes: defaults::max_header_bytes(),
@@ -209,7 +215,8 @@ pub struct HealthCheckSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
-    pub servers: Vec<HostPort>,
+    /// `host:port` or `unix:/path`.
+    pub servers: Vec<ServerAddr>,
     #[serde(default = "defaults::balance")]
     pub balance: Balance,
     #[serde(default)]
@@ -340,6 +347,11 @@ mod defaults {
     }
     pub fn max_body_bytes() -> ByteSize {
         ByteSize(1024 * 1024)
+    }
+    /// Measured faster both with the gateway on its own core and sharing
+    /// the cores with other processes (bench/results).
+    pub fn work_stealing() -> bool {
+        false
     }
     pub fn upstream_keepalive_pool() -> usize {
         256

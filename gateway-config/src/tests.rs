@@ -248,7 +248,7 @@ routes:
     let rendered: Vec<String> = errors.iter().map(ToString::to_string).collect();
     let expected = [
         "auth.verify_url: is required for protected routes in remote mode at line 2",
-        "upstreams.tasks.servers: needs at least one host:port at line 6",
+        "upstreams.tasks.servers: needs at least one host:port or unix:/path at line 6",
         "routes[1].upstream: unknown upstream \"ordrs\" at line 12",
         "routes[1].roles: roles need access: protected at line 14",
         "routes[2].prefix: \"/api/tasks\" is already routed at line 15",
@@ -497,5 +497,56 @@ fn nesting_warnings_match_the_quadratic_definition() {
         "{} pairs: {}",
         expected.len(),
         warnings[bounds::WARNINGS]
+    );
+}
+
+#[test]
+fn servers_are_host_port_or_an_absolute_unix_socket() {
+    let long = format!("unix:/{}", "s".repeat(MAX_SOCKET_PATH));
+    for (raw, expected) in [
+        (
+            "127.0.0.1:9101",
+            Ok(ServerAddr::Tcp(HostPort {
+                host: "127.0.0.1".into(),
+                port: 9101,
+            })),
+        ),
+        (
+            "unix:/run/tasks.sock",
+            Ok(ServerAddr::Unix("/run/tasks.sock".into())),
+        ),
+        ("unix:run/tasks.sock", Err("must be absolute")),
+        ("unix:", Err("must be absolute")),
+        ("unix:/a\0b", Err("NUL")),
+        (long.as_str(), Err("at most 107 bytes")),
+        ("unix", Err("host:port")),
+    ] {
+        match (ServerAddr::parse(raw), expected) {
+            (Ok(found), Ok(expected)) => assert_eq!(found, expected, "{raw}"),
+            (Err(found), Err(expected)) => assert!(found.contains(expected), "{raw}: {found}"),
+            (found, expected) => panic!("{raw}: {found:?}, expected {expected:?}"),
+        }
+    }
+    assert_eq!(
+        ServerAddr::Unix("/run/tasks.sock".into()).to_string(),
+        "unix:/run/tasks.sock"
+    );
+
+    let unix = MINIMAL.replace("\"127.0.0.1:9101\"", "\"unix:/run/tasks.sock\"");
+    let config = Config::parse(&unix).expect("a unix socket server is valid");
+    assert_eq!(
+        config.upstreams["tasks"].servers,
+        vec![ServerAddr::Unix("/run/tasks.sock".into())]
+    );
+    let relative = MINIMAL.replace("\"127.0.0.1:9101\"", "\"unix:tasks.sock\"");
+    let errors = Config::parse(&relative).expect_err("relative socket path");
+    let text = errors.to_string();
+    assert!(text.contains("upstreams.tasks.servers"), "{text}");
+    assert!(text.contains("line 6"), "{text}");
+    let tls = unix.replace("    servers:", "    tls: {sni: tasks}\n    servers:");
+    let errors = Config::parse(&tls).expect_err("TLS to a socket");
+    assert!(
+        errors.to_string().contains("upstreams.tasks.tls"),
+        "{errors}"
     );
 }

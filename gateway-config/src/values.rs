@@ -197,6 +197,61 @@ impl<'de> Deserialize<'de> for MethodName {
     }
 }
 
+/// The longest path a Unix socket address holds (`sun_path` less its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Where an upstream server listens: `host:port`, or `unix:/absolute/path`
+/// for a service on the same machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerAddr {
+    Tcp(HostPort),
+    Unix(String),
+}
+
+impl ServerAddr {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let Some(path) = raw.strip_prefix("unix:") else {
+            return HostPort::parse(raw).map(ServerAddr::Tcp);
+        };
+        if !path.starts_with('/') {
+            return Err(format!("{raw:?}: a Unix socket path must be absolute"));
+        }
+        if path.len() > MAX_SOCKET_PATH {
+            return Err(format!(
+                "{raw:?}: a Unix socket path holds at most {MAX_SOCKET_PATH} bytes"
+            ));
+        }
+        if path.contains('\0') {
+            return Err(format!("{raw:?}: a Unix socket path cannot hold a NUL"));
+        }
+        Ok(ServerAddr::Unix(path.to_owned()))
+    }
+
+    /// The host and port, for a TCP server.
+    pub fn host_port(&self) -> Option<&HostPort> {
+        match self {
+            ServerAddr::Tcp(host_port) => Some(host_port),
+            ServerAddr::Unix(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerAddr::Tcp(host_port) => host_port.fmt(f),
+            ServerAddr::Unix(path) => write!(f, "unix:{path}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ServerAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        ServerAddr::parse(&raw).map_err(de::Error::custom)
+    }
+}
+
 /// An upstream server, `host:port`. Names are resolved when the table is
 /// built, never per request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -66,6 +66,12 @@ SIGQUIT hands the listeners to a process started with --upgrade.
 Environment: JWT_SECRET_KEY is read when auth.mode is local;
 GATEWAY_ADMIN_TOKEN (at least 32 characters) authenticates the admin listener.";
 
+/// Access-log bytes that may wait for the writer (some 50 000 lines);
+/// past that, lines are dropped and counted rather than slowing requests.
+const ACCESS_LOG_BUFFER: usize = 16 * 1024 * 1024;
+/// How long an access-log line may wait to be written when few come.
+const ACCESS_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
 fn main() -> ExitCode {
     // Before anything else: SIGHUP would otherwise kill the process.
     let hangups = match gateway::edge::server::hangups() {
@@ -76,7 +82,14 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse();
-    contract::telemetry::init();
+    // The access log (one line per request) is written off the request
+    // path, in batches; the guard writes what is left on the way out.
+    let _access_log = contract::telemetry::init_with_access_log(
+        "access",
+        ACCESS_LOG_BUFFER,
+        ACCESS_LOG_INTERVAL,
+        gateway::metrics::access_log_dropped,
+    );
     contract::supervision::follow_parent();
 
     if cli.check {

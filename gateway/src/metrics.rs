@@ -43,6 +43,13 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Client connections closed on arrival, by the bound they met.
     pub connections_refused: IntCounterVec,
+    /// Access-log lines dropped because the writer could not keep up.
+    pub access_log_dropped: IntCounter,
+}
+
+/// Counts one access-log line dropped (see `contract::telemetry`).
+pub fn access_log_dropped() {
+    get().access_log_dropped.inc();
 }
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -186,37 +193,140 @@ pub fn get() -> &'static Metrics {
                 "Client connections closed on arrival, by the bound they met.",
                 &["reason"],
             ),
+            access_log_dropped: counter(
+                "portcullis_access_log_dropped_total",
+                "Access-log lines dropped because writing them could not keep up.",
+            ),
         }
     })
 }
+/// The status labels of `portcullis_requests_total`: the common codes one
+/// by one, the rest by class.
+const STATUS_LABELS: [&str; 27] = [
+    "0", "200", "201", "204", "301", "302", "304", "400", "401", "403", "404", "405", "409", "413",
+    "422", "429", "431", "500", "502", "503", "504", "1xx", "2xx", "3xx", "4xx", "5xx", "other",
+];
+
+/// The index of a status's label in [`STATUS_LABELS`].
+fn status_index(status: u16) -> usize {
+    let exact = match status {
+        0 => Some(0),
+        200..=504 => STATUS_LABELS[1..21]
+            .iter()
+            .position(|label| label.parse() == Ok(status))
+            .map(|i| i + 1),
+        _ => None,
+    };
+    exact.unwrap_or(match status {
+        100..=199 => 21,
+        200..=299 => 22,
+        300..=399 => 23,
+        400..=499 => 24,
+        500..=599 => 25,
+        _ => 26,
+    })
+}
+
 /// Status codes as static label strings, so the hot path does not format.
 pub fn status_label(status: u16) -> &'static str {
-    match status {
-        0 => "0",
-        200 => "200",
-        201 => "201",
-        204 => "204",
-        301 => "301",
-        302 => "302",
-        304 => "304",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        405 => "405",
-        409 => "409",
-        413 => "413",
-        422 => "422",
-        429 => "429",
-        431 => "431",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        s if s < 200 => "1xx",
-        s if s < 300 => "2xx",
-        s if s < 400 => "3xx",
-        s if s < 500 => "4xx",
-        _ => "5xx",
+    STATUS_LABELS[status_index(status)]
+}
+
+/// One route's request counters, by status: each handle is looked up in
+/// the registry the first time its status is counted and kept, so that
+/// counting a request hashes no label. Built with the route table; a new
+/// table's handles count on in the same series.
+#[derive(Clone)]
+pub struct RequestCounts {
+    route: String,
+    by_status: [OnceLock<IntCounter>; STATUS_LABELS.len()],
+}
+
+impl RequestCounts {
+    pub fn new(route: &str) -> Self {
+        RequestCounts {
+            route: route.to_owned(),
+            by_status: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    /// The counters of requests no route took.
+    pub fn unrouted() -> &'static RequestCounts {
+        static NONE: OnceLock<RequestCounts> = OnceLock::new();
+        NONE.get_or_init(|| RequestCounts::new("none"))
+    }
+
+    /// Counts one answered request.
+    pub fn count(&self, status: u16) {
+        let index = status_index(status);
+        self.by_status[index]
+            .get_or_init(|| {
+                get()
+                    .requests
+                    .with_label_values(&[self.route.as_str(), STATUS_LABELS[index]])
+            })
+            .inc();
+    }
+}
+
+impl std::fmt::Debug for RequestCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestCounts")
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Two routes' counters are alike when they count the same series.
+impl PartialEq for RequestCounts {
+    fn eq(&self, other: &Self) -> bool {
+        self.route == other.route
+    }
+}
+
+impl Eq for RequestCounts {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_has_its_label() {
+        let cases = [
+            (0, "0"),
+            (200, "200"),
+            (204, "204"),
+            (404, "404"),
+            (504, "504"),
+            (101, "1xx"),
+            (206, "2xx"),
+            (308, "3xx"),
+            (418, "4xx"),
+            (599, "5xx"),
+            (600, "other"),
+            (42, "other"),
+        ];
+        for (status, label) in cases {
+            assert_eq!(status_label(status), label, "{status}");
+        }
+    }
+
+    #[test]
+    fn cached_handles_count_in_the_registered_series() {
+        let counts = RequestCounts::new("/metrics-test-route");
+        counts.count(200);
+        counts.count(200);
+        counts.count(418);
+        let series = |status: &str| {
+            get()
+                .requests
+                .with_label_values(&["/metrics-test-route", status])
+                .get()
+        };
+        assert_eq!(series("200"), 2);
+        assert_eq!(series("4xx"), 1);
+        // A second table's handles (after a reload) count on in the same series.
+        RequestCounts::new("/metrics-test-route").count(200);
+        assert_eq!(series("200"), 3);
     }
 }

@@ -206,6 +206,7 @@ mod tests {
                 max_body_bytes: 0,
                 limits: None,
                 stale_if_error: None,
+                counts: crate::metrics::RequestCounts::new("/ws"),
             }),
             path: "/ws".into(),
             websocket: bearer.is_some(),

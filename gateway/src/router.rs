@@ -28,6 +28,8 @@ pub struct Route {
     /// How long past its end a cached grant may serve while the verifier
     /// is unavailable.
     pub stale_if_error: Option<std::time::Duration>,
+    /// This route's series of `portcullis_requests_total`.
+    pub counts: crate::metrics::RequestCounts,
 }
 
 impl Route {
@@ -105,6 +107,7 @@ impl RouteTable {
                     .and_then(crate::limits::RouteLimits::new)
                     .map(Arc::new),
                 stale_if_error: route.stale_if_error.map(|d| d.0),
+                counts: crate::metrics::RequestCounts::new(&route.prefix.0),
             };
             by_prefix
                 .entry(compiled.prefix.clone())

@@ -6,7 +6,7 @@
 //! place where ports are written, and listing two servers for `orders`
 //! starts two replicas of it.
 
-use gateway_config::{Config, HostPort};
+use gateway_config::{Config, HostPort, ServerAddr};
 
 /// The services the stack knows how to start, by the upstream name that
 /// routes to them.
@@ -99,8 +99,15 @@ impl Plan {
             let Some(upstream) = config.upstreams.get(kind.upstream()) else {
                 continue;
             };
-            let replicas = upstream.servers.len();
-            for (i, server) in upstream.servers.iter().enumerate() {
+            // The stack starts services on host:port servers; a unix:
+            // socket is a service the user runs.
+            let servers: Vec<&HostPort> = upstream
+                .servers
+                .iter()
+                .filter_map(ServerAddr::host_port)
+                .collect();
+            let replicas = servers.len();
+            for (i, server) in servers.into_iter().enumerate() {
                 let name = if replicas == 1 {
                     kind.binary().to_owned()
                 } else {
@@ -118,6 +125,7 @@ impl Plan {
                 .upstreams
                 .get(kind.upstream())
                 .and_then(|u| u.servers.first())
+                .and_then(ServerAddr::host_port)
                 .map(|server| format!("http://{}", reachable(server)))
         };
         let inventory_url = first_url(Kind::Inventory);

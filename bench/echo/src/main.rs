@@ -15,6 +15,9 @@ use service_kit::server::{bind, serve, shutdown_signal};
 struct Cli {
     #[arg(long, env = "ECHO_LISTEN", default_value = "127.0.0.1:9501")]
     listen: String,
+    /// Also serve on this Unix socket (for the gateway's `unix:` servers).
+    #[arg(long)]
+    unix: Option<std::path::PathBuf>,
 }
 
 async fn answer(uri: Uri, headers: HeaderMap) -> Json<serde_json::Value> {
@@ -35,5 +38,12 @@ async fn answer(uri: Uri, headers: HeaderMap) -> Json<serde_json::Value> {
 async fn main() -> std::io::Result<()> {
     let cli = Cli::parse();
     let listener = bind(&cli.listen).await?;
-    serve(listener, Router::new().fallback(answer), shutdown_signal()).await
+    let app = Router::new().fallback(answer);
+    if let Some(path) = &cli.unix {
+        let _ = std::fs::remove_file(path);
+        let unix = tokio::net::UnixListener::bind(path)?;
+        let app = app.clone();
+        tokio::spawn(async move { axum::serve(unix, app).await });
+    }
+    serve(listener, app, shutdown_signal()).await
 }

@@ -19,6 +19,10 @@ struct Cli {
     /// Worker threads (default: the cores this process may run on).
     #[arg(long)]
     threads: Option<usize>,
+    /// Pingora's work-stealing runtime; off by default, as in the gateway
+    /// (`server.work_stealing`), so that both run the same runtime.
+    #[arg(long)]
+    work_stealing: bool,
 }
 
 struct Floor {
@@ -48,6 +52,7 @@ fn main() {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     if let Some(conf) = std::sync::Arc::get_mut(&mut server.configuration) {
         conf.threads = threads;
+        conf.work_stealing = cli.work_stealing;
         conf.grace_period_seconds = Some(0);
         conf.graceful_shutdown_timeout_seconds = Some(0);
     }

@@ -7,11 +7,11 @@
 //! ([`response::edits`]), answer failures ([`response::failure`]), log.
 
 use super::generation::{Gateway, Generation};
-use super::upstreams::Pool;
+use super::upstreams::{Pool, Server};
 use super::write;
 use crate::auth::unix_now;
 use crate::headers;
-use crate::metrics;
+use crate::metrics::{self, RequestCounts};
 use crate::refusal::Refusal;
 use crate::request::front::{self, Front, Head};
 use crate::request::{self, Admission, Refused, Request, body, forward};
@@ -22,7 +22,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,11 +49,19 @@ pub struct Ctx {
 #[derive(Default)]
 struct Upstream {
     pool: Option<Arc<Pool>>,
-    selected: Option<SocketAddr>,
-    tried: Vec<SocketAddr>,
+    /// The server chosen (its index in the pool), and those that refused.
+    selected: Option<usize>,
+    tried: Vec<usize>,
     /// No server of the pool was healthy (as opposed to all refusing).
     no_healthy: bool,
     started: Option<Instant>,
+}
+
+impl Upstream {
+    /// The server chosen for this attempt.
+    fn server(&self) -> Option<&Server> {
+        self.pool.as_ref()?.server(self.selected?)
+    }
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
@@ -243,7 +251,10 @@ impl ProxyHttp for Proxy {
         let pool = ctx.upstream.pool.clone().ok_or_else(|| {
             Error::explain(ErrorType::HTTPStatus(503), "route has no upstream pool")
         })?;
-        let Some(addr) = pool.select(&ctx.upstream.tried) else {
+        let Some((index, server)) = pool
+            .select(&ctx.upstream.tried)
+            .and_then(|i| Some((i, pool.server(i)?)))
+        else {
             // Nothing healthy, or every server refused the connection: the
             // gateway itself is fine and the upstream is not (502; 503 is
             // kept for the gateway's own unavailability).
@@ -253,8 +264,8 @@ impl ProxyHttp for Proxy {
                 "no healthy upstream",
             ));
         };
-        ctx.upstream.selected = Some(addr);
-        let mut peer = pool.peer(addr);
+        ctx.upstream.selected = Some(index);
+        let mut peer = pool.peer(server);
         if ctx.admission.as_ref().is_some_and(|a| a.websocket) {
             // An upgraded connection is idle between messages; the pool's
             // per-read timeout would cut it.
@@ -331,7 +342,7 @@ impl ProxyHttp for Proxy {
             trusted: peer.is_some_and(|ip| generation.config.server.trusts(ip)),
             https: ctx.https,
             request_id: &ctx.request_id,
-            server: ctx.upstream.selected,
+            host: ctx.upstream.server().map(|server| &server.host),
         };
         let (edits, spoofed) = forward::edits(&upstream.headers, &facts)
             .map_err(|_| Error::explain(ErrorType::InternalError, "unsendable header value"))?;
@@ -429,20 +440,18 @@ impl ProxyHttp for Proxy {
             .map_or(0, |response| response.status.as_u16());
         let admission = ctx.admission.as_ref();
         let refused_on = ctx.refused.as_ref().and_then(|r| r.routed.as_ref());
-        let (route, path) = match (admission, refused_on) {
-            (Some(a), _) => (a.route.prefix.as_str(), a.path.as_str()),
-            (None, Some(r)) => (r.route.prefix.as_str(), r.path.as_str()),
-            (None, None) => ("none", session.req_header().uri.path()),
+        let (routed, path) = match (admission, refused_on) {
+            (Some(a), _) => (Some(&a.route), a.path.as_str()),
+            (None, Some(r)) => (Some(&r.route), r.path.as_str()),
+            (None, None) => (None, session.req_header().uri.path()),
         };
-        let m = metrics::get();
-        m.requests
-            .with_label_values(&[route, metrics::status_label(status)])
-            .inc();
+        let route = routed.map_or("none", |r| r.prefix.as_str());
+        routed
+            .map_or(RequestCounts::unrouted(), |r| &r.counts)
+            .count(status);
         let upstream = ctx.upstream.pool.as_ref().map_or("", |p| p.name.as_str());
-        if let Some(started) = ctx.upstream.started {
-            m.upstream_latency
-                .with_label_values(&[upstream])
-                .observe(started.elapsed().as_secs_f64());
+        if let (Some(started), Some(pool)) = (ctx.upstream.started, &ctx.upstream.pool) {
+            pool.latency.observe(started.elapsed().as_secs_f64());
         }
         let user = admission.and_then(|a| a.user.as_ref());
         tracing::info!(
@@ -454,7 +463,7 @@ impl ProxyHttp for Proxy {
             status,
             upstream,
             // Evaluated only when the access log is enabled.
-            server = %ctx.upstream.selected.map(|a| a.to_string()).unwrap_or_default(),
+            server = %ctx.upstream.server().map(ToString::to_string).unwrap_or_default(),
             user_id = user.map_or("", |u| &*u.identity.user_id),
             // The identity came from a stale grant (stale-if-error).
             stale = user.is_some_and(|u| u.stale) || ctx.refused.as_ref().is_some_and(|r| r.stale),

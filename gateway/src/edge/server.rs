@@ -97,7 +97,7 @@ pub fn run(options: Launch, hangups: mpsc::UnboundedReceiver<()>) -> Result<(), 
     let tls = config.tls.clone();
     let server_conf = ServerConf {
         threads,
-        work_stealing: true,
+        work_stealing: config.server.work_stealing,
         grace_period_seconds: Some(config.server.grace_period.0.as_secs()),
         graceful_shutdown_timeout_seconds: Some(config.server.grace_period.0.as_secs().max(1)),
         upstream_keepalive_pool_size: config.server.upstream_keepalive_pool,
@@ -226,7 +226,35 @@ pub fn run(options: Launch, hangups: mpsc::UnboundedReceiver<()>) -> Result<(), 
     // The listeners are bound (or, on an upgrade, received) by now, so
     // connections queue from here on even before the first accept.
     crate::notify::ready();
-    server.run_forever()
+    // `run` (not `run_forever`, which exits the process) returns once the
+    // services have stopped, so that `main` can write the last log lines.
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(Signals),
+    });
+    Ok(())
+}
+
+/// Pingora's signals (SIGTERM drains, SIGQUIT hands the listeners over),
+/// but a fast shutdown (SIGINT) ends the process at once, once the access
+/// log is written. Pingora's own fast shutdown stops its per-thread
+/// runtimes one after the other, without stopping the accept loops first;
+/// an accept loop whose listener belonged to a runtime already stopped
+/// then fails at once, again and again, and its thread never stops.
+struct Signals;
+
+#[async_trait::async_trait]
+impl pingora::server::ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> pingora::server::ShutdownSignal {
+        use pingora::server::{ShutdownSignal, UnixShutdownSignalWatch};
+        match UnixShutdownSignalWatch.recv().await {
+            ShutdownSignal::FastShutdown => {
+                tracing::info!("SIGINT: stopping now");
+                contract::telemetry::flush_access_log();
+                std::process::exit(0)
+            }
+            other => other,
+        }
+    }
 }
 
 /// Reloads on SIGHUP (and on file changes with `--watch`), and runs the

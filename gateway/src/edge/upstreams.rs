@@ -8,9 +8,11 @@ use crate::config::{self, Balance, CheckKind};
 use crate::metrics;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::{Random, RoundRobin};
-use pingora::lb::{Backend, LoadBalancer};
+use pingora::lb::{Backend, Backends, LoadBalancer, discovery};
+use pingora::protocols::l4::socket::SocketAddr;
 use pingora::upstreams::peer::HttpPeer;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::collections::BTreeSet;
+use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -22,8 +24,10 @@ enum Balancer {
 
 pub struct Pool {
     pub name: String,
+    /// This pool's series of `portcullis_upstream_latency_seconds`.
+    pub latency: prometheus::Histogram,
     balancer: Balancer,
-    servers: Vec<SocketAddr>,
+    servers: Vec<Server>,
     check_interval: Option<Duration>,
     connect_timeout: Duration,
     read_timeout: Duration,
@@ -53,17 +57,77 @@ impl PoolTls {
     }
 }
 
-fn resolve(server: &config::HostPort) -> Result<Vec<SocketAddr>, String> {
-    let addrs: Vec<SocketAddr> = (server.host.as_str(), server.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {server}: {e}"))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(format!("{server} resolves to no address"));
+/// One server of a pool: where it listens, and the `Host` it is sent.
+pub struct Server {
+    pub addr: SocketAddr,
+    /// Its address (`localhost` for a Unix socket), made once here rather
+    /// than formatted on every request.
+    pub host: http::HeaderValue,
+}
+
+/// The address of a configured server. A name is resolved once, here, to
+/// its first address: a name with several records is one server, not
+/// several.
+fn resolve(server: &config::ServerAddr) -> Result<SocketAddr, String> {
+    match server {
+        config::ServerAddr::Tcp(host_port) => (host_port.host.as_str(), host_port.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {server}: {e}"))?
+            .next()
+            .map(SocketAddr::Inet)
+            .ok_or_else(|| format!("{server} resolves to no address")),
+        config::ServerAddr::Unix(path) => std::os::unix::net::SocketAddr::from_pathname(path)
+            .map(SocketAddr::Unix)
+            .map_err(|e| format!("{server}: {e}")),
     }
-    // One address per configured server: a name with several records is
-    // one server, not several.
-    Ok(addrs.into_iter().take(1).collect())
+}
+
+/// The value of `Host` sent to a server: its address, or `localhost` for a
+/// Unix socket (which has no host name of its own).
+fn host_of(addr: &SocketAddr) -> Result<http::HeaderValue, String> {
+    match addr {
+        SocketAddr::Inet(inet) => {
+            http::HeaderValue::try_from(inet.to_string()).map_err(|e| format!("{inet}: {e}"))
+        }
+        SocketAddr::Unix(_) => Ok(http::HeaderValue::from_static("localhost")),
+    }
+}
+
+/// A balancer over `servers`; each backend carries its server's index.
+fn balancer<S>(name: &str, servers: &[Server]) -> Result<LoadBalancer<S>, String>
+where
+    S: pingora::lb::selection::BackendSelection + 'static,
+    S::Iter: pingora::lb::selection::BackendIter,
+{
+    let backends: BTreeSet<Backend> = servers
+        .iter()
+        .enumerate()
+        .map(|(index, server)| {
+            let mut backend = Backend {
+                addr: server.addr.clone(),
+                weight: 1,
+                ext: Default::default(),
+            };
+            backend.ext.insert(index);
+            backend
+        })
+        .collect();
+    let lb = LoadBalancer::from_backends(Backends::new(discovery::Static::new(backends)));
+    // A static list is known at once: this update completes without waiting.
+    match futures::FutureExt::now_or_never(lb.update()) {
+        Some(Ok(())) => Ok(lb),
+        Some(Err(e)) => Err(format!("upstream {name}: {e}")),
+        None => Err(format!("upstream {name}: its server list did not load")),
+    }
+}
+
+impl std::fmt::Display for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.addr {
+            SocketAddr::Inet(addr) => addr.fmt(f),
+            unix => write!(f, "unix:{unix}"),
+        }
+    }
 }
 
 impl Pool {
@@ -78,6 +142,7 @@ impl Pool {
                     None => upstream
                         .servers
                         .first()
+                        .and_then(config::ServerAddr::host_port)
                         .map(|s| s.host.clone())
                         .unwrap_or_default(),
                 };
@@ -103,12 +168,12 @@ impl Pool {
                 Ok(PoolTls { sni, roots, group })
             })
             .transpose()?;
-        let mut servers = Vec::new();
+        let mut servers: Vec<Server> = Vec::new();
         for server in &upstream.servers {
-            for addr in resolve(server)? {
-                if !servers.contains(&addr) {
-                    servers.push(addr);
-                }
+            let addr = resolve(server)?;
+            if !servers.iter().any(|s| s.addr == addr) {
+                let host = host_of(&addr)?;
+                servers.push(Server { addr, host });
             }
         }
         let check: Option<Box<dyn HealthCheck + Send + Sync>> =
@@ -160,21 +225,16 @@ impl Pool {
                         }
                     }
                 });
-        let addrs = servers.iter().map(ToString::to_string).collect::<Vec<_>>();
         let balancer = match upstream.balance {
             Balance::RoundRobin => {
-                let mut lb =
-                    LoadBalancer::<RoundRobin>::try_from_iter(addrs.iter().map(String::as_str))
-                        .map_err(|e| format!("upstream {name}: {e}"))?;
+                let mut lb = balancer::<RoundRobin>(name, &servers)?;
                 if let Some(check) = check {
                     lb.set_health_check(check);
                 }
                 Balancer::RoundRobin(lb)
             }
             Balance::Random => {
-                let mut lb =
-                    LoadBalancer::<Random>::try_from_iter(addrs.iter().map(String::as_str))
-                        .map_err(|e| format!("upstream {name}: {e}"))?;
+                let mut lb = balancer::<Random>(name, &servers)?;
                 if let Some(check) = check {
                     lb.set_health_check(check);
                 }
@@ -183,6 +243,9 @@ impl Pool {
         };
         Ok(Pool {
             name: name.to_owned(),
+            latency: crate::metrics::get()
+                .upstream_latency
+                .with_label_values(&[name]),
             balancer,
             servers,
             check_interval: upstream.health_check.as_ref().map(|c| c.interval.0),
@@ -202,27 +265,33 @@ impl Pool {
         self.servers.is_empty()
     }
 
-    /// A healthy server not in `exclude`, by the pool's policy.
-    pub fn select(&self, exclude: &[SocketAddr]) -> Option<SocketAddr> {
+    /// A healthy server (its index) not in `exclude`, by the pool's policy.
+    pub fn select(&self, exclude: &[usize]) -> Option<usize> {
+        let index = |backend: &Backend| backend.ext.get::<usize>().copied();
         let accept = |backend: &Backend, healthy: bool| {
-            healthy
-                && backend
-                    .addr
-                    .as_inet()
-                    .is_some_and(|addr| !exclude.contains(addr))
+            healthy && index(backend).is_some_and(|i| !exclude.contains(&i))
         };
         let iterations = self.servers.len() * 2 + 2;
         let backend = match &self.balancer {
             Balancer::RoundRobin(lb) => lb.select_with(b"", iterations, accept),
             Balancer::Random(lb) => lb.select_with(b"", iterations, accept),
         }?;
-        backend.addr.as_inet().copied()
+        index(&backend)
     }
 
-    /// A peer for `addr` with this pool's timeouts. Every timeout is set:
+    /// The server at `index` (as [`Pool::select`] gave it).
+    pub fn server(&self, index: usize) -> Option<&Server> {
+        self.servers.get(index)
+    }
+
+    /// A peer for `server` with this pool's timeouts. Every timeout is set:
     /// Pingora's defaults are unbounded.
-    pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
-        let mut peer = HttpPeer::new(addr, false, String::new());
+    pub fn peer(&self, server: &Server) -> HttpPeer {
+        // Pingora builds a peer from an IP address or a path; the address
+        // is already resolved, so it is set as it is.
+        let placeholder = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut peer = HttpPeer::new(placeholder, false, String::new());
+        peer._address = server.addr.clone();
         if let Some(tls) = &self.tls {
             tls.apply(&mut peer);
         }
@@ -241,13 +310,25 @@ impl Pool {
         }
     }
 
-    /// Servers and whether each is currently in rotation.
-    pub fn health(&self) -> Vec<(SocketAddr, bool)> {
+    /// Servers (as configured) and whether each is currently in rotation.
+    pub fn health(&self) -> Vec<(String, bool)> {
         let backends = self.backends();
-        backends
+        let mut health: Vec<(usize, String, bool)> = backends
             .get_backend()
             .iter()
-            .filter_map(|b| b.addr.as_inet().map(|addr| (*addr, backends.ready(b))))
+            .filter_map(|b| {
+                let index = *b.ext.get::<usize>()?;
+                Some((
+                    index,
+                    self.servers.get(index)?.to_string(),
+                    backends.ready(b),
+                ))
+            })
+            .collect();
+        health.sort_by_key(|(index, ..)| *index);
+        health
+            .into_iter()
+            .map(|(_, name, ready)| (name, ready))
             .collect()
     }
 
@@ -260,7 +341,7 @@ impl Pool {
         let gauge = &metrics::get().upstream_healthy;
         for (addr, healthy) in self.health() {
             gauge
-                .with_label_values(&[self.name.as_str(), addr.to_string().as_str()])
+                .with_label_values(&[self.name.as_str(), addr.as_str()])
                 .set(i64::from(healthy));
         }
     }

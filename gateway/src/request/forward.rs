@@ -13,7 +13,7 @@ use crate::headers::{self, AUTH_EXPIRES, REQUEST_ID, USER_ID, USER_ROLE};
 use crate::refusal::Refusal;
 use crate::router::Route;
 use http::{HeaderMap, HeaderValue};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 /// The upstream request target: the route's path for `path`, and the query.
 pub fn target(route: &Route, path: &str, query: Option<&str>) -> Result<http::Uri, Refusal> {
@@ -34,8 +34,8 @@ pub struct Forward<'a> {
     pub trusted: bool,
     pub https: bool,
     pub request_id: &'a str,
-    /// The upstream server chosen, sent as `Host`.
-    pub server: Option<SocketAddr>,
+    /// The `Host` of the upstream server chosen.
+    pub host: Option<&'a HeaderValue>,
 }
 
 /// The edits that make the client's `headers` the upstream request's, and
@@ -113,11 +113,8 @@ pub fn edits(headers: &HeaderMap, forward: &Forward<'_>) -> Result<(Vec<Edit>, u
             None => Edit::remove("x-forwarded-host"),
         });
     }
-    if let Some(addr) = forward.server {
-        edits.push(Edit::Set(
-            "Host",
-            HeaderValue::try_from(addr.to_string()).map_err(|_| Unsendable)?,
-        ));
+    if let Some(host) = forward.host {
+        edits.push(Edit::Set("Host", host.clone()));
     }
     Ok((edits, spoofed))
 }
@@ -171,6 +168,7 @@ mod tests {
             max_body_bytes: 1024,
             limits: None,
             stale_if_error: None,
+            counts: crate::metrics::RequestCounts::new("/api/tasks"),
         })
     }
 
@@ -205,6 +203,9 @@ mod tests {
         crate::request::header_map(pairs)
     }
 
+    /// The `Host` of the upstream server in these tests.
+    static HOST: HeaderValue = HeaderValue::from_static("127.0.0.1:9101");
+
     /// The client's headers after the edits, and the spoofing count.
     fn forwarded(
         client: &[(&str, &str)],
@@ -218,7 +219,7 @@ mod tests {
             trusted,
             https: false,
             request_id: "rid-1",
-            server: Some("127.0.0.1:9101".parse().expect("addr")),
+            host: Some(&HOST),
         };
         let (edits, spoofed) = edits(&map, &facts).expect("sendable");
         crate::edit::apply(&mut map, &edits);

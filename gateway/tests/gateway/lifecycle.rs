@@ -359,3 +359,88 @@ async fn systemd_is_told_which_process_serves_before_and_after_an_upgrade() {
     assert!(old_status.success(), "{old_status:?}");
     assert_eq!(raw(gw, "GET", "/api/public/x", &[], "").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_names_every_request_and_is_written_whole_at_shutdown() {
+    let mut s = stack(&[]).await;
+    let gw = s.gateway.addr();
+    let (token, user) = register(gw, "logged@example.com").await;
+    let reply = raw(
+        gw,
+        "GET",
+        "/api/public/a",
+        &[("x-request-id", "logged-public-1")],
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let bearer = bearer(&token);
+    let headers = [
+        ("x-request-id", "logged-protected-1"),
+        ("authorization", bearer.as_str()),
+    ];
+    assert_eq!(
+        raw(gw, "GET", "/api/tasks/1", &headers, "").await.status,
+        200
+    );
+    // Written by the log's own thread, within its interval (100 ms).
+    let line = |logs: &str, id: &str| {
+        logs.lines()
+            .find(|l| l.contains(&format!("request_id={id}")))
+            .map(str::to_owned)
+    };
+    let logged = eventually(Duration::from_secs(5), async || {
+        line(&s.gateway.child.logs(), "logged-protected-1").is_some()
+    })
+    .await;
+    assert!(logged, "{}", s.gateway.child.logs());
+    let logs = s.gateway.child.logs();
+    let public = line(&logs, "logged-public-1").expect("the public request's line");
+    assert!(
+        public.contains(r#"route="/api/public""#) && public.contains("status=200"),
+        "{public}"
+    );
+    let protected = line(&logs, "logged-protected-1").expect("the protected request's line");
+    assert!(
+        protected.contains(r#"route="/api/tasks""#)
+            && protected.contains(&format!(r#"user_id="{user}""#)),
+        "{protected}"
+    );
+    assert!(
+        !s.gateway.child.logs().contains(&token),
+        "a token reached the log"
+    );
+
+    // A burst, then SIGINT (a fast shutdown, no grace period) at once:
+    // lines still waiting for the log's interval are written on the way
+    // out, none lost.
+    for i in 0..50 {
+        let id = format!("burst-{i}");
+        let reply = raw(
+            gw,
+            "GET",
+            "/api/public/b",
+            &[("x-request-id", id.as_str())],
+            "",
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+    }
+    s.gateway.child.signal("INT");
+    let status = s
+        .gateway
+        .child
+        .wait_exit(Duration::from_secs(15))
+        .expect("exited at once");
+    assert!(status.success(), "{status:?}");
+    let all = eventually(Duration::from_secs(5), async || {
+        let logs = s.gateway.child.logs();
+        (0..50).all(|i| line(&logs, &format!("burst-{i}")).is_some())
+    })
+    .await;
+    assert!(
+        all,
+        "access-log lines lost at shutdown:\n{}",
+        s.gateway.child.logs()
+    );
+}

@@ -49,13 +49,15 @@ pub struct Upstream {
     tasks: Arc<Mutex<JoinSet<()>>>,
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     seen: Arc<Mutex<Vec<Seen>>>,
     hang: Arc<AtomicBool>,
     delay_ms: Arc<AtomicU64>,
     drop_second: Arc<AtomicBool>,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut reader = BufReader::new(stream);
     let mut served = 0;
     loop {
@@ -188,6 +190,36 @@ impl Upstream {
             drop_second,
             tasks,
         }
+    }
+
+    /// The same upstream on a Unix socket at `path` (its `addr` is then
+    /// unspecified: `0.0.0.0:0`).
+    pub async fn start_unix(path: &std::path::Path) -> Upstream {
+        let listener = tokio::net::UnixListener::bind(path).expect("bind unix upstream");
+        let upstream = Upstream {
+            addr: "0.0.0.0:0".parse().expect("address"),
+            seen: Arc::new(Mutex::new(Vec::new())),
+            hang: Arc::new(AtomicBool::new(false)),
+            delay_ms: Arc::new(AtomicU64::new(0)),
+            drop_second: Arc::new(AtomicBool::new(false)),
+            tasks: Arc::new(Mutex::new(JoinSet::new())),
+        };
+        let (s, h, d, x, t) = (
+            upstream.seen.clone(),
+            upstream.hang.clone(),
+            upstream.delay_ms.clone(),
+            upstream.drop_second.clone(),
+            upstream.tasks.clone(),
+        );
+        upstream.tasks.lock().expect("lock").spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (s, h, d, x) = (s.clone(), h.clone(), d.clone(), x.clone());
+                t.lock()
+                    .expect("lock")
+                    .spawn(serve_connection(stream, s, h, d, x));
+            }
+        });
+        upstream
     }
 
     pub fn seen(&self) -> Vec<Seen> {

@@ -183,3 +183,72 @@ async fn a_server_that_answers_again_returns_to_rotation() {
     );
     assert!(!revived.seen().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_socket_upstream_serves_public_and_protected_routes() {
+    let db = TestDatabase::new().await;
+    let auth = auth_service(&db, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("tasks.sock");
+    let tasks = Upstream::start_unix(&socket).await;
+    let routes = format!(
+        r#"
+auth:
+  verify_url: http://{auth}/api/verify
+upstreams:
+  auth:
+    servers: ["{auth}"]
+  tasks:
+    servers: ["unix:{socket}"]
+    health_check: {{ type: http, path: /healthz, interval: 200ms }}
+routes:
+  - {{ prefix: /api/auth/register, upstream: auth, access: public, methods: [POST], rewrite: /api/register }}
+  - {{ prefix: /api/public, upstream: tasks, access: public }}
+  - {{ prefix: /api/tasks, upstream: tasks, access: protected }}
+"#,
+        auth = auth.addr,
+        socket = socket.display()
+    );
+    let gateway = Gateway::start(&routes, &[]);
+    let gw = gateway.addr();
+
+    let public = raw(gw, "GET", "/api/public/a?x=1", &[("x-user-id", "7")], "").await;
+    assert_eq!(public.status, 200, "{:?}", public.body);
+    assert_eq!(public.body["target"], "/api/public/a?x=1");
+    let (token, user) = register(gw, "unix@example.com").await;
+    let protected = get_with_token(gw, "/api/tasks/1", &token).await;
+    assert_eq!(protected.status, 200, "{:?}", protected.body);
+    let unauthenticated = raw(gw, "GET", "/api/tasks/1", &[], "").await;
+    assert_eq!(unauthenticated.status, 401);
+
+    let seen = tasks.seen();
+    assert_eq!(
+        seen.len(),
+        2,
+        "the refused request never reached the socket"
+    );
+    assert_eq!(
+        seen[0].all("x-user-id"),
+        Vec::<&str>::new(),
+        "spoofed id stripped"
+    );
+    assert_eq!(seen[1].all("x-user-id"), vec![user.to_string().as_str()]);
+    // A socket has no host name: the upstream is told `localhost`.
+    assert_eq!(seen[1].all("host"), vec!["localhost"]);
+    let gauge = format!(
+        "portcullis_upstream_healthy{{server=\"unix:{}\",upstream=\"tasks\"}}",
+        socket.display()
+    );
+    assert_eq!(gateway.metric(&gauge).await, 1.0);
+
+    // The socket's server stops: 502, then out of rotation by its checks.
+    tasks.stop();
+    std::fs::remove_file(&socket).expect("remove socket");
+    let gone = raw(gw, "GET", "/api/public/a", &[], "").await;
+    assert_eq!(gone.status, 502, "{:?}", gone.body);
+    let ejected = eventually(Duration::from_secs(3), async || {
+        gateway.metric(&gauge).await == 0.0
+    })
+    .await;
+    assert!(ejected, "a dead socket stayed in rotation");
+}
