@@ -93,18 +93,22 @@ pub enum Retry {
 /// since its last use can fail on write as well as on read; the engine
 /// retries only the read failures. Nothing was answered yet and the request
 /// is idempotent, so it goes again on a fresh connection (the same server,
-/// or the next if that one refuses). A request that is not idempotent, or
-/// whose body can no longer be replayed, is never sent twice.
+/// or the next if that one refuses). A fresh connection that breaks before
+/// any answer (a server going down with connections still in its backlog)
+/// sends an idempotent request to the next server of the pool, as long as
+/// one is left untried. A request that is not idempotent, or whose body can
+/// no longer be replayed, is never sent twice.
 pub fn retry(
     idempotent: bool,
     replayable_body: bool,
     answered: bool,
     reused: bool,
     connection_broke: bool,
+    another_server: bool,
 ) -> Retry {
     if !idempotent || !replayable_body || answered {
         Retry::Never
-    } else if reused && connection_broke {
+    } else if connection_broke && (reused || another_server) {
         Retry::Again
     } else {
         Retry::Default
@@ -285,20 +289,24 @@ mod tests {
     #[test]
     fn retries_never_send_a_request_the_upstream_may_have_acted_on_twice() {
         use Retry::*;
-        // (idempotent, replayable body, answered, reused, connection broke)
+        // (idempotent, replayable body, answered, reused, connection broke,
+        // another server left)
         let cases = [
-            ((true, true, false, true, true), Again),
-            ((true, true, false, false, true), Default),
-            ((true, true, false, true, false), Default),
-            ((false, true, false, true, true), Never),
-            ((true, false, false, true, true), Never),
-            ((true, true, true, true, true), Never),
+            ((true, true, false, true, true, false), Again),
+            ((true, true, false, false, true, false), Default),
+            ((true, true, false, false, true, true), Again),
+            ((true, true, false, true, false, true), Default),
+            ((true, true, false, false, false, true), Default),
+            ((false, true, false, true, true, true), Never),
+            ((false, true, false, false, true, true), Never),
+            ((true, false, false, true, true, true), Never),
+            ((true, true, true, true, true, true), Never),
         ];
-        for ((idempotent, replayable, answered, reused, broke), expected) in cases {
+        for ((idempotent, replayable, answered, reused, broke, another), expected) in cases {
             assert_eq!(
-                retry(idempotent, replayable, answered, reused, broke),
+                retry(idempotent, replayable, answered, reused, broke, another),
                 expected,
-                "{idempotent} {replayable} {answered} {reused} {broke}"
+                "{idempotent} {replayable} {answered} {reused} {broke} {another}"
             );
         }
         assert!(connect_again(1, 2));

@@ -297,7 +297,7 @@ impl ProxyHttp for Proxy {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
         reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("upstream {peer}"));
@@ -305,12 +305,19 @@ impl ProxyHttp for Proxy {
             e.etype(),
             ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
         );
+        if broke && !reused {
+            // A fresh connection broke: this server is not tried again for
+            // this request.
+            ctx.upstream.tried.extend(ctx.upstream.selected);
+        }
+        let pool_size = ctx.upstream.pool.as_ref().map_or(0, |p| p.len());
         match response::retry(
             session.req_header().method.is_idempotent(),
             !session.as_ref().retry_buffer_truncated(),
             session.response_written().is_some(),
             reused,
             broke,
+            response::connect_again(ctx.upstream.tried.len(), pool_size),
         ) {
             Retry::Never => e.set_retry(false),
             Retry::Again => e.set_retry(true),

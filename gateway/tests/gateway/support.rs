@@ -42,10 +42,11 @@ pub struct Upstream {
     pub hang: Arc<AtomicBool>,
     /// Milliseconds to wait before answering.
     pub delay_ms: Arc<AtomicU64>,
-    /// When set, a connection's second request is read, recorded, and
-    /// answered by closing the connection: a keep-alive connection the
-    /// server dropped while it sat in the gateway's pool.
-    pub drop_second: Arc<AtomicBool>,
+    /// When N > 0, a connection's Nth request is read, recorded, and
+    /// answered by closing the connection. 2: a keep-alive connection the
+    /// server dropped while it sat in the gateway's pool; 1: a server that
+    /// breaks every connection it accepts.
+    pub drop_nth: Arc<AtomicU64>,
     tasks: Arc<Mutex<JoinSet<()>>>,
 }
 
@@ -54,7 +55,7 @@ async fn serve_connection<S>(
     seen: Arc<Mutex<Vec<Seen>>>,
     hang: Arc<AtomicBool>,
     delay_ms: Arc<AtomicU64>,
-    drop_second: Arc<AtomicBool>,
+    drop_nth: Arc<AtomicU64>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -102,7 +103,7 @@ async fn serve_connection<S>(
                 headers,
             });
             served += 1;
-            if served == 2 && drop_second.load(Ordering::SeqCst) {
+            if served == drop_nth.load(Ordering::SeqCst) {
                 return;
             }
             if hang.load(Ordering::SeqCst) {
@@ -165,13 +166,13 @@ impl Upstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let hang = Arc::new(AtomicBool::new(false));
         let delay_ms = Arc::new(AtomicU64::new(0));
-        let drop_second = Arc::new(AtomicBool::new(false));
+        let drop_nth = Arc::new(AtomicU64::new(0));
         let tasks = Arc::new(Mutex::new(JoinSet::new()));
         let (s, h, d, x, t) = (
             seen.clone(),
             hang.clone(),
             delay_ms.clone(),
-            drop_second.clone(),
+            drop_nth.clone(),
             tasks.clone(),
         );
         tasks.lock().expect("lock").spawn(async move {
@@ -187,7 +188,7 @@ impl Upstream {
             seen,
             hang,
             delay_ms,
-            drop_second,
+            drop_nth,
             tasks,
         }
     }
@@ -201,14 +202,14 @@ impl Upstream {
             seen: Arc::new(Mutex::new(Vec::new())),
             hang: Arc::new(AtomicBool::new(false)),
             delay_ms: Arc::new(AtomicU64::new(0)),
-            drop_second: Arc::new(AtomicBool::new(false)),
+            drop_nth: Arc::new(AtomicU64::new(0)),
             tasks: Arc::new(Mutex::new(JoinSet::new())),
         };
         let (s, h, d, x, t) = (
             upstream.seen.clone(),
             upstream.hang.clone(),
             upstream.delay_ms.clone(),
-            upstream.drop_second.clone(),
+            upstream.drop_nth.clone(),
             upstream.tasks.clone(),
         );
         upstream.tasks.lock().expect("lock").spawn(async move {
