@@ -18,3 +18,7 @@ pub const ROLE_BYTES: usize = 128;
 pub const TRUSTED_PROXIES: usize = 1_024;
 /// Shadowing warnings reported one by one; the rest are counted.
 pub const WARNINGS: usize = 100;
+/// Hosts of one route.
+pub const HOSTS: usize = 256;
+/// Entries under `tls.certificates`.
+pub const CERTIFICATES: usize = 1_000;

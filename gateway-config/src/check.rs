@@ -1,6 +1,7 @@
 //! Checks that need the whole file, and every value's bounds: each problem
 //! is reported with its key and line, all of them in one run.
 
+use crate::header_rules::Side;
 use crate::schema::*;
 use crate::values::*;
 use crate::yaml_lines::KeyLines;
@@ -291,13 +292,48 @@ impl Config {
                 HOUR,
             );
         }
+        if let Some(tls) = &self.tls {
+            self.check_certificates(tls, &mut error);
+        }
+        for (at, problem) in crate::compression::problems(&self.server.compression.settings()) {
+            error(format!("server.compression.{at}"), problem);
+        }
         for (i, route) in self.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
-            if !self.upstreams.contains_key(&route.upstream) {
+            self.check_answer(route, &at, &mut error);
+            if route.hosts.len() > bounds::HOSTS {
                 error(
-                    format!("{at}.upstream"),
-                    format!("unknown upstream {:?}", route.upstream),
+                    format!("{at}.hosts"),
+                    format!("at most {} hosts per route", bounds::HOSTS),
                 );
+            }
+            if let Some(crate::compression::RouteCompression::Settings(_)) = &route.compression {
+                let settings = crate::compression::effective(
+                    &self.server.compression,
+                    route.compression.as_ref(),
+                    route.access == Access::Protected,
+                );
+                for (key, problem) in settings.iter().flat_map(crate::compression::problems) {
+                    error(format!("{at}.compression.{key}"), problem);
+                }
+            }
+            for (key, side, rules) in [
+                ("request_headers", Side::Request, &route.request_headers),
+                ("response_headers", Side::Response, &route.response_headers),
+            ] {
+                for (sub, problem) in crate::header_rules::problems(side, rules) {
+                    let key = if sub.is_empty() {
+                        format!("{at}.{key}")
+                    } else {
+                        format!("{at}.{key}.{sub}")
+                    };
+                    error(key, problem);
+                }
+            }
+            if let Some(cors) = &route.cors {
+                for (key, problem) in crate::cors::problems(cors) {
+                    error(format!("{at}.cors.{key}"), problem);
+                }
             }
             if route.access == Access::Public && !route.roles.is_empty() {
                 error(format!("{at}.roles"), "roles need access: protected".into());
@@ -395,5 +431,91 @@ impl Config {
         }
         overlap::claims(&self.routes, &mut error);
         errors
+    }
+
+    /// A route is answered by exactly one of `upstream`, `redirect` and
+    /// `respond`; what only a proxied request uses needs `upstream`.
+    fn check_answer(&self, route: &RouteSettings, at: &str, error: &mut dyn FnMut(String, String)) {
+        let answers = [
+            route.upstream.is_some(),
+            route.redirect.is_some(),
+            route.respond.is_some(),
+        ];
+        if answers.iter().filter(|a| **a).count() != 1 {
+            error(
+                at.to_owned(),
+                "needs exactly one of upstream, redirect and respond".into(),
+            );
+        }
+        if let Some(upstream) = &route.upstream
+            && !self.upstreams.contains_key(upstream)
+        {
+            error(
+                format!("{at}.upstream"),
+                format!("unknown upstream {upstream:?}"),
+            );
+        }
+        if let Some(redirect) = &route.redirect {
+            for (key, problem) in crate::answers::redirect_problems(redirect) {
+                error(format!("{at}.redirect.{key}"), problem);
+            }
+        }
+        if let Some(respond) = &route.respond {
+            for (key, problem) in crate::answers::respond_problems(respond) {
+                error(format!("{at}.respond.{key}"), problem);
+            }
+        }
+        if route.upstream.is_none() {
+            let upstream_only = [
+                ("rewrite", route.rewrite.is_some()),
+                ("websocket", route.websocket),
+                ("forward_authorization", route.forward_authorization),
+                ("stale_if_error", route.stale_if_error.is_some()),
+                ("compression", route.compression.is_some()),
+                ("request_headers", !route.request_headers.is_empty()),
+            ];
+            for (key, set) in upstream_only {
+                if set {
+                    error(
+                        format!("{at}.{key}"),
+                        "applies only to a route with an upstream".into(),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The SNI certificates: files named, hosts listed, no host claimed by
+    /// two certificates.
+    fn check_certificates(&self, tls: &Tls, error: &mut dyn FnMut(String, String)) {
+        if tls.certificates.len() > bounds::CERTIFICATES {
+            error(
+                "tls.certificates".into(),
+                format!("at most {} certificates", bounds::CERTIFICATES),
+            );
+        }
+        let mut claimed = std::collections::HashMap::new();
+        for (i, cert) in tls.certificates.iter().enumerate() {
+            let at = format!("tls.certificates[{i}]");
+            for (key, value) in [("cert", &cert.cert), ("key", &cert.key)] {
+                if value.is_empty() {
+                    error(format!("{at}.{key}"), "needs a file path".into());
+                }
+            }
+            if cert.hosts.is_empty() {
+                error(format!("{at}.hosts"), "needs at least one host".into());
+            }
+            for host in &cert.hosts {
+                if let Some(other) = claimed.insert(host.clone(), i) {
+                    error(
+                        format!("{at}.hosts"),
+                        format!(
+                            "{} already has a certificate: tls.certificates[{other}]",
+                            host.text()
+                        ),
+                    );
+                }
+            }
+        }
     }
 }

@@ -15,9 +15,14 @@
 //! - `check` and [`overlap`]: the checks after parsing, and the rules on
 //!   overlapping routes.
 
+pub mod answers;
 pub mod bounds;
 mod check;
+pub mod compression;
+pub mod cors;
 mod errors;
+pub mod header_rules;
+pub mod hosts;
 mod load;
 pub mod overlap;
 pub mod schema;
@@ -26,6 +31,7 @@ pub mod yaml_de;
 pub mod yaml_lines;
 
 pub use errors::{ConfigError, ConfigErrors};
+pub use hosts::{HostPattern, normal_host};
 pub use overlap::implied_methods;
 pub use schema::*;
 pub use values::*;

@@ -103,6 +103,10 @@ impl Config {
         if let Some(tls) = &mut self.tls {
             resolve(&mut tls.cert);
             resolve(&mut tls.key);
+            for cert in &mut tls.certificates {
+                resolve(&mut cert.cert);
+                resolve(&mut cert.key);
+            }
         }
         for upstream in self.upstreams.values_mut() {
             if let Some(ca) = upstream.tls.as_mut().and_then(|t| t.ca.as_mut()) {

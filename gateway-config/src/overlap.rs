@@ -2,6 +2,7 @@
 //! claims, two routes claiming the same prefix and method (an error), and a
 //! route nested inside one of the other access (a warning).
 
+use crate::hosts::HostPattern;
 use crate::schema::{Access, Config, RouteSettings};
 use crate::values::Prefix;
 use crate::{ConfigError, bounds};
@@ -23,45 +24,69 @@ fn segments(prefix: &Prefix) -> impl Iterator<Item = &str> {
     prefix.as_str().split('/').filter(|s| !s.is_empty())
 }
 
-/// Two routes may not claim the same prefix and method; a route without
-/// `methods` claims every method, and one that lists GET claims HEAD too
-/// ([`implied_methods`]). One lookup per route and method, whatever the
-/// number of routes.
+/// Two routes may not claim the same host, prefix and method; a route
+/// without `methods` claims every method, one that lists GET claims HEAD too
+/// ([`implied_methods`]), and one without `hosts` claims the prefix for
+/// every host not named by another route. One lookup per route, host and
+/// method, whatever the number of routes.
+/// What each (host, prefix) is claimed for: every method, or these.
+type Claims<'a> = HashMap<(Option<&'a HostPattern>, &'a str), (bool, HashSet<&'a str>)>;
+
 pub(crate) fn claims(routes: &[RouteSettings], error: &mut dyn FnMut(String, String)) {
-    let mut claimed: HashMap<&str, (bool, HashSet<&str>)> = HashMap::new();
+    let mut claimed: Claims = HashMap::new();
     for (i, route) in routes.iter().enumerate() {
-        let at = format!("routes[{i}]");
-        let methods: Vec<Option<&str>> = if route.methods.is_empty() {
+        // A host listed twice by one route is one claim.
+        let hosts: Vec<Option<&HostPattern>> = if route.hosts.is_empty() {
             vec![None]
         } else {
-            implied_methods(route.methods.iter().map(|m| m.0.as_str()))
-                .into_iter()
-                .map(Some)
-                .collect()
+            let unique: std::collections::BTreeSet<&HostPattern> = route.hosts.iter().collect();
+            unique.into_iter().map(Some).collect()
         };
-        let (any, taken) = claimed.entry(route.prefix.as_str()).or_default();
-        for method in methods {
-            let overlaps = *any
-                || match method {
-                    None => !taken.is_empty(),
-                    Some(method) => taken.contains(method),
-                };
-            if overlaps {
-                error(
-                    format!("{at}.prefix"),
-                    format!(
-                        "{:?} is already routed{}",
-                        route.prefix.as_str(),
-                        method.map(|m| format!(" for {m}")).unwrap_or_default()
-                    ),
-                );
-                break;
-            }
-            match method {
-                None => *any = true,
-                Some(method) => {
-                    taken.insert(method);
-                }
+        for host in hosts {
+            claim(&mut claimed, i, route, host, error);
+        }
+    }
+}
+
+fn claim<'a>(
+    claimed: &mut Claims<'a>,
+    i: usize,
+    route: &'a RouteSettings,
+    host: Option<&'a HostPattern>,
+    error: &mut dyn FnMut(String, String),
+) {
+    let methods: Vec<Option<&str>> = if route.methods.is_empty() {
+        vec![None]
+    } else {
+        implied_methods(route.methods.iter().map(|m| m.0.as_str()))
+            .into_iter()
+            .map(Some)
+            .collect()
+    };
+    let (any, taken) = claimed.entry((host, route.prefix.as_str())).or_default();
+    for method in methods {
+        let overlaps = *any
+            || match method {
+                None => !taken.is_empty(),
+                Some(method) => taken.contains(method),
+            };
+        if overlaps {
+            error(
+                format!("routes[{i}].prefix"),
+                format!(
+                    "{:?} is already routed{}{}",
+                    route.prefix.as_str(),
+                    host.map(|h| format!(" on host {}", h.text()))
+                        .unwrap_or_default(),
+                    method.map(|m| format!(" for {m}")).unwrap_or_default()
+                ),
+            );
+            return;
+        }
+        match method {
+            None => *any = true,
+            Some(method) => {
+                taken.insert(method);
             }
         }
     }
@@ -111,7 +136,10 @@ impl Config {
             let mut path = segments(&inner.prefix);
             while node != ends[i] {
                 for &o in &nodes[node].1 {
-                    if self.routes[o].access != inner.access {
+                    let outer = &self.routes[o];
+                    if outer.access != inner.access
+                        && crate::hosts::lists_overlap(&outer.hosts, &inner.hosts)
+                    {
                         total += 1;
                         kept.push((o, i));
                         if kept.len() > bounds::WARNINGS {

@@ -1,5 +1,10 @@
 //! The schema of `routes.yaml`: one type per section, unknown keys refused.
 
+use crate::answers::{Redirect, Respond};
+use crate::compression::{CompressionDefaults, RouteCompression};
+use crate::cors::Cors;
+use crate::header_rules::HeaderRules;
+use crate::hosts::HostPattern;
 use crate::values::*;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -40,6 +45,19 @@ pub struct Tls {
     /// `listen` with a 308 to the same path over HTTPS.
     #[serde(default)]
     pub redirect_http: bool,
+    /// More certificates, each chosen when the client's SNI names one of
+    /// its `hosts`; `cert` and `key` above are the default.
+    #[serde(default)]
+    pub certificates: Vec<SniCertificate>,
+}
+
+/// `tls.certificates[]`: a certificate for some host names.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniCertificate {
+    pub hosts: Vec<HostPattern>,
+    pub cert: String,
+    pub key: String,
 }
 
 /// `upstreams.NAME.tls`: connect to the pool's servers over TLS, verifying
@@ -113,6 +131,9 @@ pub struct ServerSettings {
     /// Unix socket used to hand listeners to a new process on upgrade.
     #[serde(default = "defaults::upgrade_sock")]
     pub upgrade_sock: String,
+    /// Response compression: which routes by default, and how.
+    #[serde(default)]
+    pub compression: CompressionDefaults,
 }
 
 impl ServerSettings {
@@ -141,6 +162,7 @@ impl Default for ServerSettings {
             metrics_listen: None,
             admin_listen: None,
             upgrade_sock: defaults::upgrade_sock(),
+            compression: CompressionDefaults::default(),
         }
     }
 }
@@ -257,8 +279,19 @@ impl Access {
 #[serde(deny_unknown_fields)]
 pub struct RouteSettings {
     pub prefix: Prefix,
-    /// Name of an entry under `upstreams`.
-    pub upstream: String,
+    /// The hosts this route serves; every host when empty.
+    #[serde(default)]
+    pub hosts: Vec<HostPattern>,
+    /// Name of an entry under `upstreams`; a route has this, `redirect` or
+    /// `respond`.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Answered by the gateway with a redirect.
+    #[serde(default)]
+    pub redirect: Option<Redirect>,
+    /// Answered by the gateway with a fixed response.
+    #[serde(default)]
+    pub respond: Option<Respond>,
     pub access: Access,
     /// Roles allowed on a protected route; empty means any authenticated user.
     #[serde(default)]
@@ -285,6 +318,18 @@ pub struct RouteSettings {
     /// most this long ago may still be used (protected routes; opt-in).
     #[serde(default)]
     pub stale_if_error: Option<Dur>,
+    /// Response compression for this route (see `server.compression`).
+    #[serde(default)]
+    pub compression: Option<RouteCompression>,
+    /// Edits to the request sent upstream.
+    #[serde(default)]
+    pub request_headers: HeaderRules,
+    /// Edits to the response sent to the client.
+    #[serde(default)]
+    pub response_headers: HeaderRules,
+    /// Cross-origin calls from browsers.
+    #[serde(default)]
+    pub cors: Option<Cors>,
 }
 
 /// `{requests: 100, per: 1s, burst: 200}`: on average `requests` every

@@ -11,6 +11,11 @@ pub enum Edit {
     /// written as spelled here (HTTP/1 keeps a header's case): a static
     /// name costs no copy when the head is written.
     Set(&'static str, HeaderValue),
+    /// Replace every value, for a name known only at run time (a route's
+    /// header rules).
+    Put(HeaderName, HeaderValue),
+    /// Add a value beside those the header has.
+    Append(HeaderName, HeaderValue),
 }
 
 /// A value the gateway made could not be a header value (a bug, never a
@@ -47,6 +52,12 @@ pub fn apply(headers: &mut http::HeaderMap, edits: &[Edit]) {
                 if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
                     headers.insert(name, value.clone());
                 }
+            }
+            Edit::Put(name, value) => {
+                headers.insert(name.clone(), value.clone());
+            }
+            Edit::Append(name, value) => {
+                headers.append(name.clone(), value.clone());
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Header rules that do not depend on the proxy engine.
 
+use http::HeaderMap;
 use std::net::IpAddr;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -195,6 +196,20 @@ pub fn host_name(host: &str) -> Option<&str> {
     ok.then_some(name)
 }
 
+/// `Vary: {token}` added to a response whose `Vary` does not name it yet
+/// (nor `*`).
+pub fn vary(response: &HeaderMap, token: &'static str) -> Option<crate::edit::Edit> {
+    let named = response.get_all(http::header::VARY).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .map(<[u8]>::trim_ascii)
+            .any(|t| t == b"*" || t.eq_ignore_ascii_case(token.as_bytes()))
+    });
+    (!named).then(|| {
+        crate::edit::Edit::Append(http::header::VARY, http::HeaderValue::from_static(token))
+    })
+}
+
 /// Method-override headers. Some frameworks let them turn a GET into a PUT,
 /// which would bypass a route that is public for GET only.
 pub fn is_method_override(name: &str) -> bool {
@@ -237,6 +252,44 @@ pub fn new_request_id() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_name_the_gateway_removes_is_refused_in_request_rules() {
+        use crate::config::header_rules::{Side, refused};
+        let removed = [
+            "x-user-id",
+            "x-user-role",
+            "x-auth-expires",
+            "x-forwarded-for",
+            "x-forwarded-port",
+            "forwarded",
+            "x-real-ip",
+            "true-client-ip",
+            "cf-connecting-ip",
+            "x-remote-addr",
+            "x-original-url",
+            "x-rewrite-url",
+            "x-host",
+            "x-http-method-override",
+            "x-method-override",
+            "x_custom",
+            "content_length",
+        ];
+        for name in removed {
+            assert!(
+                super::is_identity_header(name)
+                    || super::is_forwarding_header(name)
+                    || super::is_url_override(name)
+                    || super::is_method_override(name)
+                    || super::has_underscore(name),
+                "{name} is not removed by the gateway"
+            );
+            assert!(
+                refused(Side::Request, name).is_some(),
+                "{name} may be set by a rule"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

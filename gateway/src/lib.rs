@@ -22,7 +22,9 @@
 pub use gateway_config as config;
 
 pub mod auth;
+pub mod compression;
 pub mod connections;
+pub mod cors;
 pub mod edge;
 pub mod edit;
 pub mod headers;
@@ -35,4 +37,5 @@ pub mod request;
 pub mod response;
 pub mod revocations;
 pub mod router;
+pub mod rules;
 pub mod settings;

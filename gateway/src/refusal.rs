@@ -41,6 +41,9 @@ pub enum Refusal {
     MalformedSubprotocol,
     InvalidToken,
     Forbidden,
+    /// A CORS preflight the route's policy does not allow (the reason says
+    /// which part).
+    CorsRefused(&'static str),
     AuthUnavailable,
     BadGateway {
         /// No server of the pool was healthy (as opposed to all refusing).
@@ -134,6 +137,7 @@ impl Refusal {
             ),
             Refusal::InvalidToken => (401, "invalid_token", B("invalid or expired token")),
             Refusal::Forbidden => (403, "forbidden", B("your role does not allow this route")),
+            Refusal::CorsRefused(reason) => (403, "cors_refused", B(reason)),
             Refusal::AuthUnavailable => (
                 503,
                 "auth_unavailable",
@@ -353,6 +357,12 @@ mod tests {
                 &[("www-authenticate", "Bearer")],
             ),
             (Refusal::Forbidden, 403, "forbidden", &[]),
+            (
+                Refusal::CorsRefused("this origin may not call this route"),
+                403,
+                "cors_refused",
+                &[],
+            ),
             (
                 Refusal::AuthUnavailable,
                 503,

@@ -9,6 +9,8 @@ use crate::edit::{Edit, Unsendable};
 use crate::headers::REQUEST_ID;
 use crate::refusal::{self, Refusal};
 use crate::request::Admission;
+use crate::router::Route;
+use http::HeaderMap;
 
 /// The edits on an upstream's response head.
 pub fn edits(
@@ -39,6 +41,18 @@ pub fn edits(
         ));
     }
     Ok(edits)
+}
+
+/// The route's own edits on a response (the upstream's, or an answer of the
+/// gateway's on this route): its `response_headers` rules and its CORS
+/// policy. Compression is decided after them, on the edited head
+/// ([`crate::compression::decide`]).
+pub fn route_edits(route: &Route, request: &HeaderMap, response: &HeaderMap) -> Vec<Edit> {
+    let mut edits = route.response_headers.edits().to_vec();
+    if let Some(policy) = &route.cors {
+        edits.extend(crate::cors::response_edits(policy, request, response));
+    }
+    edits
 }
 
 /// Where a request failed, as the edge classifies the proxy engine's errors.
@@ -198,19 +212,8 @@ mod tests {
         use std::time::Duration;
         Admission {
             route: Arc::new(Route {
-                index: 0,
-                prefix: "/ws".into(),
-                upstream: "u".into(),
-                access: crate::config::Access::Public,
-                roles: Vec::new(),
-                rewrite: None,
-                methods: Vec::new(),
-                forward_authorization: false,
                 websocket: true,
-                max_body_bytes: 0,
-                limits: None,
-                stale_if_error: None,
-                counts: crate::metrics::RequestCounts::new("/ws"),
+                ..Route::test("/ws", "u")
             }),
             path: "/ws".into(),
             websocket: bearer.is_some(),
@@ -227,6 +230,8 @@ mod tests {
                 window: Duration::from_secs(60),
             }),
             user: None,
+            answer: None,
+            preflight: false,
         }
     }
 

@@ -4,16 +4,31 @@
 //! hash map at each step, so its cost grows with the depth of the path, not
 //! with the number of routes.
 
-use crate::config::{Access, Config};
+use crate::config::answers::{Redirect, Respond};
+use crate::config::{Access, Config, HostPattern, RouteSettings};
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// What a route does with a request it admits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Proxied to the named upstream.
+    Upstream(String),
+    /// Answered with a redirect.
+    Redirect(Redirect),
+    /// Answered with a fixed response.
+    Respond(Respond),
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     /// Position in `routes.yaml`, for logs and metrics.
     pub index: usize,
     pub prefix: String,
-    pub upstream: String,
+    /// The route's name in logs and metrics: its prefix, after its hosts
+    /// when it has any (`api.example.com,api.example.org/v1`).
+    pub label: String,
+    pub action: Action,
     pub access: Access,
     pub roles: Vec<String>,
     pub rewrite: Option<String>,
@@ -28,11 +43,105 @@ pub struct Route {
     /// How long past its end a cached grant may serve while the verifier
     /// is unavailable.
     pub stale_if_error: Option<std::time::Duration>,
+    /// Response compression, when on.
+    pub compression: Option<crate::compression::Policy>,
+    /// The route's own header rules for the upstream request and the
+    /// client's response.
+    pub request_headers: crate::rules::Rules,
+    pub response_headers: crate::rules::Rules,
+    /// Cross-origin calls, when allowed.
+    pub cors: Option<crate::cors::Policy>,
     /// This route's series of `portcullis_requests_total`.
     pub counts: crate::metrics::RequestCounts,
 }
 
 impl Route {
+    fn new(index: usize, route: &RouteSettings, config: &Config) -> Route {
+        let label = if route.hosts.is_empty() {
+            route.prefix.0.clone()
+        } else {
+            let hosts: Vec<String> = route.hosts.iter().map(HostPattern::text).collect();
+            format!("{}{}", hosts.join(","), route.prefix.0)
+        };
+        let action = match (&route.upstream, &route.redirect, &route.respond) {
+            (_, Some(redirect), _) => Action::Redirect(redirect.clone()),
+            (_, _, Some(respond)) => Action::Respond(respond.clone()),
+            (upstream, _, _) => Action::Upstream(upstream.clone().unwrap_or_default()),
+        };
+        let protected = route.access == Access::Protected;
+        Route {
+            index,
+            prefix: route.prefix.0.clone(),
+            action,
+            access: route.access,
+            roles: route.roles.clone(),
+            rewrite: route.rewrite.as_ref().map(|p| p.0.clone()),
+            methods: crate::config::implied_methods(route.methods.iter().map(|m| m.0.as_str()))
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            forward_authorization: route.forward_authorization,
+            websocket: route.websocket,
+            max_body_bytes: config.body_limit(route),
+            limits: route
+                .rate_limit
+                .as_ref()
+                .and_then(crate::limits::RouteLimits::new)
+                .map(Arc::new),
+            stale_if_error: route.stale_if_error.map(|d| d.0),
+            compression: route
+                .upstream
+                .as_ref()
+                .and_then(|_| {
+                    crate::config::compression::effective(
+                        &config.server.compression,
+                        route.compression.as_ref(),
+                        protected,
+                    )
+                })
+                .map(|settings| crate::compression::Policy::new(&settings)),
+            request_headers: crate::rules::Rules::new(&route.request_headers),
+            response_headers: crate::rules::Rules::new(&route.response_headers),
+            cors: route.cors.as_ref().map(crate::cors::Policy::new),
+            counts: crate::metrics::RequestCounts::new(&label),
+            label,
+        }
+    }
+
+    /// A public route to `upstream` with every setting at its default, for
+    /// the tests of the decisions.
+    #[cfg(test)]
+    pub fn test(prefix: &str, upstream: &str) -> Route {
+        Route {
+            index: 0,
+            prefix: prefix.into(),
+            label: prefix.into(),
+            action: Action::Upstream(upstream.into()),
+            access: Access::Public,
+            roles: Vec::new(),
+            rewrite: None,
+            methods: Vec::new(),
+            forward_authorization: false,
+            websocket: false,
+            max_body_bytes: 0,
+            limits: None,
+            stale_if_error: None,
+            compression: None,
+            request_headers: Default::default(),
+            response_headers: Default::default(),
+            cors: None,
+            counts: crate::metrics::RequestCounts::new(prefix),
+        }
+    }
+
+    /// The upstream this route proxies to, if it does.
+    pub fn upstream(&self) -> Option<&str> {
+        match &self.action {
+            Action::Upstream(name) => Some(name),
+            _ => None,
+        }
+    }
+
     fn allows(&self, method: &str) -> bool {
         self.methods.is_empty() || self.methods.iter().any(|m| m == method)
     }
@@ -42,17 +151,23 @@ impl Route {
         self.roles.is_empty() || self.roles.iter().any(|r| r == role)
     }
 
+    /// The part of a normalised `path` this route matched below its
+    /// prefix (`/a/b` for `/old/a/b` on `/old`; empty at the prefix).
+    pub fn suffix<'p>(&self, path: &'p str) -> &'p str {
+        if self.prefix == "/" {
+            path
+        } else {
+            &path[self.prefix.len().min(path.len())..]
+        }
+    }
+
     /// The path to send upstream for the normalised `path` this route
     /// matched: the prefix replaced by `rewrite`, when set.
     pub fn upstream_path(&self, path: &str) -> String {
         let Some(rewrite) = &self.rewrite else {
             return path.to_owned();
         };
-        let rest = if self.prefix == "/" {
-            path
-        } else {
-            &path[self.prefix.len().min(path.len())..]
-        };
+        let rest = self.suffix(path);
         let base = rewrite.trim_end_matches('/');
         let joined = format!(
             "{base}{}",
@@ -71,6 +186,7 @@ impl Route {
 }
 
 #[derive(Debug, PartialEq, Eq)]
+#[must_use]
 pub enum Lookup<'a> {
     Found(&'a Arc<Route>),
     /// The prefix exists but not for this method; the value is for `Allow`.
@@ -78,55 +194,20 @@ pub enum Lookup<'a> {
     NotFound,
 }
 
+impl Lookup<'_> {
+    pub fn is_found(&self) -> bool {
+        matches!(self, Lookup::Found(_))
+    }
+}
+
+/// The routes of one host (or of any host), by prefix.
 #[derive(Debug, Default)]
-pub struct RouteTable {
+struct Prefixes {
     by_prefix: HashMap<String, Vec<Arc<Route>>>,
 }
 
-impl RouteTable {
-    pub fn new(config: &Config) -> Self {
-        let mut by_prefix: HashMap<String, Vec<Arc<Route>>> = HashMap::new();
-        for (index, route) in config.routes.iter().enumerate() {
-            let compiled = Route {
-                index,
-                prefix: route.prefix.0.clone(),
-                upstream: route.upstream.clone(),
-                access: route.access,
-                roles: route.roles.clone(),
-                rewrite: route.rewrite.as_ref().map(|p| p.0.clone()),
-                methods: crate::config::implied_methods(route.methods.iter().map(|m| m.0.as_str()))
-                    .into_iter()
-                    .map(String::from)
-                    .collect(),
-                forward_authorization: route.forward_authorization,
-                websocket: route.websocket,
-                max_body_bytes: config.body_limit(route),
-                limits: route
-                    .rate_limit
-                    .as_ref()
-                    .and_then(crate::limits::RouteLimits::new)
-                    .map(Arc::new),
-                stale_if_error: route.stale_if_error.map(|d| d.0),
-                counts: crate::metrics::RequestCounts::new(&route.prefix.0),
-            };
-            by_prefix
-                .entry(compiled.prefix.clone())
-                .or_default()
-                .push(Arc::new(compiled));
-        }
-        RouteTable { by_prefix }
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_prefix.values().map(Vec::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_prefix.is_empty()
-    }
-
-    /// Finds the route for a normalised `path` and an upper-case `method`.
-    pub fn find(&self, path: &str, method: &str) -> Lookup<'_> {
+impl Prefixes {
+    fn find(&self, path: &str, method: &str) -> Lookup<'_> {
         let mut candidate = path
             .strip_suffix('/')
             .filter(|p| !p.is_empty())
@@ -157,6 +238,118 @@ impl RouteTable {
     }
 }
 
+/// The route table: routes of exact hosts, of wildcard hosts, and of any
+/// host. A request is looked up in the most specific group that has a
+/// route for its path: its exact host, then the wildcards from the longest
+/// suffix, then the routes without `hosts`.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    any: Prefixes,
+    exact: HashMap<String, Prefixes>,
+    /// By suffix with its dot: `.example.com` for `*.example.com`.
+    wildcard: HashMap<String, Prefixes>,
+    len: usize,
+}
+
+impl RouteTable {
+    pub fn new(config: &Config) -> Self {
+        let mut table = RouteTable::default();
+        for (index, settings) in config.routes.iter().enumerate() {
+            let route = Arc::new(Route::new(index, settings, config));
+            let mut groups: Vec<&mut Prefixes> = Vec::new();
+            if settings.hosts.is_empty() {
+                groups.push(&mut table.any);
+            }
+            let (exact, wildcard) = (&mut table.exact, &mut table.wildcard);
+            let mut exact_names = Vec::new();
+            let mut suffixes = Vec::new();
+            for host in &settings.hosts {
+                match host {
+                    HostPattern::Exact(name) => exact_names.push(name.clone()),
+                    HostPattern::Wildcard(suffix) => suffixes.push(suffix.clone()),
+                }
+            }
+            for name in exact_names {
+                exact.entry(name).or_default();
+            }
+            for suffix in suffixes {
+                wildcard.entry(suffix).or_default();
+            }
+            for host in &settings.hosts {
+                let group = match host {
+                    HostPattern::Exact(name) => exact.get_mut(name),
+                    HostPattern::Wildcard(suffix) => wildcard.get_mut(suffix),
+                };
+                if let Some(group) = group {
+                    group
+                        .by_prefix
+                        .entry(route.prefix.clone())
+                        .or_default()
+                        .push(Arc::clone(&route));
+                }
+            }
+            for group in groups {
+                group
+                    .by_prefix
+                    .entry(route.prefix.clone())
+                    .or_default()
+                    .push(Arc::clone(&route));
+            }
+            table.len += 1;
+        }
+        table
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether any route names hosts (the request's host then matters).
+    pub fn has_hosts(&self) -> bool {
+        !self.exact.is_empty() || !self.wildcard.is_empty()
+    }
+
+    /// Whether every route names hosts: a request without a host has none.
+    pub fn host_only(&self) -> bool {
+        self.any.by_prefix.is_empty() && self.has_hosts()
+    }
+
+    /// Finds the route for a normalised `path` and an upper-case `method`
+    /// among the routes serving any host.
+    pub fn find(&self, path: &str, method: &str) -> Lookup<'_> {
+        self.find_on(None, path, method)
+    }
+
+    /// Finds the route for a request to `host` (in normal form,
+    /// [`crate::config::normal_host`]).
+    pub fn find_on(&self, host: Option<&str>, path: &str, method: &str) -> Lookup<'_> {
+        if let Some(host) = host.filter(|_| self.has_hosts()) {
+            if let Some(group) = self.exact.get(host) {
+                match group.find(path, method) {
+                    Lookup::NotFound => {}
+                    found => return found,
+                }
+            }
+            let mut at = 0;
+            while let Some(dot) = host[at..].find('.') {
+                let suffix = &host[at + dot..];
+                if let Some(group) = self.wildcard.get(suffix) {
+                    match group.find(path, method) {
+                        Lookup::NotFound => {}
+                        found => return found,
+                    }
+                }
+                at += dot + 1;
+            }
+        }
+        self.any.find(path, method)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,7 +363,10 @@ mod tests {
 
     fn found(table: &RouteTable, path: &str, method: &str) -> Option<(String, String)> {
         match table.find(path, method) {
-            Lookup::Found(route) => Some((route.prefix.clone(), route.upstream.clone())),
+            Lookup::Found(route) => Some((
+                route.prefix.clone(),
+                route.upstream().unwrap_or_default().to_owned(),
+            )),
             _ => None,
         }
     }
@@ -202,6 +398,44 @@ mod tests {
                 "{path}"
             );
         }
+    }
+
+    #[test]
+    fn the_most_specific_host_with_a_route_for_the_path_wins() {
+        let t = table(
+            "  - {prefix: /, hosts: [api.example.com], upstream: a, access: public}\n  - {prefix: /v2, hosts: [\"*.example.com\"], upstream: b, access: public}\n  - {prefix: /v3, hosts: [\"*.eu.example.com\"], upstream: a, access: public}\n  - {prefix: /v3, hosts: [\"*.example.com\"], upstream: b, access: public}\n  - {prefix: /shared, upstream: b, access: public}\n  - {prefix: /only-get, hosts: [get.example.com], upstream: a, access: public, methods: [GET]}\n  - {prefix: /only-get, upstream: b, access: public}\n",
+        );
+        let cases = [
+            (Some("api.example.com"), "/v2/x", Some(("/", "a"))),
+            (Some("api.example.com"), "/shared", Some(("/", "a"))),
+            (Some("x.example.com"), "/v2/x", Some(("/v2", "b"))),
+            (Some("x.eu.example.com"), "/v3", Some(("/v3", "a"))),
+            (Some("x.us.example.com"), "/v3", Some(("/v3", "b"))),
+            (Some("x.example.com"), "/shared/1", Some(("/shared", "b"))),
+            (Some("example.com"), "/v2", None),
+            (Some("other.org"), "/shared", Some(("/shared", "b"))),
+            (None, "/v2", None),
+            (None, "/shared", Some(("/shared", "b"))),
+        ];
+        for (host, path, expected) in cases {
+            let got = match t.find_on(host, path, "GET") {
+                Lookup::Found(r) => Some((r.prefix.clone(), r.upstream().unwrap_or("").to_owned())),
+                _ => None,
+            };
+            let expected = expected.map(|(p, u)| (p.to_owned(), u.to_owned()));
+            assert_eq!(got, expected, "{host:?} {path}");
+        }
+        // A method the host's route refuses is refused there, not sent on
+        // to the routes for any host.
+        assert_eq!(
+            t.find_on(Some("get.example.com"), "/only-get", "POST"),
+            Lookup::MethodNotAllowed("GET, HEAD".into())
+        );
+        assert!(t.has_hosts() && !t.host_only());
+        let named = table("  - {prefix: /, hosts: [a.example.com], upstream: a, access: public}\n");
+        assert!(named.host_only());
+        assert!(named.find_on(Some("a.example.com"), "/x", "GET").is_found());
+        assert_eq!(named.find("/x", "GET"), Lookup::NotFound);
     }
 
     #[test]

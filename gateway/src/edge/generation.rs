@@ -20,8 +20,8 @@ pub struct Generation {
     pub routes: router::RouteTable,
     pub pools: HashMap<String, Arc<upstreams::Pool>>,
     pub verifier: Arc<auth::Verifier>,
-    /// The HTTPS listener's certificate, read with this generation's file.
-    pub certificate: Option<Arc<tls::Certificate>>,
+    /// The HTTPS listener's certificates, read with this generation's file.
+    pub certificate: Option<Arc<tls::Certificates>>,
     stop: watch::Sender<bool>,
 }
 
@@ -67,9 +67,10 @@ impl Generation {
         let certificate = config
             .tls
             .as_ref()
-            .map(|t| tls::load_certificate(&t.cert, &t.key))
+            .map(tls::Certificates::load)
             .transpose()
-            .map_err(|e| format!("tls: {e}"))?;
+            .map_err(|e| format!("tls: {e}"))?
+            .map(Arc::new);
         let (stop, _) = watch::channel(false);
         Ok(Generation {
             routes: router::RouteTable::new(&config),

@@ -11,7 +11,8 @@ use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{ClientHello, ResolvesServerCert};
 use std::sync::Arc;
 
-/// Answers every handshake with the current generation's certificate.
+/// Answers every handshake with the current generation's certificate for
+/// the name the client sent (SNI).
 pub struct Resolver {
     pub gateway: Arc<Gateway>,
 }
@@ -23,8 +24,9 @@ impl std::fmt::Debug for Resolver {
 }
 
 impl ResolvesServerCert for Resolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.gateway.current.load().certificate.clone()
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let current = self.gateway.current.load();
+        Some(current.certificate.as_ref()?.pick(hello.server_name()))
     }
 }
 

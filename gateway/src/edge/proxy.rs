@@ -10,16 +10,19 @@ use super::generation::{Gateway, Generation};
 use super::upstreams::{Pool, Server};
 use super::write;
 use crate::auth::unix_now;
+use crate::compression::{self, Coding};
 use crate::headers;
 use crate::metrics::{self, RequestCounts};
-use crate::refusal::Refusal;
+use crate::refusal::{Answer, Refusal};
 use crate::request::front::{self, Front, Head};
 use crate::request::{self, Admission, Refused, Request, body, forward};
 use crate::response::{self, Failure, Retry};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::compression::ResponseCompression;
 use pingora::prelude::HttpPeer;
+use pingora::protocols::http::compression::Algorithm;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::net::IpAddr;
@@ -77,6 +80,7 @@ fn plain_request<'a>(session: &'a Session) -> Request<'a> {
         method: &head.method,
         path: head.uri.path(),
         query: head.uri.query(),
+        authority: head.uri.authority().map(|a| a.as_str()),
         headers: &head.headers,
         peer: client_ip(session),
         upgrade: session.is_upgrade_req(),
@@ -109,23 +113,77 @@ async fn answer_front(session: &mut Session, request_id: &str, decided: Front) -
     }
 }
 
-/// Writes an admission's refusal.
+/// Writes an admission's refusal; on a route with a CORS policy, with its
+/// headers, so that a page of an allowed origin can read why.
 async fn refuse(session: &mut Session, ctx: &mut Ctx, refused: Refused) -> Result<()> {
     if !session.is_body_empty() {
         // Reading a refused body just to keep the connection would let a
         // client make the gateway read without limit.
         session.set_keepalive(None);
     }
-    let written = write::refusal(session, &ctx.request_id, &refused.refusal).await;
+    let (mut header, body) = write::refusal_head(&refused.refusal)?;
+    // A refused preflight gets none: the browser stops there.
+    let routed = refused.routed.as_ref().filter(|r| !r.preflight);
+    if let Some(policy) = routed.and_then(|r| r.route.cors.as_ref()) {
+        let edits =
+            crate::cors::response_edits(policy, &session.req_header().headers, &header.headers);
+        write::edits(&mut header, edits)?;
+    }
+    let written = write::answer(session, &ctx.request_id, header, body).await;
     ctx.refused = Some(refused);
     written
+}
+
+/// Writes what the gateway answers itself on an admitted request: a
+/// preflight as decided, a `redirect` or `respond` route's answer with the
+/// route's response edits.
+async fn answer(session: &mut Session, ctx: &Ctx, answer: Answer, preflight: bool) -> Result<()> {
+    let (mut header, body) = write::answer_head(answer)?;
+    if let (Some(admission), false) = (&ctx.admission, preflight) {
+        let request = &session.req_header().headers;
+        let edits = response::route_edits(&admission.route, request, &header.headers);
+        write::edits(&mut header, edits)?;
+    }
+    write::answer(session, &ctx.request_id, header, body).await
+}
+
+/// Has the engine's compressor encode this response with `coding`. The
+/// engine compresses with the first coding a request lists, so it is shown
+/// only the one chosen here (by q-value).
+fn compress(session: &mut Session, coding: Coding, level: u32) {
+    let Some(module) = session
+        .downstream_modules_ctx
+        .get_mut::<ResponseCompression>()
+    else {
+        return;
+    };
+    let algorithm = match coding {
+        Coding::Brotli => Algorithm::Brotli,
+        Coding::Zstd => Algorithm::Zstd,
+        Coding::Gzip => Algorithm::Gzip,
+    };
+    if !module.is_header_phase() {
+        return;
+    }
+    module.adjust_algorithm_level(algorithm, level);
+    if let Ok(mut chosen) = RequestHeader::build("GET", b"/", Some(1))
+        && chosen
+            .insert_header("accept-encoding", coding.token())
+            .is_ok()
+    {
+        module.request_filter(&chosen);
+    }
 }
 
 impl Ctx {
     /// Keeps an admission: its pool, and unless it is a WebSocket, the
     /// body's bounds (each read waits at most what is left of the deadline).
     fn admitted(&mut self, admission: Admission, generation: &Generation, session: &mut Session) {
-        self.upstream.pool = generation.pools.get(&admission.route.upstream).cloned();
+        self.upstream.pool = admission
+            .route
+            .upstream()
+            .and_then(|name| generation.pools.get(name))
+            .cloned();
         if !admission.websocket {
             let limit = generation.config.server.request_body_timeout.0;
             let max = admission.route.max_body_bytes;
@@ -236,7 +294,14 @@ impl ProxyHttp for Proxy {
         let rules = generation.rules();
         let tunnels = &self.gateway.tunnels;
         match request::admit(&request, &rules, tunnels, &ctx.request_id).await {
-            Ok(admission) => {
+            Ok(mut admission) => {
+                if let Some(answered) = admission.answer.take() {
+                    let preflight = admission.preflight;
+                    ctx.admission = Some(admission);
+                    return answer(session, ctx, answered, preflight)
+                        .await
+                        .map(|()| true);
+                }
                 if let Some(edit) = forward::connection(&session.req_header().headers) {
                     write::edits(session.req_header_mut(), vec![edit])?;
                 }
@@ -389,20 +454,47 @@ impl ProxyHttp for Proxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let edits = response::edits(
+        let status = response.status.as_u16();
+        let mut edits = response::edits(
             ctx.admission.as_ref(),
             &ctx.request_id,
-            response.status.as_u16(),
+            status,
             response
                 .headers
                 .contains_key(http::header::SEC_WEBSOCKET_PROTOCOL),
         )
         .map_err(|_| Error::explain(ErrorType::InternalError, "unsendable header value"))?;
-        write::edits(response, edits)
+        let Some(route) = ctx.admission.as_ref().map(|a| &a.route) else {
+            return write::edits(response, edits);
+        };
+        let request = session.req_header();
+        edits.extend(response::route_edits(
+            route,
+            &request.headers,
+            &response.headers,
+        ));
+        write::edits(response, edits)?;
+        // Decided on the head as the client will get it, the route's rules
+        // applied.
+        let decided = compression::decide(
+            route.compression.as_ref(),
+            &request.headers,
+            request.method == http::Method::HEAD,
+            status,
+            &response.headers,
+        );
+        if decided.vary {
+            let vary = headers::vary(&response.headers, "Accept-Encoding");
+            write::edits(response, vary.into_iter().collect())?;
+        }
+        if let Some((coding, level)) = decided.compress {
+            compress(session, coding, level);
+        }
+        Ok(())
     }
 
     fn response_body_filter(
@@ -452,7 +544,7 @@ impl ProxyHttp for Proxy {
             (None, Some(r)) => (Some(&r.route), r.path.as_str()),
             (None, None) => (None, session.req_header().uri.path()),
         };
-        let route = routed.map_or("none", |r| r.prefix.as_str());
+        let route = routed.map_or("none", |r| r.label.as_str());
         routed
             .map_or(RequestCounts::unrouted(), |r| &r.counts)
             .count(status);

@@ -5,11 +5,62 @@
 
 use pingora::tls::sign::CertifiedKey;
 
-/// A certificate chain with its key, as the handshake presents it.
-pub type Certificate = CertifiedKey;
+use crate::config::{HostPattern, Tls};
 use pingora::tls::{CryptoProvider, RootCertStore};
 use pingora::utils::tls::{WrappedX509, parse_x509};
+use std::collections::HashMap;
 use std::sync::Arc;
+
+/// The HTTPS listener's certificates: one per SNI name (exact, or a
+/// `*.` wildcard over one label), and the default for a client that names
+/// no host or one with no certificate of its own.
+pub struct Certificates {
+    default: Arc<CertifiedKey>,
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// By suffix with its dot: `.example.com` for `*.example.com`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl Certificates {
+    /// Reads every certificate `tls` names; the first unusable one refuses
+    /// the whole set, with its key path.
+    pub fn load(tls: &Tls) -> Result<Certificates, String> {
+        let default =
+            load_certificate(&tls.cert, &tls.key).map_err(|e| format!("tls.cert/tls.key: {e}"))?;
+        let mut set = Certificates {
+            default,
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+        };
+        for (i, entry) in tls.certificates.iter().enumerate() {
+            let certified = load_certificate(&entry.cert, &entry.key)
+                .map_err(|e| format!("tls.certificates[{i}]: {e}"))?;
+            for host in &entry.hosts {
+                let slot = match host {
+                    HostPattern::Exact(name) => set.exact.entry(name.clone()),
+                    HostPattern::Wildcard(suffix) => set.wildcard.entry(suffix.clone()),
+                };
+                slot.or_insert_with(|| Arc::clone(&certified));
+            }
+        }
+        Ok(set)
+    }
+
+    /// The certificate for a client's SNI name: exact, then the wildcard
+    /// one label up (a certificate's `*.` covers exactly one label, RFC 6125
+    /// §6.4.3, so a deeper name gets the default rather than a certificate
+    /// that cannot be valid for it), then the default.
+    pub fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = sni.and_then(crate::config::normal_host) else {
+            return Arc::clone(&self.default);
+        };
+        let found = self.exact.get(&name).or_else(|| {
+            let dot = name.find('.')?;
+            self.wildcard.get(&name[dot..])
+        });
+        Arc::clone(found.unwrap_or(&self.default))
+    }
+}
 
 /// Reads a PEM certificate chain (leaf first) and its private key.
 pub fn load_certificate(cert: &str, key: &str) -> Result<Arc<CertifiedKey>, String> {
@@ -37,10 +88,15 @@ pub fn load_certificate(cert: &str, key: &str) -> Result<Arc<CertifiedKey>, Stri
 /// key path.
 pub fn check_files(config: &crate::config::Config) -> Vec<String> {
     let mut problems = Vec::new();
-    if let Some(tls) = &config.tls
-        && let Err(e) = load_certificate(&tls.cert, &tls.key)
-    {
-        problems.push(format!("tls.cert/tls.key: {e}"));
+    if let Some(tls) = &config.tls {
+        if let Err(e) = load_certificate(&tls.cert, &tls.key) {
+            problems.push(format!("tls.cert/tls.key: {e}"));
+        }
+        for (i, entry) in tls.certificates.iter().enumerate() {
+            if let Err(e) = load_certificate(&entry.cert, &entry.key) {
+                problems.push(format!("tls.certificates[{i}]: {e}"));
+            }
+        }
     }
     for (name, upstream) in &config.upstreams {
         if let Some(ca) = upstream.tls.as_ref().and_then(|t| t.ca.as_deref())

@@ -3,7 +3,7 @@
 
 use crate::edit::Edit;
 use crate::headers::REQUEST_ID;
-use crate::refusal::Refusal;
+use crate::refusal::{Answer, Refusal};
 use bytes::Bytes;
 use pingora::Result;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -12,26 +12,32 @@ use pingora::proxy::Session;
 /// Pingora's request and response heads, as far as edits go.
 pub trait Head {
     fn set(&mut self, name: &'static str, value: http::HeaderValue) -> Result<()>;
+    fn put(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()>;
+    fn append(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()>;
     fn remove(&mut self, name: &http::HeaderName);
 }
 
-impl Head for RequestHeader {
-    fn set(&mut self, name: &'static str, value: http::HeaderValue) -> Result<()> {
-        self.insert_header(name, value)
-    }
-    fn remove(&mut self, name: &http::HeaderName) {
-        self.remove_header(name);
-    }
+macro_rules! head {
+    ($t:ty) => {
+        impl Head for $t {
+            fn set(&mut self, name: &'static str, value: http::HeaderValue) -> Result<()> {
+                self.insert_header(name, value)
+            }
+            fn put(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()> {
+                self.insert_header(name, value)
+            }
+            fn append(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()> {
+                self.append_header(name, value).map(|_| ())
+            }
+            fn remove(&mut self, name: &http::HeaderName) {
+                self.remove_header(name);
+            }
+        }
+    };
 }
 
-impl Head for ResponseHeader {
-    fn set(&mut self, name: &'static str, value: http::HeaderValue) -> Result<()> {
-        self.insert_header(name, value)
-    }
-    fn remove(&mut self, name: &http::HeaderName) {
-        self.remove_header(name);
-    }
-}
+head!(RequestHeader);
+head!(ResponseHeader);
 
 /// Applies edits, in order, to a request or response head.
 pub fn edits(head: &mut impl Head, edits: Vec<Edit>) -> Result<()> {
@@ -39,6 +45,8 @@ pub fn edits(head: &mut impl Head, edits: Vec<Edit>) -> Result<()> {
         match edit {
             Edit::Remove(name) => head.remove(&name),
             Edit::Set(name, value) => head.set(name, value)?,
+            Edit::Put(name, value) => head.put(name, value)?,
+            Edit::Append(name, value) => head.append(name, value)?,
         }
     }
     Ok(())
@@ -46,7 +54,11 @@ pub fn edits(head: &mut impl Head, edits: Vec<Edit>) -> Result<()> {
 
 /// The response head of a refusal (without `x-request-id`).
 pub fn refusal_head(refusal: &Refusal) -> Result<(ResponseHeader, Bytes)> {
-    let answer = refusal.answer();
+    answer_head(refusal.answer())
+}
+
+/// The response head and body of one of the gateway's own answers.
+pub fn answer_head(answer: Answer) -> Result<(ResponseHeader, Bytes)> {
     let mut header = ResponseHeader::build(answer.status, Some(answer.headers.len() + 1))?;
     for (name, value) in answer.headers {
         header.insert_header(name, value)?;
@@ -57,7 +69,18 @@ pub fn refusal_head(refusal: &Refusal) -> Result<(ResponseHeader, Bytes)> {
 /// Writes a refusal with a `Content-Length`, so that the client connection
 /// can be kept alive (Pingora's own error responses close it).
 pub async fn refusal(session: &mut Session, request_id: &str, refusal: &Refusal) -> Result<()> {
-    let (mut header, body) = refusal_head(refusal)?;
+    let (header, body) = refusal_head(refusal)?;
+    answer(session, request_id, header, body).await
+}
+
+/// Writes one of the gateway's own answers (it has a `Content-Length`),
+/// with the request id; a HEAD request gets the head alone.
+pub async fn answer(
+    session: &mut Session,
+    request_id: &str,
+    mut header: ResponseHeader,
+    body: Bytes,
+) -> Result<()> {
     if !request_id.is_empty() {
         header.insert_header(REQUEST_ID, request_id)?;
     }

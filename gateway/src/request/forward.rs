@@ -83,6 +83,9 @@ pub fn edits(headers: &HeaderMap, forward: &Forward<'_>) -> Result<(Vec<Edit>, u
     if !admission.route.forward_authorization {
         edits.push(Edit::Remove(http::header::AUTHORIZATION));
     }
+    // The route's own rules: they cannot name a header the gateway sets
+    // (refused when the file is checked).
+    edits.extend(admission.route.request_headers.edits().iter().cloned());
     edits.push(Edit::set(REQUEST_ID, forward.request_id)?);
 
     // The gateway's own forwarding headers; a trusted proxy's chain is
@@ -156,19 +159,12 @@ mod tests {
 
     fn route(access: Access, forward_authorization: bool, rewrite: Option<&str>) -> Arc<Route> {
         Arc::new(Route {
-            index: 0,
-            prefix: "/api/tasks".into(),
-            upstream: "tasks".into(),
             access,
-            roles: Vec::new(),
             rewrite: rewrite.map(String::from),
-            methods: Vec::new(),
             forward_authorization,
             websocket: true,
             max_body_bytes: 1024,
-            limits: None,
-            stale_if_error: None,
-            counts: crate::metrics::RequestCounts::new("/api/tasks"),
+            ..Route::test("/api/tasks", "tasks")
         })
     }
 
@@ -196,6 +192,8 @@ mod tests {
                 grant: Grant::at(Some(1_900_000_000)),
                 tunnel: None,
             }),
+            answer: None,
+            preflight: false,
         }
     }
 

@@ -14,6 +14,7 @@
 //! A new request-side feature is one module here and one call in [`admit`]
 //! (or in [`forward`] for what the upstream sees).
 
+pub mod answer;
 pub mod body;
 pub mod forward;
 pub mod front;
@@ -48,6 +49,9 @@ pub struct Request<'a> {
     /// The path as received, before normalisation.
     pub path: &'a str,
     pub query: Option<&'a str>,
+    /// The target's authority (HTTP/2's `:authority`, or an absolute-form
+    /// HTTP/1.1 target), which names the host before `Host` does.
+    pub authority: Option<&'a str>,
     pub headers: &'a HeaderMap,
     /// The client connection's address.
     pub peer: Option<IpAddr>,
@@ -70,6 +74,11 @@ pub struct Admission {
     pub rate: Option<Decision>,
     /// On a protected route: who, from which grant.
     pub user: Option<User>,
+    /// What the gateway answers itself instead of going upstream (a CORS
+    /// preflight, a `redirect` or `respond` route).
+    pub answer: Option<crate::refusal::Answer>,
+    /// The answer is a CORS preflight's.
+    pub preflight: bool,
 }
 
 /// The verified caller of a protected route.
@@ -107,6 +116,7 @@ pub(crate) fn test_request<'a>(
         method,
         path,
         query: None,
+        authority: None,
         headers,
         peer: Some(std::net::Ipv4Addr::new(192, 0, 2, 1).into()),
         upgrade,
@@ -125,7 +135,7 @@ fn tighter(current: Option<Decision>, new: Decision) -> Option<Decision> {
 fn rate_limited(route: &Route, scope: Scope, decision: Decision) -> Refusal {
     metrics::get()
         .rate_limited
-        .with_label_values(&[route.prefix.as_str(), scope.label()])
+        .with_label_values(&[route.label.as_str(), scope.label()])
         .inc();
     Refusal::RateLimited(decision)
 }
@@ -145,6 +155,7 @@ struct Checked {
     subprotocols: Option<Subprotocols>,
     rate: Option<Decision>,
     user: Option<User>,
+    answer: Option<crate::refusal::Answer>,
 }
 
 /// Decides whether a request goes upstream: `Ok` with what it was admitted
@@ -169,6 +180,8 @@ pub async fn admit(
             subprotocols: checked.subprotocols,
             rate: checked.rate,
             user: checked.user,
+            answer: checked.answer,
+            preflight: routed.preflight,
         }),
         Err(refusal) => Err(Refused {
             refusal,
@@ -213,6 +226,19 @@ async fn check(
             }
             rate = tighter(rate, decision);
         }
+    }
+
+    // A preflight carries no credentials: answered from the route's CORS
+    // policy alone, never sent upstream.
+    if routed.preflight
+        && let Some(policy) = &route.cors
+    {
+        return Ok(Checked {
+            subprotocols: None,
+            rate,
+            user: None,
+            answer: Some(crate::cors::preflight(policy, request.headers)?),
+        });
     }
 
     body::check_declared(request.headers, route.max_body_bytes)?;
@@ -262,6 +288,7 @@ async fn check(
         subprotocols: credentials.subprotocols,
         rate,
         user,
+        answer: answer::fixed(route, &routed.path, request.query),
     })
 }
 

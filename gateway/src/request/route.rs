@@ -14,12 +14,48 @@ pub struct Routed {
     pub path: String,
     /// An upgrade the route allows.
     pub websocket: bool,
+    /// A CORS preflight, routed as the request it asks about.
+    pub preflight: bool,
 }
 
-/// Normalises the path and finds the route ([`check_upgrade`] follows).
+/// The host a request names, in normal form: the target's authority, else
+/// `Host`. `None` when neither holds a host name or address.
+pub fn host(request: &Request<'_>) -> Option<String> {
+    let raw = match request.authority {
+        Some(authority) => authority.rsplit('@').next().unwrap_or(authority),
+        None => request.headers.get(http::header::HOST)?.to_str().ok()?,
+    };
+    crate::config::normal_host(raw)
+}
+
+/// Normalises the path and finds the route ([`check_upgrade`] follows): on
+/// the request's host when routes name hosts, and for a preflight, the
+/// route of the method it asks about when that route has a CORS policy.
 pub fn resolve(routes: &RouteTable, request: &Request<'_>) -> Result<Routed, Refusal> {
     let normalised = path::normalize(request.path).map_err(|e| Refusal::BadPath(e.to_string()))?;
-    let route = match routes.find(&normalised, request.method.as_str()) {
+    let host = if routes.has_hosts() {
+        host(request)
+    } else {
+        None
+    };
+    if host.is_none() && routes.host_only() {
+        return Err(Refusal::BadRequest(
+            "this gateway serves named hosts only: send the host in Host",
+        ));
+    }
+    let host = host.as_deref();
+    if let Some(asked) = crate::cors::requested_method(request.method, request.headers)
+        && let Lookup::Found(route) = routes.find_on(host, &normalised, asked)
+        && route.cors.is_some()
+    {
+        return Ok(Routed {
+            route: Arc::clone(route),
+            path: normalised,
+            websocket: false,
+            preflight: true,
+        });
+    }
+    let route = match routes.find_on(host, &normalised, request.method.as_str()) {
         Lookup::Found(route) => Arc::clone(route),
         Lookup::NotFound => return Err(Refusal::NotFound),
         Lookup::MethodNotAllowed(allow) => return Err(Refusal::MethodNotAllowed { allow }),
@@ -28,6 +64,7 @@ pub fn resolve(routes: &RouteTable, request: &Request<'_>) -> Result<Routed, Ref
         route,
         path: normalised,
         websocket: request.upgrade,
+        preflight: false,
     })
 }
 

@@ -7,6 +7,7 @@ mod hardening;
 mod lifecycle;
 mod limits;
 mod revocations;
+mod sites;
 mod support;
 mod tls;
 mod upstreams;

@@ -263,8 +263,13 @@ pub async fn raw(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Reply {
-    let mut request =
-        format!("{method} {target} HTTP/1.1\r\nhost: gateway.test\r\nconnection: close\r\n");
+    // `host: gateway.test` unless the caller names a host of its own.
+    let host = if headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        ""
+    } else {
+        "host: gateway.test\r\n"
+    };
+    let mut request = format!("{method} {target} HTTP/1.1\r\n{host}connection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -327,6 +332,12 @@ impl Gateway {
     /// Like [`Gateway::start`], with more `server:` keys (each line
     /// indented by two spaces).
     pub fn start_with_server(routes: &str, server: &str, env: &[(&str, &str)]) -> Gateway {
+        Gateway::start_on_port(routes, server, env, unused_port())
+    }
+
+    /// Like [`Gateway::start_with_server`], listening on `port` (for
+    /// routes that must name the gateway's own address).
+    pub fn start_on_port(routes: &str, server: &str, env: &[(&str, &str)], port: u16) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         // Each gateway gets its own upgrade socket, so that tests never
         // hand listeners to each other.
@@ -346,7 +357,7 @@ impl Gateway {
             .arg(&config)
             .args([
                 "--listen",
-                &format!("127.0.0.1:{}", unused_port()),
+                &format!("127.0.0.1:{port}"),
                 "--metrics-listen",
                 &format!("127.0.0.1:{}", unused_port()),
                 "--threads",

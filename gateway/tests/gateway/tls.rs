@@ -35,8 +35,13 @@ impl Authority {
     /// A certificate for `localhost` and 127.0.0.1 signed by this authority,
     /// written as `cert` and `key`.
     fn issue(&self, cert: &Path, key: &Path) {
-        let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .expect("params");
+        self.issue_for(&["localhost", "127.0.0.1"], cert, key);
+    }
+
+    /// A certificate for `names`, signed by this authority.
+    fn issue_for(&self, names: &[&str], cert: &Path, key: &Path) {
+        let names = names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        let params = CertificateParams::new(names).expect("params");
         let leaf_key = KeyPair::generate().expect("key");
         let issuer = Issuer::from_params(&self.params, &self.key);
         let leaf = params.signed_by(&leaf_key, &issuer).expect("leaf");
@@ -67,6 +72,12 @@ type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 /// A TLS connection to `addr` trusting only `authority`.
 async fn connect(addr: SocketAddr, authority: &Authority) -> std::io::Result<Tls> {
+    connect_as(addr, authority, "localhost").await
+}
+
+/// A TLS connection to `addr` asking for `name` (SNI) and checking the
+/// certificate against it, trusting only `authority`.
+async fn connect_as(addr: SocketAddr, authority: &Authority, name: &str) -> std::io::Result<Tls> {
     // The process may have installed it already; either way ring is in use.
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let mut roots = RootCertStore::empty();
@@ -76,10 +87,7 @@ async fn connect(addr: SocketAddr, authority: &Authority) -> std::io::Result<Tls
         .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     TlsConnector::from(Arc::new(config))
-        .connect(
-            ServerName::try_from("localhost".to_owned()).expect("name"),
-            tcp,
-        )
+        .connect(ServerName::try_from(name.to_owned()).expect("name"), tcp)
         .await
 }
 
@@ -302,6 +310,85 @@ async fn a_reload_rotates_the_certificate_without_dropping_open_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_picks_each_hosts_certificate_and_a_reload_rotates_them() {
+    let files = Files::new();
+    let ca = Authority::new("test CA");
+    ca.issue(&files.path("gateway.crt"), &files.path("gateway.key"));
+    ca.issue_for(
+        &["api.example.test"],
+        &files.path("api.crt"),
+        &files.path("api.key"),
+    );
+    ca.issue_for(
+        &["*.apps.example.test"],
+        &files.path("apps.crt"),
+        &files.path("apps.key"),
+    );
+    let tasks = Upstream::start().await;
+    let tls_port = service_kit::testing::unused_port();
+    let config = format!(
+        "tls:\n  listen: 127.0.0.1:{tls_port}\n  cert: gateway.crt\n  key: gateway.key\n  certificates:\n    - {{ hosts: [api.example.test], cert: api.crt, key: api.key }}\n    - {{ hosts: [\"*.apps.example.test\"], cert: apps.crt, key: apps.key }}\n{}",
+        routes("127.0.0.1:9".parse().expect("addr"), &[tasks.addr], "")
+    );
+    // The gateway's routes file lives in a directory of its own: the
+    // certificates are named by absolute path.
+    let config = config
+        .replace("cert: ", &format!("cert: {}/", files.dir.path().display()))
+        .replace("key: ", &format!("key: {}/", files.dir.path().display()));
+    let mut gateway = Gateway::start(&config, &[]);
+    let tls: SocketAddr = gateway
+        .child
+        .wait_for_output("tls on ")
+        .trim()
+        .parse()
+        .expect("tls address");
+    gateway.child.wait_accepting(tls);
+
+    // Each name gets the certificate made for it (the client checks the
+    // name), the default goes to the rest.
+    for name in ["api.example.test", "a.apps.example.test", "localhost"] {
+        let mut stream = BufReader::new(
+            connect_as(tls, &ca, name)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}")),
+        );
+        assert_eq!(get_on(&mut stream, "/api/public/sni").await, 200, "{name}");
+    }
+    // A certificate's wildcard covers one label: deeper names, the bare
+    // suffix and other names get the default (made for localhost).
+    for name in [
+        "b.c.apps.example.test",
+        "apps.example.test",
+        "other.example.test",
+    ] {
+        assert!(
+            connect_as(tls, &ca, name).await.is_err(),
+            "{name} was given a certificate for it"
+        );
+    }
+
+    // A reload reads every certificate again.
+    let other = Authority::new("other CA");
+    other.issue_for(
+        &["api.example.test"],
+        &files.path("api.crt"),
+        &files.path("api.key"),
+    );
+    gateway.child.signal("HUP");
+    let applied = eventually(Duration::from_secs(10), async || {
+        gateway
+            .metric("portcullis_config_reloads_total{result=\"applied\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    assert!(applied, "the reload was not applied");
+    assert!(connect_as(tls, &other, "api.example.test").await.is_ok());
+    assert!(connect_as(tls, &ca, "api.example.test").await.is_err());
+    assert!(connect_as(tls, &ca, "a.apps.example.test").await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_pools_may_be_reached_over_tls_and_are_verified() {
     let files = Files::new();
     let ca = Authority::new("upstream CA");
@@ -378,6 +465,15 @@ fn check_reads_the_certificate_files_like_nginx_t() {
     assert_eq!(code, Some(1));
     assert!(
         stderr.contains("tls.cert/tls.key") && stderr.contains("does not belong"),
+        "{stderr}"
+    );
+    let (code, stderr) = check(&good.replace(
+        "key: gateway.key }",
+        "key: gateway.key, certificates: [{ hosts: [api.example.test], cert: gateway.crt, key: other.key }] }",
+    ));
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("tls.certificates[0]") && stderr.contains("does not belong"),
         "{stderr}"
     );
     let (code, stderr) = check(

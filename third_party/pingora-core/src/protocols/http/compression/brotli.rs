@@ -76,7 +76,8 @@ impl Encode for Decompressor {
 }
 
 pub struct Compressor {
-    compress: CompressorWriter<Vec<u8>>,
+    // `None` once the stream is finished.
+    compress: Option<CompressorWriter<Vec<u8>>>,
     total_in: usize,
     total_out: usize,
     duration: Duration,
@@ -86,7 +87,7 @@ impl Compressor {
     pub fn new(level: u32) -> Self {
         Compressor {
             // buf_size:4096 , lgwin:19 TODO: fine tune these
-            compress: CompressorWriter::new(vec![], 4096, level, 19),
+            compress: Some(CompressorWriter::new(vec![], 4096, level, 19)),
             total_in: 0,
             total_out: 0,
             duration: Duration::new(0, 0),
@@ -101,22 +102,27 @@ impl Encode for Compressor {
         let start = Instant::now();
         self.total_in += input.len();
 
+        let Some(compress) = self.compress.as_mut() else {
+            return Ok(Bytes::new());
+        };
         // reserve at most input size, cap at 16k, compressed output should be smaller
-        self.compress
+        compress
             .get_mut()
             .reserve(std::cmp::min(MAX_INIT_COMPRESSED_BUF_SIZE, input.len()));
-        self.compress
+        compress
             .write_all(input)
             .or_err(COMPRESSION_ERROR, "while compress Brotli")?;
         // write to vec will never fail.
-        if end {
-            self.compress
-                .flush()
-                .or_err(COMPRESSION_ERROR, "while compress Brotli")?;
-        }
-        self.total_out += self.compress.get_ref().len();
+        let out = if end {
+            // A flush alone leaves the stream open (no last meta-block):
+            // decoders then wait for more or fail. Finishing it closes it.
+            self.compress.take().map(|c| c.into_inner()).unwrap_or_default()
+        } else {
+            std::mem::take(compress.get_mut())
+        };
+        self.total_out += out.len();
         self.duration += start.elapsed();
-        Ok(std::mem::take(self.compress.get_mut()).into()) // into() Bytes will drop excess capacity
+        Ok(out.into()) // into() Bytes will drop excess capacity
     }
 
     fn stat(&self) -> (&'static str, usize, usize, Duration) {
@@ -145,16 +151,36 @@ mod tests_stream {
     }
 
     #[test]
+    fn a_finished_stream_decodes_whole() {
+        let input: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut compressor = Compressor::new(5);
+        let mut wire = Vec::new();
+        for chunk in input.chunks(16 * 1024) {
+            wire.extend_from_slice(&compressor.encode(chunk, false).unwrap());
+        }
+        wire.extend_from_slice(&compressor.encode(&[], true).unwrap());
+        let mut decoded = Vec::new();
+        brotli::BrotliDecompress(&mut &wire[..], &mut decoded).expect("a complete stream");
+        assert_eq!(decoded, input);
+        assert!(compressor.encode(b"more", true).unwrap().is_empty());
+    }
+
+    #[test]
     fn compress_brotli_data() {
         let mut compressor = Compressor::new(11);
         let compressed = compressor.encode(&b"adcdefgabcdefgh\n"[..], true).unwrap();
 
         assert_eq!(
             &compressed[..],
+            // The finished stream: the first byte now marks the last
+            // meta-block (was 0x85, an open stream).
             &[
-                0x85, 0x07, 0x00, 0xf8, 0x45, 0x07, 0x87, 0x3e, 0x10, 0xfb, 0x55, 0x92, 0xec, 0x12,
+                0x15, 0x0f, 0x00, 0xf8, 0x45, 0x07, 0x87, 0x3e, 0x10, 0xfb, 0x55, 0x92, 0xec, 0x12,
                 0x09, 0xcc, 0x38, 0xdd, 0x51, 0x1e,
             ],
         );
+        let mut decoded = Vec::new();
+        brotli::BrotliDecompress(&mut &compressed[..], &mut decoded).expect("a complete stream");
+        assert_eq!(decoded, b"adcdefgabcdefgh\n");
     }
 }
