@@ -50,6 +50,12 @@ SERVER_CPUS = os.environ.get("SERVER_CPUS", "0" if CPUS > 1 else "0")
 LOAD_CPUS = os.environ.get("LOAD_CPUS", str(CPUS - 1))
 PLACEMENTS = [p for p in os.environ.get("PLACEMENTS", "pinned,shared").split(",") if p]
 PLACEMENT = "pinned"
+# Extra oha arguments of the rows whose configuration names a request header.
+OHA_HEADERS = {
+    "compression off, Accept-Encoding: gzip": ("-H", "accept-encoding: gzip"),
+    "compression on, gzip": ("-H", "accept-encoding: gzip"),
+    "compression on, br": ("-H", "accept-encoding: br"),
+}
 
 
 def place(placement):
@@ -313,11 +319,11 @@ def run_wrk(url, script, duration=None):
             "requests": total, "errors": bad}
 
 
-def measure(tool, url, pids, token=None, script=None, expect_status=None):
+def measure(tool, url, pids, token=None, script=None, expect_status=None, extra=()):
     """One bounded load; CPU and peak RSS of `pids` (the system under test)."""
     reset_peak_rss(pids)
     before = cpu_seconds(pids)
-    result = run_oha(url, token) if tool == "oha" else run_wrk(url, script)
+    result = run_oha(url, token, extra) if tool == "oha" else run_wrk(url, script)
     used = cpu_seconds(pids) - before
     result["cpu_us"] = used / max(result["requests"], 1) * 1_000_000
     result["rss_mb"] = peak_rss_mb(pids)
@@ -353,6 +359,9 @@ def gateway_routes(auth, echo, prefixes=0, mode="remote", capacity=100_000, serv
         "routes:",
         "  - { prefix: /public, upstream: echo, access: public }",
         "  - { prefix: /api/echo, upstream: echo, access: protected }",
+        # The same protected route with compression on, down to the echo
+        # service's ~100-byte JSON answer.
+        "  - { prefix: /api/echo-compressed, upstream: echo, access: protected, compression: { min_size: 0 } }",
         *(["  - { prefix: /unix, upstream: echo_unix, access: public }"] if unix else []),
     ]
     # Extra routes shaped like real ones: a service name and a version.
@@ -619,6 +628,14 @@ def run_placement(secret, results, extra_sections):
         ("protected, one token", "Nginx, access log on", "auth_request + cache", "oha",
          url(p["nginx_cached_log"]), token, None),
         ("protected, one token", "Caddy", "forward_auth", "oha", url(p["caddy_auth"]), token, None),
+        # ~100 bytes of JSON asked for with Accept-Encoding: compression off
+        # (the protected route's default) against on, with gzip and brotli.
+        ("protected, one token, small JSON", "Portcullis", "compression off, Accept-Encoding: gzip", "oha",
+         url(p["gw"], "/api/echo/x"), token, None),
+        ("protected, one token, small JSON", "Portcullis", "compression on, gzip", "oha",
+         url(p["gw"], "/api/echo-compressed/x"), token, None),
+        ("protected, one token, small JSON", "Portcullis", "compression on, br", "oha",
+         url(p["gw"], "/api/echo-compressed/x"), token, None),
         ("protected, one token", "Caddy", "forward_auth", "wrk", url(p["caddy_auth"]), None, one),
         ("10 000 tokens in rotation", "Portcullis", "protected route", "wrk", tokens_url, None, ten_k),
         ("10 000 tokens in rotation", "Nginx", "auth_request + cache", "wrk", url(p["nginx_cached"]), None, ten_k),
@@ -645,7 +662,7 @@ def run_placement(secret, results, extra_sections):
     if QUICK:
         plan = [row for row in plan
                 if row[1] in ("Portcullis", "Portcullis baseline", "Pingora")
-                and row[0] in ("plain proxy", "protected, one token")]
+                and row[0] in ("plain proxy", "protected, one token", "protected, one token, small JSON")]
     for round_ in range(1, ROUNDS + 1):
         # Alternate the order every round so drift does not favour anyone.
         ordered = plan if round_ % 2 else list(reversed(plan))
@@ -653,7 +670,7 @@ def run_placement(secret, results, extra_sections):
             log(f"{PLACEMENT}, round {round_}/{ROUNDS}: {scenario} / {system} {config} ({tool})")
             # The token loads' gateway is measured as itself.
             pids = tokens_pids if target == tokens_url else systems[system]
-            r = measure(tool, target, pids, token=tok, script=script)
+            r = measure(tool, target, pids, token=tok, script=script, extra=OHA_HEADERS.get(config, ()))
             log(f"  {r['rps']:.0f} req/s, p99 {r['p99']:.2f} ms")
             results.setdefault((PLACEMENT, scenario, system, config, tool), []).append(r)
     if not extra_sections:

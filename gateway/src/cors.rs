@@ -148,7 +148,7 @@ pub fn preflight(policy: &Policy, headers: &HeaderMap) -> Result<Answer, Refusal
         "vary",
         "Origin, Access-Control-Request-Method, Access-Control-Request-Headers".into(),
     ));
-    answer.push(("content-length", "0".into()));
+    // A 204 has no body and no Content-Length (RFC 9110 §8.6).
     Ok(Answer {
         status: 204,
         headers: answer,

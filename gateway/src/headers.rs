@@ -176,8 +176,11 @@ pub fn host_name(host: &str) -> Option<&str> {
     let name = if host.starts_with('[') {
         let end = host.find(']')?;
         let (name, rest) = host.split_at(end + 1);
-        (rest.is_empty() || rest[1..].bytes().all(|b| b.is_ascii_digit()) && rest.starts_with(':'))
-            .then_some(name)?
+        let port_ok = rest.is_empty()
+            || rest
+                .strip_prefix(':')
+                .is_some_and(|port| port.bytes().all(|b| b.is_ascii_digit()));
+        port_ok.then_some(name)?
     } else {
         match host.split_once(':') {
             Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
@@ -433,6 +436,8 @@ mod tests {
             ("user@host", None),
             ("[not-v6]:80", None),
             ("[::1]x", None),
+            ("[::1]é", None),
+            ("[::1]:é", None),
         ];
         for (host, expected) in cases {
             assert_eq!(host_name(host), expected, "{host:?}");

@@ -50,7 +50,16 @@ pub fn edits(
 pub fn route_edits(route: &Route, request: &HeaderMap, response: &HeaderMap) -> Vec<Edit> {
     let mut edits = route.response_headers.edits().to_vec();
     if let Some(policy) = &route.cors {
-        edits.extend(crate::cors::response_edits(policy, request, response));
+        // The CORS headers are decided on the head as the rules leave it
+        // (a rule may set or remove `Vary`).
+        let cors = if route.response_headers.is_empty() {
+            crate::cors::response_edits(policy, request, response)
+        } else {
+            let mut ruled = response.clone();
+            crate::edit::apply(&mut ruled, &edits);
+            crate::cors::response_edits(policy, request, &ruled)
+        };
+        edits.extend(cors);
     }
     edits
 }
@@ -317,6 +326,38 @@ mod tests {
         assert!(connect_again(1, 2));
         assert!(!connect_again(2, 2));
         assert!(!connect_again(0, 0));
+    }
+
+    #[test]
+    fn cors_headers_are_decided_after_the_routes_own_rules() {
+        use crate::config::cors::Cors;
+        use crate::config::header_rules::HeaderRules;
+        let route = Route {
+            response_headers: crate::rules::Rules::new(&HeaderRules {
+                remove: vec!["vary".into()],
+                ..HeaderRules::default()
+            }),
+            cors: Some(crate::cors::Policy::new(&Cors {
+                origins: vec!["https://app.example.com".into()],
+                methods: Vec::new(),
+                headers: Vec::new(),
+                expose_headers: Vec::new(),
+                max_age: crate::config::Dur(std::time::Duration::from_secs(60)),
+                credentials: false,
+            })),
+            ..Route::test("/api", "api")
+        };
+        let request = crate::request::header_map(&[("origin", "https://app.example.com")]);
+        let mut response = crate::request::header_map(&[("vary", "Origin")]);
+        let edits = route_edits(&route, &request, &response);
+        crate::edit::apply(&mut response, &edits);
+        // The rule removed the upstream's Vary: the gateway's own is added.
+        let vary: Vec<_> = response.get_all("vary").iter().collect();
+        assert_eq!(vary, ["Origin"]);
+        assert_eq!(
+            response["access-control-allow-origin"],
+            "https://app.example.com"
+        );
     }
 
     #[test]

@@ -138,6 +138,11 @@ async fn refuse(session: &mut Session, ctx: &mut Ctx, refused: Refused) -> Resul
 /// preflight as decided, a `redirect` or `respond` route's answer with the
 /// route's response edits.
 async fn answer(session: &mut Session, ctx: &Ctx, answer: Answer, preflight: bool) -> Result<()> {
+    if !session.is_body_empty() {
+        // The body is not read: reading it only to keep the connection
+        // would let a client make the gateway read without limit.
+        session.set_keepalive(None);
+    }
     let (mut header, body) = write::answer_head(answer)?;
     if let (Some(admission), false) = (&ctx.admission, preflight) {
         let request = &session.req_header().headers;

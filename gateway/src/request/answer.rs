@@ -30,14 +30,18 @@ pub fn fixed(route: &Route, path: &str, query: Option<&str>) -> Option<Answer> {
                 body: String::new(),
             })
         }
-        Action::Respond(respond) => Some(Answer {
-            status: respond.status,
-            headers: vec![
-                ("content-type", respond.content_type.clone()),
-                ("content-length", respond.body.len().to_string()),
-            ],
-            body: respond.body.clone(),
-        }),
+        Action::Respond(respond) => {
+            let mut headers = vec![("content-type", respond.content_type.clone())];
+            // A 204 has no body and no Content-Length (RFC 9110 §8.6).
+            if respond.status != 204 {
+                headers.push(("content-length", respond.body.len().to_string()));
+            }
+            Some(Answer {
+                status: respond.status,
+                headers,
+                body: respond.body.clone(),
+            })
+        }
     }
 }
 

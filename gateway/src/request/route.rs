@@ -38,10 +38,19 @@ pub fn resolve(routes: &RouteTable, request: &Request<'_>) -> Result<Routed, Ref
     } else {
         None
     };
-    if host.is_none() && routes.host_only() {
-        return Err(Refusal::BadRequest(
-            "this gateway serves named hosts only: send the host in Host",
-        ));
+    if host.is_none() && routes.has_hosts() {
+        let named = request.authority.is_some() || request.headers.contains_key(http::header::HOST);
+        if named {
+            // Routed by host, a host that is no host name is never guessed.
+            return Err(Refusal::BadRequest(
+                "the Host header is not a host name or address",
+            ));
+        }
+        if routes.host_only() {
+            return Err(Refusal::BadRequest(
+                "this gateway serves named hosts only: send the host in Host",
+            ));
+        }
     }
     let host = host.as_deref();
     if let Some(asked) = crate::cors::requested_method(request.method, request.headers)

@@ -48,6 +48,8 @@ async fn two_hosts_on_one_listener_reach_two_upstreams() {
         // only the routes for any host.
         ("apps.test", "/p3", 404, None),
         ("other.test", "/v1/w", 404, None),
+        // A Host that is no host name is refused, never guessed at.
+        ("api.example.test..", "/v1/v", 400, None),
     ];
     for (name, path, status, upstream) in cases {
         let reply = raw(gw, "GET", path, &host(name), "").await;
@@ -157,6 +159,10 @@ fn check_names_each_misused_key_with_its_line() {
         (
             "  - { prefix: /a, hosts: [\"a.test:80\"], upstream: app, access: public }\n",
             "routes[0].hosts[0]",
+        ),
+        (
+            "  - { prefix: /a, upstream: app, access: public, compression: { brotli: 0 } }\n",
+            "routes[0].compression.brotli",
         ),
     ];
     for (routes, key) in cases {
@@ -557,6 +563,30 @@ async fn preflights_are_answered_without_a_token_and_only_allowed_origins_get_co
             .all(|r| !r.target.starts_with("/api/shared")),
         "a preflight reached the upstream"
     );
+
+    // A preflight that announces a body is answered without reading it,
+    // and its connection closed: no unbounded read for a tokenless request.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(gw).await.expect("connect");
+        stream
+            .write_all(b"OPTIONS /api/shared/1 HTTP/1.1\r\nhost: gateway.test\r\norigin: https://app.example.test\r\naccess-control-request-method: GET\r\ncontent-length: 100000000\r\n\r\nabc")
+            .await
+            .expect("send");
+        let mut answer = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            read.is_ok(),
+            "the connection stayed open for the body: {text}"
+        );
+        assert!(text.starts_with("HTTP/1.1 204"), "{text}");
+        assert!(
+            !text.to_ascii_lowercase().contains("content-length"),
+            "a 204 with a length: {text}"
+        );
+    }
 
     // The request itself: authenticated as always; the answer readable by
     // the allowed origin only.
