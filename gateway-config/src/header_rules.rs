@@ -51,9 +51,10 @@ const HOP_BY_HOP: [&str; 9] = [
     "proxy-authorization",
 ];
 
-/// Names that tell an upstream the client's address: the gateway's own, or
-/// a trusted proxy's.
-const CLIENT_ADDRESS: [&str; 13] = [
+/// Names that tell an upstream the client's address (besides every
+/// `x-forwarded-*`): the gateway's own, or a trusted proxy's. The gateway
+/// removes them from every other client's request.
+pub const CLIENT_ADDRESS: [&str; 13] = [
     "forwarded",
     "forwarded-for",
     "x-real-ip",
@@ -69,8 +70,9 @@ const CLIENT_ADDRESS: [&str; 13] = [
     "x-forwarded",
 ];
 
-/// Names some frameworks read in place of the request line's path or host.
-const URL_OVERRIDE: [&str; 7] = [
+/// Names some frameworks read in place of the request line's path or host;
+/// the gateway removes them from every request.
+pub const URL_OVERRIDE: [&str; 7] = [
     "x-original-url",
     "x-original-uri",
     "x-rewrite-url",

@@ -1,5 +1,6 @@
 //! Header rules that do not depend on the proxy engine.
 
+use crate::config::header_rules::{CLIENT_ADDRESS, URL_OVERRIDE};
 use http::HeaderMap;
 use std::net::IpAddr;
 use std::sync::OnceLock;
@@ -67,23 +68,7 @@ pub fn is_forwarding_header(name: &str) -> bool {
     name.as_bytes()
         .get(..12)
         .is_some_and(|start| start.eq_ignore_ascii_case(b"x-forwarded-"))
-        || [
-            "forwarded",
-            "x-forwarded",
-            "forwarded-for",
-            "x-real-ip",
-            "client-ip",
-            "x-client-ip",
-            "true-client-ip",
-            "x-cluster-client-ip",
-            "cf-connecting-ip",
-            "fastly-client-ip",
-            "x-originating-ip",
-            "x-remote-ip",
-            "x-remote-addr",
-        ]
-        .iter()
-        .any(|h| h.eq_ignore_ascii_case(name))
+        || CLIENT_ADDRESS.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
 /// Headers that some frameworks (IIS, Symfony, Zend, some PHP routers)
@@ -92,17 +77,7 @@ pub fn is_forwarding_header(name: &str) -> bool {
 /// another. The gateway routes on the request line and `Host` alone, so
 /// they are removed from every request.
 pub fn is_url_override(name: &str) -> bool {
-    [
-        "x-original-url",
-        "x-original-uri",
-        "x-rewrite-url",
-        "x-override-url",
-        "x-host",
-        "x-original-host",
-        "x-http-host-override",
-    ]
-    .iter()
-    .any(|h| h.eq_ignore_ascii_case(name))
+    URL_OVERRIDE.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
 /// Header names with `_`: CGI, WSGI, PHP-FPM and others map `_` and `-`
