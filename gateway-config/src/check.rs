@@ -250,11 +250,22 @@ impl Config {
                     ),
                 );
             }
+            for (i, server) in upstream.servers.iter().enumerate() {
+                if !(1..=crate::pools::MAX_WEIGHT).contains(&server.weight) {
+                    error(
+                        format!("{at}.servers[{i}].weight"),
+                        format!("must be between 1 and {}", crate::pools::MAX_WEIGHT),
+                    );
+                }
+            }
+            for (key, problem) in crate::pools::problems(&upstream.limits) {
+                error(format!("{at}.limits.{key}"), problem);
+            }
             if let Some(tls) = &upstream.tls {
                 if upstream
                     .servers
                     .iter()
-                    .any(|s| matches!(s, ServerAddr::Unix(_)))
+                    .any(|s| matches!(s.address, ServerAddr::Unix(_)))
                 {
                     error(
                         format!("{at}.tls"),

@@ -25,6 +25,7 @@ pub mod header_rules;
 pub mod hosts;
 mod load;
 pub mod overlap;
+pub mod pools;
 pub mod schema;
 pub mod values;
 pub mod yaml_de;

@@ -5,6 +5,7 @@ use crate::compression::{CompressionDefaults, RouteCompression};
 use crate::cors::Cors;
 use crate::header_rules::HeaderRules;
 use crate::hosts::HostPattern;
+use crate::pools::{PoolLimits, ServerEntry};
 use crate::values::*;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -213,6 +214,12 @@ pub struct Auth {
 pub enum Balance {
     RoundRobin,
     Random,
+    /// The less busy of two servers picked at random (requests in flight
+    /// over weight).
+    LeastRequests,
+    /// Each verified user to one server (consistent hashing of the user
+    /// id); round robin on public routes.
+    UserHash,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -237,8 +244,8 @@ pub struct HealthCheckSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
-    /// `host:port` or `unix:/path`.
-    pub servers: Vec<ServerAddr>,
+    /// `host:port`, `unix:/path`, or `{address, weight}`.
+    pub servers: Vec<ServerEntry>,
     #[serde(default = "defaults::balance")]
     pub balance: Balance,
     #[serde(default)]
@@ -256,6 +263,9 @@ pub struct Upstream {
     /// TLS to this pool's servers; plain HTTP when unset.
     #[serde(default)]
     pub tls: Option<UpstreamTls>,
+    /// Load shedding: requests over these are answered 503 at once.
+    #[serde(default)]
+    pub limits: PoolLimits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -32,6 +32,7 @@ pub mod limits;
 pub mod metrics;
 pub mod notify;
 pub mod path;
+pub mod pool_load;
 pub mod refusal;
 pub mod request;
 pub mod response;

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub sockets_cut: IntCounterVec,
     /// Requests refused by a rate limit, by route and scope (ip, route, user).
     pub rate_limited: IntCounterVec,
+    /// Requests shed by an upstream's limits, by upstream and limit.
+    pub upstream_overloaded: IntCounterVec,
     /// Requests let through on a stale grant while the verifier was
     /// unavailable (stale-if-error).
     pub verify_stale: IntCounter,
@@ -176,6 +178,11 @@ pub fn get() -> &'static Metrics {
                 "portcullis_rate_limited_total",
                 "Requests refused by a rate limit, by route and scope.",
                 &["route", "scope"],
+            ),
+            upstream_overloaded: counter_vec(
+                "portcullis_upstream_overloaded_total",
+                "Requests answered 503 at once because an upstream's limits were reached, by upstream and limit.",
+                &["upstream", "limit"],
             ),
             verify_stale: counter(
                 "portcullis_verify_stale_total",

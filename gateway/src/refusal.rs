@@ -50,6 +50,8 @@ pub enum Refusal {
         no_healthy: bool,
     },
     Unavailable,
+    /// An upstream's limits (`upstreams.NAME.limits`) were reached.
+    UpstreamOverloaded,
     GatewayTimeout,
     Internal,
 }
@@ -154,6 +156,11 @@ impl Refusal {
                 B("the upstream server could not be reached"),
             ),
             Refusal::Unavailable => (503, "unavailable", B("the service is unavailable")),
+            Refusal::UpstreamOverloaded => (
+                503,
+                "upstream_overloaded",
+                B("the service is at its limit of requests in flight; try again shortly"),
+            ),
             Refusal::GatewayTimeout => (
                 504,
                 "gateway_timeout",
@@ -181,7 +188,7 @@ impl Refusal {
                 headers.push(("retry-after", Self::wait(decision).to_string()));
                 headers.extend(rate_headers(decision));
             }
-            Refusal::AuthUnavailable | Refusal::Unavailable => {
+            Refusal::AuthUnavailable | Refusal::Unavailable | Refusal::UpstreamOverloaded => {
                 headers.push(("retry-after", "1".into()));
             }
             _ => {}
@@ -385,6 +392,12 @@ mod tests {
                 Refusal::Unavailable,
                 503,
                 "unavailable",
+                &[("retry-after", "1")],
+            ),
+            (
+                Refusal::UpstreamOverloaded,
+                503,
+                "upstream_overloaded",
                 &[("retry-after", "1")],
             ),
             (Refusal::GatewayTimeout, 504, "gateway_timeout", &[]),

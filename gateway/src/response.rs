@@ -81,6 +81,8 @@ pub enum Failure {
     Client,
     /// Anything else: the gateway's own fault.
     Internal,
+    /// The upstream's limits shed the request before it was sent.
+    Overloaded,
 }
 
 /// The refusal that answers a failure (`None`: nobody to answer), and the
@@ -90,6 +92,7 @@ pub fn failure(failure: Failure, no_healthy: bool) -> (u16, Option<Refusal>) {
         Failure::ClientGone => return (0, None),
         Failure::Status(502) | Failure::Upstream => Refusal::BadGateway { no_healthy },
         Failure::Status(503) => Refusal::Unavailable,
+        Failure::Overloaded => Refusal::UpstreamOverloaded,
         Failure::Status(504) | Failure::UpstreamTimeout => Refusal::GatewayTimeout,
         Failure::Status(413) => Refusal::PayloadTooLarge { limit: None },
         Failure::Status(400) | Failure::Client => Refusal::Unreadable,
@@ -208,6 +211,12 @@ mod tests {
                 Some(Refusal::RequestTimeout { head: false }),
             ),
             (Failure::Internal, false, 500, Some(Refusal::Internal)),
+            (
+                Failure::Overloaded,
+                false,
+                503,
+                Some(Refusal::UpstreamOverloaded),
+            ),
             (Failure::Status(418), false, 500, Some(Refusal::Internal)),
         ];
         for (given, no_healthy, status, refusal) in cases {

@@ -6,7 +6,7 @@
 //! place where ports are written, and listing two servers for `orders`
 //! starts two replicas of it.
 
-use gateway_config::{Config, HostPort, ServerAddr};
+use gateway_config::{Config, HostPort};
 
 /// The services the stack knows how to start, by the upstream name that
 /// routes to them.
@@ -104,7 +104,7 @@ impl Plan {
             let servers: Vec<&HostPort> = upstream
                 .servers
                 .iter()
-                .filter_map(ServerAddr::host_port)
+                .filter_map(|s| s.address.host_port())
                 .collect();
             let replicas = servers.len();
             for (i, server) in servers.into_iter().enumerate() {
@@ -125,7 +125,7 @@ impl Plan {
                 .upstreams
                 .get(kind.upstream())
                 .and_then(|u| u.servers.first())
-                .and_then(ServerAddr::host_port)
+                .and_then(|s| s.address.host_port())
                 .map(|server| format!("http://{}", reachable(server)))
         };
         let inventory_url = first_url(Kind::Inventory);

@@ -13,6 +13,7 @@ use crate::auth::unix_now;
 use crate::compression::{self, Coding};
 use crate::headers;
 use crate::metrics::{self, RequestCounts};
+use crate::pool_load;
 use crate::refusal::{Answer, Refusal};
 use crate::request::front::{self, Front, Head};
 use crate::request::{self, Admission, Refused, Request, body, forward};
@@ -58,6 +59,12 @@ struct Upstream {
     /// No server of the pool was healthy (as opposed to all refusing).
     no_healthy: bool,
     started: Option<Instant>,
+    /// The request's place in the pool's load (given back when the request
+    /// ends), or the limit that refused it.
+    slot: Option<pool_load::Slot>,
+    overloaded: Option<pool_load::Over>,
+    /// Counts the request on the server of this attempt.
+    on_server: Option<pool_load::ServerGuard>,
 }
 
 impl Upstream {
@@ -233,6 +240,9 @@ impl Proxy {
 /// Pingora's error, as the plain failure kinds.
 fn failure(e: &Error, ctx: &Ctx) -> Failure {
     use ErrorType::*;
+    if ctx.upstream.overloaded.is_some() {
+        return Failure::Overloaded;
+    }
     let timeout = matches!(e.etype(), ConnectTimedout | ReadTimedout | WriteTimedout);
     match (e.etype(), e.esource()) {
         (HTTPStatus(code), _) => Failure::Status(*code),
@@ -321,8 +331,29 @@ impl ProxyHttp for Proxy {
         let pool = ctx.upstream.pool.clone().ok_or_else(|| {
             Error::explain(ErrorType::HTTPStatus(503), "route has no upstream pool")
         })?;
+        if ctx.upstream.slot.is_none() {
+            match pool.load.admit(&pool.limits) {
+                Ok(slot) => ctx.upstream.slot = Some(slot),
+                Err(over) => {
+                    metrics::get()
+                        .upstream_overloaded
+                        .with_label_values(&[pool.name.as_str(), over.label()])
+                        .inc();
+                    ctx.upstream.overloaded = Some(over);
+                    return Err(Error::explain(
+                        ErrorType::HTTPStatus(503),
+                        "upstream limits reached",
+                    ));
+                }
+            }
+        }
+        let user = ctx
+            .admission
+            .as_ref()
+            .and_then(|a| a.user.as_ref())
+            .map(|u| &*u.identity.user_id);
         let Some((index, server)) = pool
-            .select(&ctx.upstream.tried)
+            .select(&ctx.upstream.tried, user)
             .and_then(|i| Some((i, pool.server(i)?)))
         else {
             // Nothing healthy, or every server refused the connection: the
@@ -335,6 +366,7 @@ impl ProxyHttp for Proxy {
             ));
         };
         ctx.upstream.selected = Some(index);
+        ctx.upstream.on_server = Some(server.load.enter());
         let mut peer = pool.peer(server);
         if ctx.admission.as_ref().is_some_and(|a| a.websocket) {
             // An upgraded connection is idle between messages; the pool's
@@ -343,6 +375,21 @@ impl ProxyHttp for Proxy {
             session.set_read_timeout(Some(Duration::from_secs(3600)));
         }
         Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(slot) = &mut ctx.upstream.slot {
+            slot.connected();
+        }
+        Ok(())
     }
 
     fn fail_to_connect(
@@ -464,6 +511,9 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let status = response.status.as_u16();
+        if let Some(slot) = &mut ctx.upstream.slot {
+            slot.answered();
+        }
         let mut edits = response::edits(
             ctx.admission.as_ref(),
             &ctx.request_id,

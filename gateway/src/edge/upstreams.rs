@@ -4,10 +4,12 @@
 //! pool is built. Health checks run in a task per pool that stops when the
 //! pool's generation of the route table is replaced.
 
+use crate::config::pools::PoolLimits;
 use crate::config::{self, Balance, CheckKind};
 use crate::metrics;
+use crate::pool_load::{self, Load, ServerLoad};
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
-use pingora::lb::selection::{Random, RoundRobin};
+use pingora::lb::selection::{Consistent, Random, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer, discovery};
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::upstreams::peer::HttpPeer;
@@ -18,8 +20,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 enum Balancer {
+    /// Also what `least_requests` keeps its health in (it chooses itself).
     RoundRobin(LoadBalancer<RoundRobin>),
     Random(LoadBalancer<Random>),
+    /// `user_hash`: Pingora's ketama ring, keyed by the user id.
+    Consistent(LoadBalancer<Consistent>),
 }
 
 pub struct Pool {
@@ -27,7 +32,13 @@ pub struct Pool {
     /// This pool's series of `portcullis_upstream_latency_seconds`.
     pub latency: prometheus::Histogram,
     balancer: Balancer,
+    balance: Balance,
     servers: Vec<Server>,
+    /// What is in flight to this pool, and the limits that shed it.
+    pub load: Arc<Load>,
+    pub limits: PoolLimits,
+    /// Round robin for `user_hash` requests without a user.
+    turn: std::sync::atomic::AtomicUsize,
     check_interval: Option<Duration>,
     connect_timeout: Duration,
     read_timeout: Duration,
@@ -63,6 +74,9 @@ pub struct Server {
     /// Its address (`localhost` for a Unix socket), made once here rather
     /// than formatted on every request.
     pub host: http::HeaderValue,
+    pub weight: u32,
+    /// Its requests in flight.
+    pub load: Arc<ServerLoad>,
 }
 
 /// The address of a configured server. A name is resolved once, here, to
@@ -105,7 +119,7 @@ where
         .map(|(index, server)| {
             let mut backend = Backend {
                 addr: server.addr.clone(),
-                weight: 1,
+                weight: server.weight as usize,
                 ext: Default::default(),
             };
             backend.ext.insert(index);
@@ -142,7 +156,7 @@ impl Pool {
                     None => upstream
                         .servers
                         .first()
-                        .and_then(config::ServerAddr::host_port)
+                        .and_then(|s| s.address.host_port())
                         .map(|s| s.host.clone())
                         .unwrap_or_default(),
                 };
@@ -170,10 +184,15 @@ impl Pool {
             .transpose()?;
         let mut servers: Vec<Server> = Vec::new();
         for server in &upstream.servers {
-            let addr = resolve(server)?;
+            let addr = resolve(&server.address)?;
             if !servers.iter().any(|s| s.addr == addr) {
                 let host = host_of(&addr)?;
-                servers.push(Server { addr, host });
+                servers.push(Server {
+                    addr,
+                    host,
+                    weight: server.weight.max(1),
+                    load: Arc::default(),
+                });
             }
         }
         let check: Option<Box<dyn HealthCheck + Send + Sync>> =
@@ -226,7 +245,7 @@ impl Pool {
                     }
                 });
         let balancer = match upstream.balance {
-            Balance::RoundRobin => {
+            Balance::RoundRobin | Balance::LeastRequests => {
                 let mut lb = balancer::<RoundRobin>(name, &servers)?;
                 if let Some(check) = check {
                     lb.set_health_check(check);
@@ -240,6 +259,13 @@ impl Pool {
                 }
                 Balancer::Random(lb)
             }
+            Balance::UserHash => {
+                let mut lb = balancer::<Consistent>(name, &servers)?;
+                if let Some(check) = check {
+                    lb.set_health_check(check);
+                }
+                Balancer::Consistent(lb)
+            }
         };
         Ok(Pool {
             name: name.to_owned(),
@@ -247,7 +273,11 @@ impl Pool {
                 .upstream_latency
                 .with_label_values(&[name]),
             balancer,
+            balance: upstream.balance,
             servers,
+            load: Arc::default(),
+            limits: upstream.limits,
+            turn: Default::default(),
             check_interval: upstream.health_check.as_ref().map(|c| c.interval.0),
             connect_timeout: upstream.connect_timeout.0,
             read_timeout: upstream.read_timeout.0,
@@ -265,18 +295,54 @@ impl Pool {
         self.servers.is_empty()
     }
 
-    /// A healthy server (its index) not in `exclude`, by the pool's policy.
-    pub fn select(&self, exclude: &[usize]) -> Option<usize> {
+    /// A healthy server (its index) not in `exclude`, by the pool's policy;
+    /// `user` is the verified user, for `user_hash`.
+    pub fn select(&self, exclude: &[usize], user: Option<&str>) -> Option<usize> {
         let index = |backend: &Backend| backend.ext.get::<usize>().copied();
         let accept = |backend: &Backend, healthy: bool| {
             healthy && index(backend).is_some_and(|i| !exclude.contains(&i))
         };
+        // Enough steps to get past every excluded or unhealthy server, on
+        // a ring with up to 160 points per unit of weight.
         let iterations = self.servers.len() * 2 + 2;
-        let backend = match &self.balancer {
-            Balancer::RoundRobin(lb) => lb.select_with(b"", iterations, accept),
-            Balancer::Random(lb) => lb.select_with(b"", iterations, accept),
+        let backend = match (&self.balancer, self.balance, user) {
+            (Balancer::Consistent(lb), _, Some(user)) => {
+                lb.select_with(user.as_bytes(), iterations * 160, accept)
+            }
+            (_, Balance::LeastRequests | Balance::UserHash, _) => {
+                return self.fewest_or_next(exclude);
+            }
+            (Balancer::RoundRobin(lb), ..) => lb.select_with(b"", iterations, accept),
+            (Balancer::Random(lb), ..) => lb.select_with(b"", iterations, accept),
+            (Balancer::Consistent(_), ..) => return None,
         }?;
         index(&backend)
+    }
+
+    /// The healthy servers not in `exclude`: (index, weight, in flight).
+    fn candidates(&self, exclude: &[usize]) -> Vec<(usize, u32, u32)> {
+        let backends = self.backends();
+        backends
+            .get_backend()
+            .iter()
+            .filter(|b| backends.ready(b))
+            .filter_map(|b| {
+                let i = *b.ext.get::<usize>()?;
+                let server = self.servers.get(i)?;
+                (!exclude.contains(&i)).then(|| (i, server.weight, server.load.in_flight()))
+            })
+            .collect()
+    }
+
+    /// `least_requests`: the less busy of two; `user_hash` without a user:
+    /// each healthy server in turn.
+    fn fewest_or_next(&self, exclude: &[usize]) -> Option<usize> {
+        let candidates = self.candidates(exclude);
+        if self.balance == Balance::LeastRequests {
+            return pool_load::two_choices(&candidates, pool_load::draws());
+        }
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        candidates.get(turn % candidates.len().max(1)).map(|c| c.0)
     }
 
     /// The server at `index` (as [`Pool::select`] gave it).
@@ -307,6 +373,7 @@ impl Pool {
         match &self.balancer {
             Balancer::RoundRobin(lb) => lb.backends(),
             Balancer::Random(lb) => lb.backends(),
+            Balancer::Consistent(lb) => lb.backends(),
         }
     }
 

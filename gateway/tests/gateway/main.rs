@@ -6,6 +6,7 @@ mod auth;
 mod hardening;
 mod lifecycle;
 mod limits;
+mod pools;
 mod revocations;
 mod sites;
 mod support;

@@ -227,6 +227,11 @@ impl Upstream {
         self.seen.lock().expect("lock").clone()
     }
 
+    /// Forgets what it has seen so far.
+    pub fn clear(&self) {
+        self.seen.lock().expect("lock").clear();
+    }
+
     /// Closes the listener and every connection: connects are refused from now on.
     pub fn stop(&self) {
         self.tasks.lock().expect("lock").abort_all();
