@@ -261,6 +261,16 @@ impl Config {
             for (key, problem) in crate::pools::problems(&upstream.limits) {
                 error(format!("{at}.limits.{key}"), problem);
             }
+            for (key, problem) in upstream.retry.iter().flat_map(crate::pools::retry_problems) {
+                error(format!("{at}.retry.{key}"), problem);
+            }
+            for (key, problem) in upstream
+                .passive_health
+                .iter()
+                .flat_map(crate::pools::passive_problems)
+            {
+                error(format!("{at}.passive_health.{key}"), problem);
+            }
             if let Some(tls) = &upstream.tls {
                 if upstream
                     .servers

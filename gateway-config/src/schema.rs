@@ -5,7 +5,7 @@ use crate::compression::{CompressionDefaults, RouteCompression};
 use crate::cors::Cors;
 use crate::header_rules::HeaderRules;
 use crate::hosts::HostPattern;
-use crate::pools::{PoolLimits, ServerEntry};
+use crate::pools::{PassiveHealth, PoolLimits, Retry, ServerEntry};
 use crate::values::*;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -266,6 +266,12 @@ pub struct Upstream {
     /// Load shedding: requests over these are answered 503 at once.
     #[serde(default)]
     pub limits: PoolLimits,
+    /// Which failed attempts go again, and the budget for them.
+    #[serde(default)]
+    pub retry: Option<Retry>,
+    /// Servers failing in live traffic leave rotation for a while.
+    #[serde(default)]
+    pub passive_health: Option<PassiveHealth>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

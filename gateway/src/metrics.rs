@@ -38,6 +38,10 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// Requests shed by an upstream's limits, by upstream and limit.
     pub upstream_overloaded: IntCounterVec,
+    /// Failed attempts that went again or could not, by upstream and outcome.
+    pub upstream_retries: IntCounterVec,
+    /// Servers taken out of rotation by passive health, by upstream and server.
+    pub upstream_ejections: IntCounterVec,
     /// Requests let through on a stale grant while the verifier was
     /// unavailable (stale-if-error).
     pub verify_stale: IntCounter,
@@ -183,6 +187,16 @@ pub fn get() -> &'static Metrics {
                 "portcullis_upstream_overloaded_total",
                 "Requests answered 503 at once because an upstream's limits were reached, by upstream and limit.",
                 &["upstream", "limit"],
+            ),
+            upstream_retries: counter_vec(
+                "portcullis_upstream_retries_total",
+                "Failed upstream attempts sent again (retried) or not (attempts_exhausted, budget_exhausted), by upstream.",
+                &["upstream", "outcome"],
+            ),
+            upstream_ejections: counter_vec(
+                "portcullis_upstream_ejections_total",
+                "Servers taken out of rotation after failing in live traffic, by upstream and server.",
+                &["upstream", "server"],
             ),
             verify_stale: counter(
                 "portcullis_verify_stale_total",

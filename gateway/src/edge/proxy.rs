@@ -18,6 +18,7 @@ use crate::refusal::{Answer, Refusal};
 use crate::request::front::{self, Front, Head};
 use crate::request::{self, Admission, Refused, Request, body, forward};
 use crate::response::{self, Failure, Retry};
+use crate::retries;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -65,12 +66,64 @@ struct Upstream {
     overloaded: Option<pool_load::Over>,
     /// Counts the request on the server of this attempt.
     on_server: Option<pool_load::ServerGuard>,
+    /// Attempts made so far.
+    attempts: u32,
+    /// The upstream's answer was set aside to go again (the error that
+    /// ends the attempt is the gateway's own).
+    retrying_answer: bool,
 }
 
 impl Upstream {
     /// The server chosen for this attempt.
     fn server(&self) -> Option<&Server> {
         self.pool.as_ref()?.server(self.selected?)
+    }
+
+    /// Whether a server of the pool is left that this request has not
+    /// tried (the one of this attempt counted as tried).
+    fn untried_left(&self) -> bool {
+        let current = self.selected.filter(|s| !self.tried.contains(s));
+        let used = self.tried.len() + usize::from(current.is_some());
+        self.pool.as_ref().is_some_and(|p| p.len() > used)
+    }
+
+    /// Whether the pool's `retry` sends this failed attempt again (counted
+    /// by outcome); `None` when the pool has no `retry`.
+    fn retries(
+        &self,
+        session: &Session,
+        outcome: retries::Outcome,
+        retry_after: bool,
+    ) -> Option<bool> {
+        let pool = self.pool.as_ref()?;
+        let (settings, budget) = (pool.retry.as_ref()?, pool.budget.as_ref()?);
+        let attempt = retries::Attempt {
+            outcome,
+            idempotent: session.req_header().method.is_idempotent(),
+            retry_after,
+            replayable: !session.as_ref().retry_buffer_truncated(),
+            answered: session.response_written().is_some(),
+            made: self.attempts,
+        };
+        let verdict = if self.untried_left() || outcome == retries::Outcome::ConnectError {
+            retries::decide(settings, &attempt, budget, Instant::now())
+        } else {
+            retries::Verdict::No
+        };
+        if let Some(label) = verdict.label() {
+            metrics::get()
+                .upstream_retries
+                .with_label_values(&[pool.name.as_str(), label])
+                .inc();
+        }
+        Some(verdict == retries::Verdict::Retry)
+    }
+
+    /// Records the attempt's result on its server (passive health).
+    fn record(&self, failed: bool) {
+        if let (Some(pool), Some(index)) = (&self.pool, self.selected) {
+            pool.record(index, failed);
+        }
     }
 }
 
@@ -331,6 +384,12 @@ impl ProxyHttp for Proxy {
         let pool = ctx.upstream.pool.clone().ok_or_else(|| {
             Error::explain(ErrorType::HTTPStatus(503), "route has no upstream pool")
         })?;
+        ctx.upstream.attempts += 1;
+        if ctx.upstream.attempts == 1
+            && let Some(budget) = &pool.budget
+        {
+            budget.request(Instant::now());
+        }
         if ctx.upstream.slot.is_none() {
             match pool.load.admit(&pool.limits) {
                 Ok(slot) => ctx.upstream.slot = Some(slot),
@@ -394,16 +453,24 @@ impl ProxyHttp for Proxy {
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        ctx.upstream.record(true);
         if let Some(addr) = ctx.upstream.selected.take() {
             ctx.upstream.tried.push(addr);
         }
         let pool_size = ctx.upstream.pool.as_ref().map_or(0, |p| p.len());
-        if response::connect_again(ctx.upstream.tried.len(), pool_size) {
+        // Nothing was sent: the next server, while one is left (and, with
+        // `retry`, within its attempts and budget).
+        let another = response::connect_again(ctx.upstream.tried.len(), pool_size);
+        let allowed = ctx
+            .upstream
+            .retries(session, retries::Outcome::ConnectError, false)
+            .unwrap_or(true);
+        if another && allowed {
             e.set_retry(true);
         }
         e
@@ -418,10 +485,34 @@ impl ProxyHttp for Proxy {
         reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("upstream {peer}"));
+        if std::mem::take(&mut ctx.upstream.retrying_answer) {
+            e.set_retry(true);
+            return e;
+        }
         let broke = matches!(
             e.etype(),
             ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
         );
+        let timeout = matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        ) && e.esource() == &ErrorSource::Upstream;
+        // A pooled connection the server closed while it sat idle is not
+        // the server failing.
+        let stale = reused && broke;
+        if (broke || timeout) && !stale {
+            ctx.upstream.record(true);
+            let outcome = if timeout {
+                retries::Outcome::Timeout
+            } else {
+                retries::Outcome::Reset
+            };
+            if let Some(again) = ctx.upstream.retries(session, outcome, false) {
+                ctx.upstream.tried.extend(ctx.upstream.selected);
+                e.set_retry(again);
+                return e;
+            }
+        }
         if broke && !reused {
             // A fresh connection broke: this server is not tried again for
             // this request.
@@ -441,6 +532,34 @@ impl ProxyHttp for Proxy {
             Retry::Default => e.retry.decide_reuse(reused),
         }
         e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        if status < 200 && status != 101 {
+            return Ok(());
+        }
+        ctx.upstream.record(matches!(status, 502..=504));
+        let retry_after = upstream_response
+            .headers
+            .contains_key(http::header::RETRY_AFTER);
+        let outcome = retries::Outcome::Status(status);
+        if ctx.upstream.retries(session, outcome, retry_after) == Some(true) {
+            // This answer is not passed on: the request goes to another
+            // server, and this one is not asked again.
+            ctx.upstream.tried.extend(ctx.upstream.selected);
+            ctx.upstream.retrying_answer = true;
+            return Err(Error::explain(
+                ErrorType::Custom("upstream answer retried"),
+                "the answer is one the pool retries",
+            ));
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(

@@ -39,6 +39,12 @@ pub struct Pool {
     pub limits: PoolLimits,
     /// Round robin for `user_hash` requests without a user.
     turn: std::sync::atomic::AtomicUsize,
+    /// Which failed attempts go again, and the budget for them.
+    pub retry: Option<crate::config::pools::RetrySettings>,
+    pub budget: Option<crate::retries::Budget>,
+    /// Passive health: when a server failing in live traffic leaves
+    /// rotation.
+    outliers: Option<crate::outliers::Settings>,
     check_interval: Option<Duration>,
     connect_timeout: Duration,
     read_timeout: Duration,
@@ -77,6 +83,8 @@ pub struct Server {
     pub weight: u32,
     /// Its requests in flight.
     pub load: Arc<ServerLoad>,
+    /// Its failures in live traffic (passive health).
+    pub record: crate::outliers::Record,
 }
 
 /// The address of a configured server. A name is resolved once, here, to
@@ -192,6 +200,7 @@ impl Pool {
                     host,
                     weight: server.weight.max(1),
                     load: Arc::default(),
+                    record: Default::default(),
                 });
             }
         }
@@ -278,6 +287,16 @@ impl Pool {
             load: Arc::default(),
             limits: upstream.limits,
             turn: Default::default(),
+            retry: upstream.retry.as_ref().map(config::pools::Retry::settings),
+            budget: upstream
+                .retry
+                .as_ref()
+                .map(|r| crate::retries::Budget::new(r.budget.0, std::time::Instant::now())),
+            outliers: upstream.passive_health.map(|p| crate::outliers::Settings {
+                consecutive_failures: p.consecutive_failures,
+                base_ejection: p.base_ejection.0,
+                max_ejected_percent: p.max_ejected_percent.0,
+            }),
             check_interval: upstream.health_check.as_ref().map(|c| c.interval.0),
             connect_timeout: upstream.connect_timeout.0,
             read_timeout: upstream.read_timeout.0,
@@ -299,8 +318,12 @@ impl Pool {
     /// `user` is the verified user, for `user_hash`.
     pub fn select(&self, exclude: &[usize], user: Option<&str>) -> Option<usize> {
         let index = |backend: &Backend| backend.ext.get::<usize>().copied();
+        let now = self.outliers.map(|_| std::time::Instant::now());
+        let ejected = |i: usize| {
+            now.is_some_and(|now| self.servers.get(i).is_some_and(|s| s.record.ejected(now)))
+        };
         let accept = |backend: &Backend, healthy: bool| {
-            healthy && index(backend).is_some_and(|i| !exclude.contains(&i))
+            healthy && index(backend).is_some_and(|i| !exclude.contains(&i) && !ejected(i))
         };
         // Enough steps to get past every excluded or unhealthy server, on
         // a ring with up to 160 points per unit of weight.
@@ -322,6 +345,7 @@ impl Pool {
     /// The healthy servers not in `exclude`: (index, weight, in flight).
     fn candidates(&self, exclude: &[usize]) -> Vec<(usize, u32, u32)> {
         let backends = self.backends();
+        let now = std::time::Instant::now();
         backends
             .get_backend()
             .iter()
@@ -329,9 +353,37 @@ impl Pool {
             .filter_map(|b| {
                 let i = *b.ext.get::<usize>()?;
                 let server = self.servers.get(i)?;
-                (!exclude.contains(&i)).then(|| (i, server.weight, server.load.in_flight()))
+                let ejected = self.outliers.is_some() && server.record.ejected(now);
+                (!exclude.contains(&i) && !ejected)
+                    .then(|| (i, server.weight, server.load.in_flight()))
             })
             .collect()
+    }
+
+    /// Records an attempt on server `index` for passive health: `failed`
+    /// when it gave no answer or a 502/503/504. Ejects the server when that
+    /// makes too many failures in a row.
+    pub fn record(&self, index: usize, failed: bool) {
+        let (Some(settings), Some(server)) = (&self.outliers, self.servers.get(index)) else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let out = self
+            .servers
+            .iter()
+            .filter(|s| s.record.ejected(now))
+            .count();
+        if let Some(duration) = server
+            .record
+            .record(settings, failed, now, out, self.servers.len())
+        {
+            let name = server.to_string();
+            metrics::get()
+                .upstream_ejections
+                .with_label_values(&[self.name.as_str(), name.as_str()])
+                .inc();
+            tracing::warn!(upstream = %self.name, server = %name, seconds = duration.as_secs_f64(), "server failing in live traffic; out of rotation");
+        }
     }
 
     /// `least_requests`: the less busy of two; `user_hash` without a user:

@@ -261,3 +261,128 @@ async fn a_full_pool_answers_503_at_once_and_recovers() {
         );
     }
 }
+
+const RETRY: &str = "    retry: { attempts: 3, on: [connect_error, reset, 503], budget: 20% }\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_ejection_hide_a_half_failing_server() {
+    let ups = [
+        Upstream::start().await,
+        Upstream::start().await,
+        Upstream::start().await,
+    ];
+    // The first server answers 503 to half its requests, five at a time.
+    ups[0].fail_runs.store(5, Ordering::SeqCst);
+    let servers = ups
+        .iter()
+        .map(|u| format!("\"{}\"", u.addr))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let passive = "    passive_health: { consecutive_failures: 3, base_ejection: 30s }\n";
+    let gateway = Gateway::start(
+        &pool_routes(&servers, "round_robin", &format!("{RETRY}{passive}")),
+        &[("JWT_SECRET_KEY", SECRET)],
+    );
+    let http = client();
+    let url = format!("http://{}/public/x", gateway.addr());
+    let mut failed = 0;
+    for _ in 0..1000 {
+        if http.get(&url).send().await.expect("send").status() != 200 {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 0, "clients saw errors");
+    // Three failures in a row, and it was out of rotation.
+    let bad = ups[0].seen().len();
+    assert!(
+        (1..=3).contains(&bad),
+        "the failing server got {bad} requests"
+    );
+    let ejections = format!(
+        "portcullis_upstream_ejections_total{{server=\"{}\",upstream=\"app\"}}",
+        ups[0].addr
+    );
+    assert_eq!(gateway.metric(&ejections).await, 1.0);
+    assert!(
+        gateway
+            .metric("portcullis_upstream_retries_total{outcome=\"retried\",upstream=\"app\"}")
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gets_go_again_and_posts_never_do() {
+    let ups = [Upstream::start().await, Upstream::start().await];
+    ups[0].fail_runs.store(5, Ordering::SeqCst);
+    let servers = format!("\"{}\", \"{}\"", ups[0].addr, ups[1].addr);
+    // A budget that covers this short run's failures (a quarter of the
+    // requests, in bursts).
+    let retry = RETRY.replace("20%", "50%");
+    let gateway = Gateway::start(
+        &pool_routes(&servers, "round_robin", &retry),
+        &[("JWT_SECRET_KEY", SECRET)],
+    );
+    let http = client();
+    let url = format!("http://{}/public/x", gateway.addr());
+    let mut statuses: HashMap<u16, usize> = HashMap::new();
+    for _ in 0..40 {
+        let status = http.get(&url).send().await.expect("send").status().as_u16();
+        *statuses.entry(status).or_default() += 1;
+    }
+    assert_eq!(statuses.get(&200), Some(&40), "GETs: {statuses:?}");
+    let mut posts: HashMap<u16, usize> = HashMap::new();
+    for _ in 0..40 {
+        let status = http
+            .post(&url)
+            .body("{}")
+            .send()
+            .await
+            .expect("send")
+            .status()
+            .as_u16();
+        *posts.entry(status).or_default() += 1;
+    }
+    // The failing server may have acted on a POST it answered 503 (without
+    // Retry-After): the client gets that answer, and the POST goes nowhere
+    // else.
+    assert!(posts.get(&503).is_some_and(|n| *n > 0), "POSTs: {posts:?}");
+    let sent: usize = ups
+        .iter()
+        .map(|u| u.seen().iter().filter(|s| s.method == "POST").count())
+        .sum();
+    assert_eq!(sent, 40, "a POST was sent twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_bounds_what_a_failing_pool_is_sent() {
+    let ups = [Upstream::start().await, Upstream::start().await];
+    for upstream in &ups {
+        upstream.fail_runs.store(1_000_000, Ordering::SeqCst);
+    }
+    let servers = format!("\"{}\", \"{}\"", ups[0].addr, ups[1].addr);
+    let gateway = Gateway::start(
+        &pool_routes(&servers, "round_robin", RETRY),
+        &[("JWT_SECRET_KEY", SECRET)],
+    );
+    let http = client();
+    let url = format!("http://{}/public/x", gateway.addr());
+    for _ in 0..200 {
+        assert_eq!(http.get(&url).send().await.expect("send").status(), 503);
+    }
+    let sent = ups[0].seen().len() + ups[1].seen().len();
+    // 20 % of the requests, and the floor of three.
+    assert!(
+        sent <= 200 + 200 / 5 + 3,
+        "the pool was sent {sent} attempts"
+    );
+    assert!(sent > 200, "nothing was retried");
+    assert!(
+        gateway
+            .metric(
+                "portcullis_upstream_retries_total{outcome=\"budget_exhausted\",upstream=\"app\"}"
+            )
+            .await
+            >= 100.0
+    );
+}

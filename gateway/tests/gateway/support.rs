@@ -47,18 +47,35 @@ pub struct Upstream {
     /// server dropped while it sat in the gateway's pool; 1: a server that
     /// breaks every connection it accepts.
     pub drop_nth: Arc<AtomicU64>,
+    /// When N > 0, the first N of every 2N requests (over all connections)
+    /// are answered 503: a server failing half its requests, in runs.
+    pub fail_runs: Arc<AtomicU64>,
     tasks: Arc<Mutex<JoinSet<()>>>,
 }
 
-async fn serve_connection<S>(
-    stream: S,
+/// What a test upstream does with the requests it reads.
+#[derive(Clone)]
+struct Knobs {
     seen: Arc<Mutex<Vec<Seen>>>,
     hang: Arc<AtomicBool>,
     delay_ms: Arc<AtomicU64>,
     drop_nth: Arc<AtomicU64>,
-) where
+    fail_runs: Arc<AtomicU64>,
+    served: Arc<AtomicU64>,
+}
+
+async fn serve_connection<S>(stream: S, knobs: Knobs)
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let Knobs {
+        seen,
+        hang,
+        delay_ms,
+        drop_nth,
+        fail_runs,
+        served: all_served,
+    } = knobs;
     let mut reader = BufReader::new(stream);
     let mut served = 0;
     loop {
@@ -113,6 +130,20 @@ async fn serve_connection<S>(
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
+            let runs = fail_runs.load(Ordering::SeqCst);
+            let n = all_served.fetch_add(1, Ordering::SeqCst);
+            if runs > 0 && (n / runs).is_multiple_of(2) {
+                let unavailable = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n";
+                if reader
+                    .get_mut()
+                    .write_all(unavailable.as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
         }
         if websocket {
             // Switch protocols, then echo bytes: enough to prove the tunnel.
@@ -163,32 +194,34 @@ impl Upstream {
     pub async fn start_on(addr: SocketAddr) -> Upstream {
         let listener = TcpListener::bind(addr).await.expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let hang = Arc::new(AtomicBool::new(false));
-        let delay_ms = Arc::new(AtomicU64::new(0));
-        let drop_nth = Arc::new(AtomicU64::new(0));
+        let knobs = Knobs {
+            seen: Arc::new(Mutex::new(Vec::new())),
+            hang: Arc::new(AtomicBool::new(false)),
+            delay_ms: Arc::new(AtomicU64::new(0)),
+            drop_nth: Arc::new(AtomicU64::new(0)),
+            fail_runs: Arc::new(AtomicU64::new(0)),
+            served: Arc::new(AtomicU64::new(0)),
+        };
         let tasks = Arc::new(Mutex::new(JoinSet::new()));
-        let (s, h, d, x, t) = (
-            seen.clone(),
-            hang.clone(),
-            delay_ms.clone(),
-            drop_nth.clone(),
-            tasks.clone(),
-        );
+        let (k, t) = (knobs.clone(), tasks.clone());
         tasks.lock().expect("lock").spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (s, h, d, x) = (s.clone(), h.clone(), d.clone(), x.clone());
                 t.lock()
                     .expect("lock")
-                    .spawn(serve_connection(stream, s, h, d, x));
+                    .spawn(serve_connection(stream, k.clone()));
             }
         });
+        Upstream::with(addr, knobs, tasks)
+    }
+
+    fn with(addr: SocketAddr, knobs: Knobs, tasks: Arc<Mutex<JoinSet<()>>>) -> Upstream {
         Upstream {
             addr,
-            seen,
-            hang,
-            delay_ms,
-            drop_nth,
+            seen: knobs.seen,
+            hang: knobs.hang,
+            delay_ms: knobs.delay_ms,
+            drop_nth: knobs.drop_nth,
+            fail_runs: knobs.fail_runs,
             tasks,
         }
     }
@@ -197,30 +230,24 @@ impl Upstream {
     /// unspecified: `0.0.0.0:0`).
     pub async fn start_unix(path: &std::path::Path) -> Upstream {
         let listener = tokio::net::UnixListener::bind(path).expect("bind unix upstream");
-        let upstream = Upstream {
-            addr: "0.0.0.0:0".parse().expect("address"),
+        let knobs = Knobs {
             seen: Arc::new(Mutex::new(Vec::new())),
             hang: Arc::new(AtomicBool::new(false)),
             delay_ms: Arc::new(AtomicU64::new(0)),
             drop_nth: Arc::new(AtomicU64::new(0)),
-            tasks: Arc::new(Mutex::new(JoinSet::new())),
+            fail_runs: Arc::new(AtomicU64::new(0)),
+            served: Arc::new(AtomicU64::new(0)),
         };
-        let (s, h, d, x, t) = (
-            upstream.seen.clone(),
-            upstream.hang.clone(),
-            upstream.delay_ms.clone(),
-            upstream.drop_nth.clone(),
-            upstream.tasks.clone(),
-        );
-        upstream.tasks.lock().expect("lock").spawn(async move {
+        let tasks = Arc::new(Mutex::new(JoinSet::new()));
+        let (k, t) = (knobs.clone(), tasks.clone());
+        tasks.lock().expect("lock").spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (s, h, d, x) = (s.clone(), h.clone(), d.clone(), x.clone());
                 t.lock()
                     .expect("lock")
-                    .spawn(serve_connection(stream, s, h, d, x));
+                    .spawn(serve_connection(stream, k.clone()));
             }
         });
-        upstream
+        Upstream::with("0.0.0.0:0".parse().expect("address"), knobs, tasks)
     }
 
     pub fn seen(&self) -> Vec<Seen> {
