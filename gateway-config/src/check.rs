@@ -405,6 +405,12 @@ impl Config {
                         }
                     };
                     count(&mut error, "requests", rate.requests);
+                    if rate.store == LimitStore::Local && rate.fallback != LimitFallback::Local {
+                        error(
+                            format!("{at}.fallback"),
+                            "applies to store: redis only".into(),
+                        );
+                    }
                     within(&mut error, format!("{at}.per"), rate.per.0, MS, DAY);
                     if let Some(burst) = rate.burst {
                         count(&mut error, "burst", burst);

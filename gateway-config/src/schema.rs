@@ -357,6 +357,30 @@ pub struct Rate {
     pub per: Dur,
     #[serde(default)]
     pub burst: Option<u32>,
+    /// Where the buckets live: this process (`local`), or Redis, shared by
+    /// every gateway (`redis`, with `REDIS_URL`).
+    #[serde(default)]
+    pub store: LimitStore,
+    /// With `store: redis`, what a check does while Redis cannot answer:
+    /// the local bucket (`local`) or let the request through (`open`).
+    #[serde(default)]
+    pub fallback: LimitFallback,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitStore {
+    #[default]
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitFallback {
+    #[default]
+    Local,
+    Open,
 }
 
 impl Rate {
@@ -468,6 +492,26 @@ mod defaults {
 }
 
 impl Config {
+    /// The key paths of the limits kept in Redis (`store: redis`).
+    pub fn shared_limits(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let Some(limits) = &route.rate_limit else {
+                continue;
+            };
+            for (key, rate) in [
+                ("per_ip", &limits.per_ip),
+                ("per_user", &limits.per_user),
+                ("route", &limits.route),
+            ] {
+                if rate.as_ref().is_some_and(|r| r.store == LimitStore::Redis) {
+                    keys.push(format!("routes[{i}].rate_limit.{key}.store"));
+                }
+            }
+        }
+        keys
+    }
+
     /// The request body limit of `route`.
     pub fn body_limit(&self, route: &RouteSettings) -> u64 {
         route.max_body_bytes.unwrap_or(self.server.max_body_bytes).0

@@ -550,3 +550,83 @@ fn servers_are_host_port_or_an_absolute_unix_socket() {
         "{errors}"
     );
 }
+
+#[test]
+fn pools_take_weights_policies_limits_retries_and_passive_health() {
+    let file = MINIMAL.replace(
+        "    servers: [\"127.0.0.1:9101\"]",
+        "    servers: [\"127.0.0.1:9101\", {address: \"127.0.0.1:9102\", weight: 5}]\n    balance: least_requests\n    limits: {max_pending: 10}\n    retry: {attempts: 3, on: [connect_error, reset, 503, \"504\"], budget: 25%}\n    passive_health: {consecutive_failures: 3, base_ejection: 10s}",
+    );
+    let config = Config::parse(&file).expect("valid");
+    let tasks = &config.upstreams["tasks"];
+    let weights: Vec<u32> = tasks.servers.iter().map(|s| s.weight).collect();
+    assert_eq!(weights, [1, 5]);
+    assert_eq!(tasks.limits.max_pending, Some(10));
+    let retry = tasks.retry.as_ref().expect("retry").settings();
+    assert_eq!((retry.attempts, retry.budget, retry.on.len()), (3, 25, 4));
+    let passive = tasks.passive_health.expect("passive health");
+    assert_eq!(passive.max_ejected_percent.0, 50);
+
+    for (bad, key) in [
+        (
+            "{address: \"127.0.0.1:9102\", weight: 0}",
+            "upstreams.tasks.servers[1].weight",
+        ),
+        (
+            "{address: \"127.0.0.1:9102\", wieght: 2}",
+            "upstreams.tasks.servers",
+        ),
+    ] {
+        let file = MINIMAL.replace(
+            "    servers: [\"127.0.0.1:9101\"]",
+            &format!("    servers: [\"127.0.0.1:9101\", {bad}]"),
+        );
+        let errors = Config::parse(&file).expect_err(bad).to_string();
+        assert!(errors.contains(key) && errors.contains("line"), "{errors}");
+    }
+    for (setting, key) in [
+        (
+            "limits: {max_pending: 0}",
+            "upstreams.tasks.limits.max_pending",
+        ),
+        ("retry: {attempts: 11}", "upstreams.tasks.retry.attempts"),
+        ("retry: {on: [500]}", "upstreams.tasks.retry.on"),
+        ("retry: {budget: 120%}", "upstreams.tasks.retry.budget"),
+        (
+            "passive_health: {base_ejection: 10ms}",
+            "upstreams.tasks.passive_health.base_ejection",
+        ),
+        ("balance: ip_hash", "upstreams.tasks.balance"),
+    ] {
+        let file = MINIMAL.replace(
+            "    servers: [\"127.0.0.1:9101\"]",
+            &format!("    servers: [\"127.0.0.1:9101\"]\n    {setting}"),
+        );
+        let errors = Config::parse(&file).expect_err(setting).to_string();
+        assert!(errors.contains(key), "{setting}: {errors}");
+    }
+}
+
+#[test]
+fn shared_rate_limits_are_named_and_their_fallback_needs_them() {
+    let file = MINIMAL.replace(
+        "    access: protected\n",
+        "    access: protected\n    rate_limit: {per_ip: {requests: 10, per: 1m, store: redis, fallback: open}, per_user: {requests: 5, per: 1m}}\n",
+    );
+    let config = Config::parse(&file).expect("valid");
+    assert_eq!(
+        config.shared_limits(),
+        ["routes[0].rate_limit.per_ip.store"]
+    );
+    let local_open = MINIMAL.replace(
+        "    access: protected\n",
+        "    access: protected\n    rate_limit: {per_ip: {requests: 10, per: 1m, fallback: open}}\n",
+    );
+    let errors = Config::parse(&local_open)
+        .expect_err("fallback without redis")
+        .to_string();
+    assert!(
+        errors.contains("routes[0].rate_limit.per_ip.fallback"),
+        "{errors}"
+    );
+}

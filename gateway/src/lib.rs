@@ -42,3 +42,4 @@ pub mod revocations;
 pub mod router;
 pub mod rules;
 pub mod settings;
+pub mod shared_limits;

@@ -6,10 +6,11 @@
 //! compare-and-swap, with no timer and no lock. Buckets of idle clients are
 //! forgotten once they would be full again, so forgetting changes nothing.
 //!
-//! Limits are per gateway process: with N gateways behind a load balancer,
-//! a client may get up to N times the rate. Size them for that.
+//! Limits are per gateway process unless they say `store: redis`
+//! (`shared_limits.rs`): with N gateways behind a load balancer, a local
+//! limit lets a client through up to N times the rate.
 
-use crate::config::RateLimits;
+use crate::config::{LimitFallback, LimitStore, RateLimits};
 use moka::sync::Cache;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -30,12 +31,12 @@ pub struct Rate {
 
 impl Rate {
     /// Time one request costs.
-    fn interval(&self) -> Duration {
+    pub fn interval(&self) -> Duration {
         self.per / self.requests.max(1)
     }
 
     /// How far ahead of now a bucket may be: the whole burst.
-    fn tolerance(&self) -> Duration {
+    pub fn tolerance(&self) -> Duration {
         // `--check` bounds this to a week; saturate rather than trust that.
         self.interval()
             .checked_mul(self.burst.max(1))
@@ -127,16 +128,46 @@ fn take(bucket: &Bucket, rate: &Rate, now: u64) -> Decision {
     }
 }
 
+/// Where a limit's buckets are checked first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Store {
+    Local,
+    /// In Redis; while it cannot answer, the local bucket, or let through.
+    Shared(LimitFallback),
+}
+
+fn store(rate: &crate::config::Rate) -> Store {
+    match rate.store {
+        LimitStore::Local => Store::Local,
+        LimitStore::Redis => Store::Shared(rate.fallback),
+    }
+}
+
+/// The decision of a limit that lets a request through unchecked (a shared
+/// limit failing open).
+fn open(rate: &Rate) -> Decision {
+    Decision {
+        allowed: true,
+        limit: rate.burst,
+        remaining: rate.burst,
+        reset: Duration::ZERO,
+        retry_after: Duration::ZERO,
+        window: rate.tolerance(),
+    }
+}
+
 /// One limit over many keys (client IPs, users).
 struct Keyed<K> {
     rate: Rate,
+    store: Store,
     buckets: Cache<K, Arc<Bucket>>,
 }
 
 impl<K: std::hash::Hash + Eq + Send + Sync + 'static> Keyed<K> {
-    fn new(rate: Rate) -> Self {
+    fn new(rate: Rate, store: Store) -> Self {
         Keyed {
             rate,
+            store,
             buckets: Cache::builder()
                 .max_capacity(MAX_KEYS)
                 // An idle bucket is full again after one tolerance: forgetting
@@ -179,10 +210,12 @@ impl Scope {
 /// A route's limits, with their buckets.
 pub struct RouteLimits {
     epoch: Instant,
+    /// The route's name, in shared buckets' keys and in metrics.
+    route: String,
     config: RateLimits,
     per_ip: Option<Keyed<IpAddr>>,
     per_user: Option<Keyed<Box<str>>>,
-    total: Option<(Rate, Bucket)>,
+    total: Option<(Rate, Store, Bucket)>,
 }
 
 impl std::fmt::Debug for RouteLimits {
@@ -200,8 +233,8 @@ impl PartialEq for RouteLimits {
 impl Eq for RouteLimits {}
 
 impl RouteLimits {
-    /// Buckets for `config`; `None` when it sets no limit.
-    pub fn new(config: &RateLimits) -> Option<Self> {
+    /// Buckets for `config` on route `route`; `None` when it sets no limit.
+    pub fn new(config: &RateLimits, route: &str) -> Option<Self> {
         let rate = |r: &crate::config::Rate| Rate {
             requests: r.requests,
             per: r.per.0,
@@ -209,13 +242,20 @@ impl RouteLimits {
         };
         let limits = RouteLimits {
             epoch: Instant::now(),
+            route: route.to_owned(),
             config: config.clone(),
-            per_ip: config.per_ip.as_ref().map(|r| Keyed::new(rate(r))),
-            per_user: config.per_user.as_ref().map(|r| Keyed::new(rate(r))),
+            per_ip: config
+                .per_ip
+                .as_ref()
+                .map(|r| Keyed::new(rate(r), store(r))),
+            per_user: config
+                .per_user
+                .as_ref()
+                .map(|r| Keyed::new(rate(r), store(r))),
             total: config
                 .route
                 .as_ref()
-                .map(|r| (rate(r), Bucket(AtomicU64::new(0)))),
+                .map(|r| (rate(r), store(r), Bucket(AtomicU64::new(0)))),
         };
         (limits.per_ip.is_some() || limits.per_user.is_some() || limits.total.is_some())
             .then_some(limits)
@@ -226,21 +266,66 @@ impl RouteLimits {
         nanos(self.epoch.elapsed() + Duration::from_secs(86_400))
     }
 
+    /// One check under `store`: the local bucket (`local`), or Redis,
+    /// falling back as the limit says while Redis cannot answer.
+    async fn check(
+        &self,
+        store: Store,
+        scope: Scope,
+        key: impl FnOnce() -> String,
+        rate: &Rate,
+        local: impl FnOnce() -> Decision,
+    ) -> Decision {
+        let Store::Shared(fallback) = store else {
+            return local();
+        };
+        if let Some(shared) = crate::shared_limits::store()
+            && let Ok(decision) = shared.take(&self.route, scope.label(), &key(), rate).await
+        {
+            return decision;
+        }
+        crate::metrics::get()
+            .rate_limit_fallbacks
+            .with_label_values(&[self.route.as_str(), scope.label()])
+            .inc();
+        match fallback {
+            LimitFallback::Local => local(),
+            LimitFallback::Open => open(rate),
+        }
+    }
+
     /// The limits that apply before authentication: per client IP, then
     /// the route's total. The first refusal is returned; otherwise the
     /// decision with the fewest requests left, for the headers.
-    pub fn before_auth(&self, ip: Option<IpAddr>) -> Option<(Scope, Decision)> {
+    pub async fn before_auth(&self, ip: Option<IpAddr>) -> Option<(Scope, Decision)> {
         let now = self.now();
         let mut tightest: Option<(Scope, Decision)> = None;
         if let (Some(limit), Some(ip)) = (&self.per_ip, ip) {
-            let decision = limit.check(client_key(ip), now);
+            let key = client_key(ip);
+            let decision = self
+                .check(
+                    limit.store,
+                    Scope::Ip,
+                    || key.to_string(),
+                    &limit.rate,
+                    || limit.check(key, now),
+                )
+                .await;
             if !decision.allowed {
                 return Some((Scope::Ip, decision));
             }
             tightest = Some((Scope::Ip, decision));
         }
-        if let Some((rate, bucket)) = &self.total {
-            let decision = take(bucket, rate, now);
+        if let Some((rate, store, bucket)) = &self.total {
+            let decision = self
+                .check(
+                    *store,
+                    Scope::Route,
+                    || "all".into(),
+                    rate,
+                    || take(bucket, rate, now),
+                )
+                .await;
             if !decision.allowed || tightest.is_none_or(|(_, t)| decision.remaining < t.remaining) {
                 tightest = Some((Scope::Route, decision));
             }
@@ -249,9 +334,19 @@ impl RouteLimits {
     }
 
     /// The per-user limit, after authentication.
-    pub fn after_auth(&self, user: &str) -> Option<(Scope, Decision)> {
+    pub async fn after_auth(&self, user: &str) -> Option<(Scope, Decision)> {
         let limit = self.per_user.as_ref()?;
-        Some((Scope::User, limit.check(user.into(), self.now())))
+        let now = self.now();
+        let decision = self
+            .check(
+                limit.store,
+                Scope::User,
+                || user.to_owned(),
+                &limit.rate,
+                || limit.check(user.into(), now),
+            )
+            .await;
+        Some((Scope::User, decision))
     }
 }
 
@@ -315,55 +410,85 @@ mod tests {
 
     #[test]
     fn keys_have_their_own_buckets() {
-        let limits = RouteLimits::new(&RateLimits {
-            per_ip: Some(crate::config::Rate {
-                requests: 1,
-                per: crate::config::Dur(Duration::from_secs(60)),
-                burst: None,
-            }),
-            per_user: Some(crate::config::Rate {
-                requests: 2,
-                per: crate::config::Dur(Duration::from_secs(60)),
-                burst: None,
-            }),
-            route: None,
-        })
+        let limits = RouteLimits::new(
+            &RateLimits {
+                per_ip: Some(crate::config::Rate {
+                    requests: 1,
+                    per: crate::config::Dur(Duration::from_secs(60)),
+                    burst: None,
+                    store: LimitStore::Local,
+                    fallback: LimitFallback::Local,
+                }),
+                per_user: Some(crate::config::Rate {
+                    requests: 2,
+                    per: crate::config::Dur(Duration::from_secs(60)),
+                    burst: None,
+                    store: LimitStore::Local,
+                    fallback: LimitFallback::Local,
+                }),
+                route: None,
+            },
+            "/r",
+        )
         .expect("limits");
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        assert!(limits.before_auth(Some(a)).unwrap().1.allowed);
-        let (scope, refused) = limits.before_auth(Some(a)).unwrap();
+        assert!(
+            futures::executor::block_on(limits.before_auth(Some(a)))
+                .unwrap()
+                .1
+                .allowed
+        );
+        let (scope, refused) = futures::executor::block_on(limits.before_auth(Some(a))).unwrap();
         assert_eq!((scope, refused.allowed), (Scope::Ip, false));
-        assert!(limits.before_auth(Some(b)).unwrap().1.allowed);
+        assert!(
+            futures::executor::block_on(limits.before_auth(Some(b)))
+                .unwrap()
+                .1
+                .allowed
+        );
 
         let users: Vec<bool> = ["7", "7", "7", "8"]
             .iter()
-            .map(|u| limits.after_auth(u).unwrap().1.allowed)
+            .map(|u| {
+                futures::executor::block_on(limits.after_auth(u))
+                    .unwrap()
+                    .1
+                    .allowed
+            })
             .collect();
         assert_eq!(users, [true, true, false, true]);
     }
 
     #[test]
     fn the_route_total_is_shared_by_everyone() {
-        let limits = RouteLimits::new(&RateLimits {
-            per_ip: None,
-            per_user: None,
-            route: Some(crate::config::Rate {
-                requests: 3,
-                per: crate::config::Dur(Duration::from_secs(60)),
-                burst: None,
-            }),
-        })
+        let limits = RouteLimits::new(
+            &RateLimits {
+                per_ip: None,
+                per_user: None,
+                route: Some(crate::config::Rate {
+                    requests: 3,
+                    per: crate::config::Dur(Duration::from_secs(60)),
+                    burst: None,
+                    store: LimitStore::Local,
+                    fallback: LimitFallback::Local,
+                }),
+            },
+            "/r",
+        )
         .expect("limits");
         let outcomes: Vec<bool> = (1..=4u8)
             .map(|i| {
                 let ip = IpAddr::from([10, 0, 0, i]);
-                limits.before_auth(Some(ip)).unwrap().1.allowed
+                futures::executor::block_on(limits.before_auth(Some(ip)))
+                    .unwrap()
+                    .1
+                    .allowed
             })
             .collect();
         assert_eq!(outcomes, [true, true, true, false]);
         assert!(
-            RouteLimits::new(&RateLimits::default()).is_none(),
+            RouteLimits::new(&RateLimits::default(), "/r").is_none(),
             "no limits, no buckets"
         );
     }

@@ -52,6 +52,10 @@ struct Cli {
         default_value = "portcullis:revocations"
     )]
     revocation_channel: String,
+    /// Prefix of the shared rate-limit buckets' keys in Redis: gateways
+    /// that share limits use the same one.
+    #[arg(long, env = "RATE_LIMIT_NAMESPACE", default_value = "portcullis")]
+    rate_limit_namespace: String,
     /// Take over the listeners of a running gateway, which must then be sent
     /// SIGQUIT within five seconds (zero-downtime upgrade).
     #[arg(long)]
@@ -155,6 +159,13 @@ fn main() -> ExitCode {
         watch: cli.watch,
         revocations: cli
             .redis_url
+            .inspect(|redis_url| {
+                if let Err(error) =
+                    gateway::shared_limits::install(redis_url, &cli.rate_limit_namespace)
+                {
+                    eprintln!("gateway: {error}");
+                }
+            })
             .map(|redis_url| gateway::revocations::Subscription {
                 redis_url,
                 channel: cli.revocation_channel,

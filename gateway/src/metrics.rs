@@ -38,6 +38,8 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// Requests shed by an upstream's limits, by upstream and limit.
     pub upstream_overloaded: IntCounterVec,
+    /// Shared rate-limit checks answered without Redis, by route and scope.
+    pub rate_limit_fallbacks: IntCounterVec,
     /// Failed attempts that went again or could not, by upstream and outcome.
     pub upstream_retries: IntCounterVec,
     /// Servers taken out of rotation by passive health, by upstream and server.
@@ -187,6 +189,11 @@ pub fn get() -> &'static Metrics {
                 "portcullis_upstream_overloaded_total",
                 "Requests answered 503 at once because an upstream's limits were reached, by upstream and limit.",
                 &["upstream", "limit"],
+            ),
+            rate_limit_fallbacks: counter_vec(
+                "portcullis_rate_limit_fallbacks_total",
+                "Shared (store: redis) rate-limit checks answered by the fallback while Redis could not answer, by route and scope.",
+                &["route", "scope"],
             ),
             upstream_retries: counter_vec(
                 "portcullis_upstream_retries_total",

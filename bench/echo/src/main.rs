@@ -18,9 +18,26 @@ struct Cli {
     /// Also serve on this Unix socket (for the gateway's `unix:` servers).
     #[arg(long)]
     unix: Option<std::path::PathBuf>,
+    /// Answer 503 to the first N of every 2N requests: a server failing
+    /// half its requests, in runs (for bench/resilience.py).
+    #[arg(long, default_value_t = 0)]
+    fail_runs: u64,
 }
 
-async fn answer(uri: Uri, headers: HeaderMap) -> Json<serde_json::Value> {
+static FAIL_RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static SERVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+async fn answer(uri: Uri, headers: HeaderMap) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use std::sync::atomic::Ordering;
+    let runs = FAIL_RUNS.load(Ordering::Relaxed);
+    if runs > 0 && (SERVED.fetch_add(1, Ordering::Relaxed) / runs).is_multiple_of(2) {
+        return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    body(uri, headers).await.into_response()
+}
+
+async fn body(uri: Uri, headers: HeaderMap) -> Json<serde_json::Value> {
     let user = headers
         .get("x-user-id")
         .and_then(|v| v.to_str().ok())
@@ -37,6 +54,7 @@ async fn answer(uri: Uri, headers: HeaderMap) -> Json<serde_json::Value> {
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let cli = Cli::parse();
+    FAIL_RUNS.store(cli.fail_runs, std::sync::atomic::Ordering::Relaxed);
     let listener = bind(&cli.listen).await?;
     let app = Router::new().fallback(answer);
     if let Some(path) = &cli.unix {

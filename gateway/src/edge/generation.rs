@@ -33,6 +33,13 @@ impl Generation {
         previous: Option<&Generation>,
         start: &Start,
     ) -> Result<Generation, String> {
+        if crate::shared_limits::store().is_none()
+            && let Some(key) = config.shared_limits().first()
+        {
+            return Err(format!(
+                "{key}: store: redis needs Redis (REDIS_URL or --redis-url)"
+            ));
+        }
         let mut pools = HashMap::new();
         for (name, upstream) in &config.upstreams {
             pools.insert(

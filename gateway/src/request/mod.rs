@@ -220,7 +220,7 @@ async fn check(
                 .collect()
         };
         let ip = headers::limit_address(request.peer, &forwarded, |ip| server.trusts(ip));
-        if let Some((scope, decision)) = limits.before_auth(ip) {
+        if let Some((scope, decision)) = limits.before_auth(ip).await {
             if !decision.allowed {
                 return Err(rate_limited(route, scope, decision));
             }
@@ -258,11 +258,11 @@ async fn check(
         if !route.admits(&identity.role) {
             return Err(Refusal::Forbidden);
         }
-        if let Some((scope, decision)) = route
-            .limits
-            .as_ref()
-            .and_then(|limits| limits.after_auth(&identity.user_id))
-        {
+        let after = match &route.limits {
+            Some(limits) => limits.after_auth(&identity.user_id).await,
+            None => None,
+        };
+        if let Some((scope, decision)) = after {
             if !decision.allowed {
                 return Err(rate_limited(route, scope, decision));
             }

@@ -102,3 +102,122 @@ async fn per_user_limits_keep_users_apart() {
     );
     assert_eq!(tasks.seen().len(), 4);
 }
+
+/// A `redis-server` of the test's own, on `port`, that can be stopped and
+/// started again.
+struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> OwnRedis {
+        let mut redis = OwnRedis { port, child: None };
+        redis.restart();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("redis-server did not start on {}", self.port);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_a_limit_through_redis_and_fall_back_while_it_is_down() {
+    let mut redis = OwnRedis::start(service_kit::testing::unused_port());
+    let upstream = Upstream::start().await;
+    let routes = format!(
+        "auth:\n  verify_url: http://127.0.0.1:9/api/verify\nupstreams:\n  app:\n    servers: [\"{}\"]\nroutes:\n  - {{ prefix: /api/public, upstream: app, access: public, rate_limit: {{ per_ip: {{ requests: 10, per: 1m, store: redis }} }} }}\n",
+        upstream.addr
+    );
+    let url = redis.url();
+    let namespace = format!("test-{}", std::process::id());
+    let env = [
+        ("REDIS_URL", url.as_str()),
+        ("RATE_LIMIT_NAMESPACE", namespace.as_str()),
+    ];
+    let (one, two) = (Gateway::start(&routes, &env), Gateway::start(&routes, &env));
+    let alternate = async |n: usize| {
+        let mut passed = 0;
+        for i in 0..n {
+            let gw = if i % 2 == 0 { one.addr() } else { two.addr() };
+            let reply = raw(gw, "GET", "/api/public/x", &[], "").await;
+            match reply.status {
+                200 => passed += 1,
+                429 => assert_eq!(reply.code(), "rate_limited"),
+                other => panic!("status {other}"),
+            }
+        }
+        passed
+    };
+    // One limit for both: ten requests a minute from this address.
+    assert_eq!(
+        alternate(30).await,
+        10,
+        "the two gateways did not share one limit"
+    );
+
+    // Redis gone: each gateway falls back to its own bucket (still full:
+    // the shared one was used until now), and counts it.
+    redis.stop();
+    let mut passed = 0;
+    for _ in 0..15 {
+        if raw(one.addr(), "GET", "/api/public/x", &[], "")
+            .await
+            .status
+            == 200
+        {
+            passed += 1;
+        }
+    }
+    assert_eq!(passed, 10, "the local fallback let through {passed} of 15");
+    let fallbacks = "portcullis_rate_limit_fallbacks_total{route=\"/api/public\",scope=\"ip\"}";
+    assert!(one.metric(fallbacks).await >= 15.0);
+
+    // Redis back (empty): once the pause is over, the limit is shared again.
+    redis.restart();
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert_eq!(
+        alternate(30).await,
+        10,
+        "the shared limit did not come back"
+    );
+}
