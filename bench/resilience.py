@@ -5,7 +5,10 @@
    (five at a time): the share of 1 000 GETs that fail for the client,
    through a gateway without `retry`/`passive_health` and through one with
    both.
-2. The latency a shared (Redis) rate-limit check adds: the same public
+2. `limits: {max_pending: 10}` in front of a server that accepts
+   connections and never answers: 100 concurrent clients, how soon the 90
+   shed ones are answered 503, and the gateway's resident memory.
+3. The latency a shared (Redis) rate-limit check adds: the same public
    route limited locally and with `store: redis` (the real Redis at
    REDIS_URL, default 127.0.0.1:6379), under `oha` (p50/p99, req/s).
 
@@ -82,6 +85,60 @@ def oha(url):
     return r["summary"]["requestsPerSec"], p["p50"] * 1000, p["p99"] * 1000, codes
 
 
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+
+
+def shedding():
+    import threading
+    hung = socket.socket()
+    hung.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(1024)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                held.append(hung.accept()[0])
+            except OSError:
+                return
+    threading.Thread(target=accept, daemon=True).start()
+    port = gateway("auth:\n  verify_url: http://127.0.0.1:9/api/verify\nupstreams:\n  hung:\n"
+                   f"    servers: [\"127.0.0.1:{hung.getsockname()[1]}\"]\n    read_timeout: 5s\n"
+                   "    limits: { max_pending: 10 }\nroutes:\n  - { prefix: /public, upstream: hung, access: public }\n")
+    gw = PROCS[-1]
+    before = rss_kb(gw.pid)
+    results = []
+    lock = threading.Lock()
+
+    def one():
+        start = time.monotonic()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/public/x")
+        status = conn.getresponse().status
+        with lock:
+            results.append((status, time.monotonic() - start))
+    threads = [threading.Thread(target=one) for _ in range(100)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = rss_kb(gw.pid)
+    shed = sorted(d for s, d in results if s == 503)
+    other = [s for s, _ in results if s != 503]
+    print("| 100 clients, `max_pending: 10`, a server that never answers | |")
+    print("|---|---|")
+    print(f"| answered 503 at once | {len(shed)} |")
+    if shed:
+        print(f"| their answer time, median / max | {shed[len(shed) // 2] * 1000:.1f} ms / {shed[-1] * 1000:.1f} ms |")
+    print(f"| the others | {len(other)}, answered {sorted(set(other))} after the 5 s read timeout |")
+    print(f"| gateway RSS before / after | {before / 1024:.1f} MB / {after / 1024:.1f} MB |")
+    hung.close()
+    print()
+
+
 def main():
     echoes = []
     for fail in (5, 0, 0):
@@ -103,6 +160,8 @@ def main():
         n = failures(port)
         print(f"| {label} | {n} ({n / 10:.1f} %) |")
 
+    print()
+    shedding()
     namespace = "bench-" + secrets.token_hex(4)
     limit = "rate_limit: {{ per_ip: {{ requests: 1000000000, per: 1s{store} }} }}"
     limited = ("auth:\n  verify_url: http://127.0.0.1:9/api/verify\nupstreams:\n  app:\n"

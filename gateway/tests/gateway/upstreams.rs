@@ -91,12 +91,32 @@ async fn a_dropped_pooled_connection_is_retried_for_get_and_never_for_post() {
     let gw = gateway.addr();
     upstream.drop_nth.store(2, Ordering::SeqCst);
 
+    // One client connection throughout: it is served by one gateway worker
+    // thread, whose pool holds the upstream connection between requests.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(1)
+        .build()
+        .expect("client");
+    let url = |path: &str| format!("http://{gw}{path}");
+
     // The first request leaves its connection in the pool; the second goes
     // on it, the server drops it, and the gateway sends it again on a new
     // connection.
-    assert_eq!(raw(gw, "GET", "/api/public/one", &[], "").await.status, 200);
-    let reply = raw(gw, "GET", "/api/public/two", &[], "").await;
-    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let first = client
+        .get(url("/api/public/one"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(first.status(), 200);
+    first.bytes().await.expect("body");
+    let second = client
+        .get(url("/api/public/two"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(second.status(), 200);
+    second.bytes().await.expect("body");
     let targets: Vec<String> = upstream.seen().iter().map(|s| s.target.clone()).collect();
     assert_eq!(
         targets,
@@ -105,8 +125,14 @@ async fn a_dropped_pooled_connection_is_retried_for_get_and_never_for_post() {
 
     // A POST that meets the same fate is answered 502 and sent only once:
     // the server may have acted on it.
-    let reply = raw(gw, "POST", "/api/public/three", &[], "{}").await;
-    assert_eq!(reply.status, 502, "{:?}", reply.body);
+    let third = client
+        .post(url("/api/public/three"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(third.status(), 502);
     let posts = upstream
         .seen()
         .iter()
