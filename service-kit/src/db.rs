@@ -96,6 +96,7 @@ async fn lock_directory_of(url: &str) -> Result<Option<std::fs::File>, DbError> 
     };
     let shown = dir.display().to_string();
     let locked = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)?;
         let handle = std::fs::File::open(&dir)?;
         handle.lock()?;
         Ok::<_, std::io::Error>(handle)
@@ -123,17 +124,20 @@ impl Db {
         max_connections: u32,
         migrations: &Migrations,
     ) -> Result<Self, DbError> {
-        let db = Db::connect(url, max_connections).await?;
         // sqlx serialises concurrent migrators on PostgreSQL with an advisory
         // lock but not on SQLite, where two replicas starting together on a
-        // new file would both create the tables and one would fail. An
-        // exclusive lock on the file's directory does the serialising there
-        // (a lock on the file itself could release SQLite's own locks, which
-        // POSIX ties to the process, not to the descriptor).
-        let _guard = match &db {
-            Db::Sqlite(_) => Some(lock_directory_of(url).await?),
-            Db::Postgres(_) => None,
+        // new file would both create the tables and one would fail, and
+        // where switching a new file to WAL is refused to a second process
+        // doing the same ("database is locked"). An exclusive lock on the
+        // file's directory, taken before connecting, does the serialising
+        // there (a lock on the file itself could release SQLite's own locks,
+        // which POSIX ties to the process, not to the descriptor).
+        let _guard = if url.starts_with("sqlite:") {
+            lock_directory_of(url).await?
+        } else {
+            None
         };
+        let db = Db::connect(url, max_connections).await?;
         db.migrate(migrations.sqlite, migrations.postgres).await?;
         Ok(db)
     }

@@ -388,3 +388,28 @@ fn arbitrary_titles_are_stored_or_refused_never_a_500() {
         prop_assert!(renamed.status.is_success() || renamed.status.is_client_error(), "{}", renamed.status);
     });
 }
+
+/// Replicas starting together on one new SQLite file (two `orders` or
+/// `tasks` servers in the one-command stack) all open it: creating the
+/// file, switching it to WAL and migrating it are done one at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_opening_one_new_sqlite_file_together_all_succeed() {
+    let dir = std::env::temp_dir().join(format!("tasks-together-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let url = format!("sqlite://{}/tasks.db", dir.display());
+    let mut openers = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let url = url.clone();
+        openers.spawn(async move {
+            service_kit::Db::open(&url, 2, &tasks::MIGRATIONS)
+                .await
+                .map(|_| ())
+        });
+    }
+    while let Some(opened) = openers.join_next().await {
+        opened
+            .expect("join")
+            .expect("every replica opens the database");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
