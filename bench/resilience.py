@@ -163,7 +163,7 @@ def main():
     print()
     shedding()
     namespace = "bench-" + secrets.token_hex(4)
-    limit = "rate_limit: {{ per_ip: {{ requests: 1000000000, per: 1s{store} }} }}"
+    limit = "rate_limit: {{ per_ip: {{ requests: 1000000, per: 1s{store} }} }}"
     limited = ("auth:\n  verify_url: http://127.0.0.1:9/api/verify\nupstreams:\n  app:\n"
                f"    servers: [\"127.0.0.1:{echoes[1]}\"]\nroutes:\n"
                f"  - {{ prefix: /local, upstream: app, access: public, {limit.format(store='')} }}\n"
