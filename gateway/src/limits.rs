@@ -156,6 +156,25 @@ fn open(rate: &Rate) -> Decision {
     }
 }
 
+/// A shared bucket's answer as the local buckets give theirs.
+fn shared_decision(rate: &Rate, answer: crate::shared_limits::Answer) -> Decision {
+    let interval = nanos(rate.interval()).max(1);
+    let tolerance = nanos(rate.tolerance());
+    Decision {
+        allowed: answer.allowed,
+        limit: rate.burst,
+        remaining: if answer.allowed {
+            u32::try_from(tolerance.saturating_sub(nanos(answer.ahead)) / interval)
+                .unwrap_or(u32::MAX)
+        } else {
+            0
+        },
+        reset: answer.ahead,
+        retry_after: answer.retry_after,
+        window: rate.tolerance(),
+    }
+}
+
 /// One limit over many keys (client IPs, users).
 struct Keyed<K> {
     rate: Rate,
@@ -280,9 +299,17 @@ impl RouteLimits {
             return local();
         };
         if let Some(shared) = crate::shared_limits::store()
-            && let Ok(decision) = shared.take(&self.route, scope.label(), &key(), rate).await
+            && let Ok(answer) = shared
+                .take(
+                    &self.route,
+                    scope.label(),
+                    &key(),
+                    rate.interval(),
+                    rate.tolerance(),
+                )
+                .await
         {
-            return decision;
+            return shared_decision(rate, answer);
         }
         crate::metrics::get()
             .rate_limit_fallbacks

@@ -11,7 +11,6 @@
 //! request. It is asked again after that, so the shared limit comes back
 //! by itself.
 
-use crate::limits::{Decision, Rate};
 use redis::aio::MultiplexedConnection;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +70,16 @@ pub fn store() -> Option<&'static Store> {
     STORE.get()
 }
 
+/// What the script decided: allowed or not; how far ahead of now the
+/// bucket is (allowed) or was (refused); when refused, how long until one
+/// request would pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    pub allowed: bool,
+    pub ahead: Duration,
+    pub retry_after: Duration,
+}
+
 /// Why the shared check gave no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unavailable;
@@ -80,20 +89,22 @@ impl Store {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The bucket `route`/`scope`/`key` under `rate`, checked in Redis.
+    /// The bucket `route`/`scope`/`key`, one request costing `interval`
+    /// and the bucket allowed `tolerance` ahead of now, checked in Redis.
     pub async fn take(
         &self,
         route: &str,
         scope: &str,
         key: &str,
-        rate: &Rate,
-    ) -> Result<Decision, Unavailable> {
+        interval: Duration,
+        tolerance: Duration,
+    ) -> Result<Answer, Unavailable> {
         if self.now_ms() < self.quiet_until.load(Ordering::Acquire) {
             return Err(Unavailable);
         }
         let bucket = format!("{}:rl:{route}:{scope}:{key}", self.namespace);
-        let interval = micros(rate.interval()).max(1);
-        let tolerance = micros(rate.tolerance());
+        let interval = micros(interval).max(1);
+        let tolerance = micros(tolerance);
         let asked = tokio::time::timeout(TIMEOUT, async {
             match self.eval(&bucket, interval, tolerance).await {
                 // A connection made before Redis restarted fails once:
@@ -108,12 +119,11 @@ impl Store {
         .await;
         let unsigned = |v: i64| u64::try_from(v).unwrap_or(0);
         match asked {
-            Ok(Ok((allowed, ahead, retry))) => Ok(decision(
-                rate,
-                allowed == 1,
-                unsigned(ahead),
-                unsigned(retry),
-            )),
+            Ok(Ok((allowed, ahead, retry))) => Ok(Answer {
+                allowed: allowed == 1,
+                ahead: Duration::from_micros(unsigned(ahead)),
+                retry_after: Duration::from_micros(unsigned(retry)),
+            }),
             Ok(Err(error)) => {
                 self.pause(&format!("{error}")).await;
                 Err(Unavailable)
@@ -171,22 +181,4 @@ impl Store {
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// The script's answer as the local buckets give it.
-fn decision(rate: &Rate, allowed: bool, ahead_us: u64, retry_us: u64) -> Decision {
-    let interval = micros(rate.interval()).max(1);
-    let tolerance = micros(rate.tolerance());
-    Decision {
-        allowed,
-        limit: rate.burst,
-        remaining: if allowed {
-            u32::try_from(tolerance.saturating_sub(ahead_us) / interval).unwrap_or(u32::MAX)
-        } else {
-            0
-        },
-        reset: Duration::from_micros(ahead_us),
-        retry_after: Duration::from_micros(retry_us),
-        window: rate.tolerance(),
-    }
 }
