@@ -258,6 +258,28 @@ impl Config {
                     );
                 }
             }
+            if upstream.balance == Balance::UserHash {
+                // The consistent-hash ring takes host:port servers only, and
+                // 160 points per unit of weight.
+                if upstream
+                    .servers
+                    .iter()
+                    .any(|s| matches!(s.address, ServerAddr::Unix(_)))
+                {
+                    error(
+                        format!("{at}.balance"),
+                        "user_hash needs host:port servers; a unix: socket has no place on its ring"
+                            .into(),
+                    );
+                }
+                let total: u64 = upstream.servers.iter().map(|s| u64::from(s.weight)).sum();
+                if total > 10_000 {
+                    error(
+                        format!("{at}.servers"),
+                        format!("user_hash: the weights add up to {total}; at most 10000"),
+                    );
+                }
+            }
             for (key, problem) in crate::pools::problems(&upstream.limits) {
                 error(format!("{at}.limits.{key}"), problem);
             }

@@ -229,8 +229,11 @@ impl Scope {
 /// A route's limits, with their buckets.
 pub struct RouteLimits {
     epoch: Instant,
-    /// The route's name, in shared buckets' keys and in metrics.
+    /// The route's name, in metrics.
     route: String,
+    /// The route's name and place in the file, in shared buckets' keys (two
+    /// routes of one prefix, for different methods, keep apart).
+    bucket: String,
     config: RateLimits,
     per_ip: Option<Keyed<IpAddr>>,
     per_user: Option<Keyed<Box<str>>>,
@@ -252,8 +255,9 @@ impl PartialEq for RouteLimits {
 impl Eq for RouteLimits {}
 
 impl RouteLimits {
-    /// Buckets for `config` on route `route`; `None` when it sets no limit.
-    pub fn new(config: &RateLimits, route: &str) -> Option<Self> {
+    /// Buckets for `config` on route `route` (the `index`th of the file);
+    /// `None` when it sets no limit.
+    pub fn new(config: &RateLimits, route: &str, index: usize) -> Option<Self> {
         let rate = |r: &crate::config::Rate| Rate {
             requests: r.requests,
             per: r.per.0,
@@ -262,6 +266,7 @@ impl RouteLimits {
         let limits = RouteLimits {
             epoch: Instant::now(),
             route: route.to_owned(),
+            bucket: format!("{route}#{index}"),
             config: config.clone(),
             per_ip: config
                 .per_ip
@@ -301,11 +306,11 @@ impl RouteLimits {
         if let Some(shared) = crate::shared_limits::store()
             && let Ok(answer) = shared
                 .take(
-                    &self.route,
+                    &self.bucket,
                     scope.label(),
                     &key(),
                     rate.interval(),
-                    rate.tolerance(),
+                    rate.burst,
                 )
                 .await
         {
@@ -456,6 +461,7 @@ mod tests {
                 route: None,
             },
             "/r",
+            0,
         )
         .expect("limits");
         let a: IpAddr = "192.0.2.1".parse().unwrap();
@@ -502,6 +508,7 @@ mod tests {
                 }),
             },
             "/r",
+            0,
         )
         .expect("limits");
         let outcomes: Vec<bool> = (1..=4u8)
@@ -515,7 +522,7 @@ mod tests {
             .collect();
         assert_eq!(outcomes, [true, true, true, false]);
         assert!(
-            RouteLimits::new(&RateLimits::default(), "/r").is_none(),
+            RouteLimits::new(&RateLimits::default(), "/r", 0).is_none(),
             "no limits, no buckets"
         );
     }

@@ -4,8 +4,9 @@
 //! twice as long each time it is ejected again (at most 32 times as long).
 //! When its time is up it gets traffic again, and one success resets it. A
 //! pool never has more than `max_ejected_percent` of its servers ejected at
-//! once (at least one may always be), so a pool-wide outage is reported by
-//! the clients' errors, not hidden by an empty rotation.
+//! once, rounded down (a pool of one never ejects its server), so a
+//! pool-wide outage is reported by the clients' errors, not hidden by an
+//! empty rotation.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -69,7 +70,7 @@ impl Record {
         if state.failures < settings.consecutive_failures {
             return None;
         }
-        let allowed = (pool * settings.max_ejected_percent as usize / 100).max(1);
+        let allowed = pool * settings.max_ejected_percent as usize / 100;
         if ejected_now >= allowed {
             return None;
         }
@@ -138,12 +139,12 @@ mod tests {
         // One of two already out, 50 %: this one stays in.
         assert_eq!(r.record(&S, true, t, 1, 2), None);
         assert!(!r.ejected(t));
-        // A single-server pool may still eject its one server (at least one).
+        // A pool of one never ejects its server: the rotation is never empty.
         let alone = Record::default();
         for _ in 0..2 {
             alone.record(&S, true, t, 0, 1);
         }
-        assert!(alone.record(&S, true, t, 0, 1).is_some());
+        assert!(alone.record(&S, true, t, 0, 1).is_none());
         // The back-off stops growing at 32 × the base.
         let r = Record::default();
         let mut now = t;

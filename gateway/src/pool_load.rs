@@ -142,22 +142,37 @@ impl Drop for ServerGuard {
     }
 }
 
-/// `balance: least_requests`: of two candidates drawn at random (`draws`,
-/// two numbers), the one with fewer requests in flight for its weight.
-/// Candidates are (server index, weight, in flight).
+/// The candidate a draw lands on when each holds a share of the draws
+/// equal to its weight. Candidates are (server index, weight, in flight).
+pub fn weighted(candidates: &[(usize, u32, u32)], draw: u64) -> Option<&(usize, u32, u32)> {
+    let total: u64 = candidates.iter().map(|c| u64::from(c.1.max(1))).sum();
+    let mut point = draw % total.max(1);
+    candidates.iter().find(|c| {
+        let weight = u64::from(c.1.max(1));
+        if point < weight {
+            true
+        } else {
+            point -= weight;
+            false
+        }
+    })
+}
+
+/// `balance: least_requests`: a candidate drawn by weight, a second drawn
+/// by weight among the others (`draws`), and of the two the one with fewer
+/// requests in flight for its weight; the first on a tie, so that an idle
+/// pool is spread by weight.
 pub fn two_choices(candidates: &[(usize, u32, u32)], draws: (u64, u64)) -> Option<usize> {
-    let n = candidates.len() as u64;
-    let first = candidates.get(usize::try_from(draws.0 % n.max(1)).ok()?)?;
-    if candidates.len() == 1 {
+    let first = *weighted(candidates, draws.0)?;
+    let others: Vec<(usize, u32, u32)> = candidates
+        .iter()
+        .filter(|c| c.0 != first.0)
+        .copied()
+        .collect();
+    let Some(&second) = weighted(&others, draws.1) else {
         return Some(first.0);
-    }
-    // A second draw among the others, so that the two differ.
-    let mut second = usize::try_from(draws.1 % (n - 1)).ok()?;
-    let first_at = usize::try_from(draws.0 % n).ok()?;
-    if second >= first_at {
-        second += 1;
-    }
-    let second = candidates.get(second)?;
+    };
+    let (first, second) = (&first, &second);
     // in_flight / weight, compared without division.
     let busier = |a: &(usize, u32, u32), b: &(usize, u32, u32)| {
         u64::from(a.2) * u64::from(b.1.max(1)) > u64::from(b.2) * u64::from(a.1.max(1))
@@ -243,12 +258,21 @@ mod tests {
 
     #[test]
     fn two_choices_takes_the_less_busy_for_its_weight() {
+        // First draw: 0 → server 0, 1 → server 1, 2..=6 → server 2 (weight
+        // 5); the second among the others, in their order.
         let servers = [(0, 1, 10), (1, 1, 2), (2, 5, 10)];
-        // (draws, expected): 0 vs 1 → 1; 0 vs 2 → 2 (10/5 < 10/1); 1 vs 2 → 2 (2/1 ≥ 10/5 ties keep the first)
-        for (draws, expected) in [((0, 0), 1), ((0, 1), 2), ((1, 1), 1), ((2, 0), 2)] {
+        // 0 vs 1 → 1 (10 > 2); 0 vs 2 → 2 (10/1 > 10/5); 1 vs 2 → 1
+        // (2/1 = 10/5: a tie keeps the first); 2 vs 0 → 2.
+        for (draws, expected) in [((0, 0), 1), ((0, 1), 2), ((1, 1), 1), ((6, 0), 2)] {
             assert_eq!(two_choices(&servers, draws), Some(expected), "{draws:?}");
         }
         assert_eq!(two_choices(&[(7, 1, 100)], (5, 9)), Some(7));
         assert_eq!(two_choices(&[], (0, 0)), None);
+        // An idle pool is spread by weight: 95 / 5.
+        let idle = [(0, 95, 0), (1, 5, 0)];
+        let to_canary = (0..100u64)
+            .filter(|d| two_choices(&idle, (*d, *d)) == Some(1))
+            .count();
+        assert_eq!(to_canary, 5);
     }
 }

@@ -86,7 +86,7 @@ impl Route {
             limits: route
                 .rate_limit
                 .as_ref()
-                .and_then(|limits| crate::limits::RouteLimits::new(limits, &label))
+                .and_then(|limits| crate::limits::RouteLimits::new(limits, &label, index))
                 .map(Arc::new),
             stale_if_error: route.stale_if_error.map(|d| d.0),
             compression: route

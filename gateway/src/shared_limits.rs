@@ -3,13 +3,13 @@
 //! (`limits.rs`), run atomically in Redis by one Lua script in one round
 //! trip, on Redis's own clock, so that N gateways enforce one limit.
 //!
-//! Keys are `NAMESPACE:rl:ROUTE:SCOPE:KEY` and expire when the bucket
-//! would be full again. When Redis cannot answer within
-//! [`TIMEOUT`], the caller falls back (to its local bucket, or lets the
-//! request through, as the limit says) and Redis is not asked again for
-//! [`PAUSE`]: a Redis that is down costs one timeout per pause, not one per
-//! request. It is asked again after that, so the shared limit comes back
-//! by itself.
+//! Keys are `NAMESPACE:rl:ROUTE#N:SCOPE:KEY` and expire when the bucket
+//! would be full again. When Redis cannot answer within [`TIMEOUT`], the
+//! caller falls back (to its local bucket, or lets the request through, as
+//! the limit says) and Redis is not asked again for [`PAUSE`]: a Redis that
+//! is down costs the checks under way at that moment one timeout each, not
+//! every request. It is asked again after that, so the shared limit comes
+//! back by itself.
 
 use redis::aio::MultiplexedConnection;
 use std::sync::OnceLock;
@@ -90,21 +90,23 @@ impl Store {
     }
 
     /// The bucket `route`/`scope`/`key`, one request costing `interval`
-    /// and the bucket allowed `tolerance` ahead of now, checked in Redis.
+    /// and the bucket allowed `burst` requests ahead of now, checked in
+    /// Redis (in whole microseconds, the interval rounded up, so that the
+    /// burst is never rounded away).
     pub async fn take(
         &self,
         route: &str,
         scope: &str,
         key: &str,
         interval: Duration,
-        tolerance: Duration,
+        burst: u32,
     ) -> Result<Answer, Unavailable> {
         if self.now_ms() < self.quiet_until.load(Ordering::Acquire) {
             return Err(Unavailable);
         }
         let bucket = format!("{}:rl:{route}:{scope}:{key}", self.namespace);
-        let interval = micros(interval).max(1);
-        let tolerance = micros(tolerance);
+        let interval = micros(interval + Duration::from_nanos(999)).max(1);
+        let tolerance = interval.saturating_mul(u64::from(burst.max(1)));
         let asked = tokio::time::timeout(TIMEOUT, async {
             match self.eval(&bucket, interval, tolerance).await {
                 // A connection made before Redis restarted fails once:

@@ -71,6 +71,8 @@ struct Upstream {
     /// The upstream's answer was set aside to go again (the error that
     /// ends the attempt is the gateway's own).
     retrying_answer: bool,
+    /// The next attempt resends this one (its pooled connection was stale).
+    same_attempt: bool,
 }
 
 impl Upstream {
@@ -79,12 +81,15 @@ impl Upstream {
         self.pool.as_ref()?.server(self.selected?)
     }
 
-    /// Whether a server of the pool is left that this request has not
-    /// tried (the one of this attempt counted as tried).
+    /// Whether a server this request has not tried (the one of this
+    /// attempt counted as tried) is in rotation now: healthy, not ejected.
     fn untried_left(&self) -> bool {
-        let current = self.selected.filter(|s| !self.tried.contains(s));
-        let used = self.tried.len() + usize::from(current.is_some());
-        self.pool.as_ref().is_some_and(|p| p.len() > used)
+        let Some(pool) = &self.pool else {
+            return false;
+        };
+        let mut tried = self.tried.clone();
+        tried.extend(self.selected.filter(|s| !self.tried.contains(s)));
+        pool.any_other(&tried)
     }
 
     /// Whether the pool's `retry` sends this failed attempt again (counted
@@ -384,15 +389,21 @@ impl ProxyHttp for Proxy {
         let pool = ctx.upstream.pool.clone().ok_or_else(|| {
             Error::explain(ErrorType::HTTPStatus(503), "route has no upstream pool")
         })?;
-        ctx.upstream.attempts += 1;
-        if ctx.upstream.attempts == 1
-            && let Some(budget) = &pool.budget
-        {
-            budget.request(Instant::now());
+        // A request sent again on a fresh connection because its pooled one
+        // had gone stale is the same attempt.
+        if !std::mem::take(&mut ctx.upstream.same_attempt) {
+            ctx.upstream.attempts += 1;
         }
         if ctx.upstream.slot.is_none() {
             match pool.load.admit(&pool.limits) {
-                Ok(slot) => ctx.upstream.slot = Some(slot),
+                Ok(slot) => {
+                    ctx.upstream.slot = Some(slot);
+                    // Requests shed by the limits are not sent: they give
+                    // the retry budget nothing.
+                    if let Some(budget) = &pool.budget {
+                        budget.request(Instant::now());
+                    }
+                }
                 Err(over) => {
                     metrics::get()
                         .upstream_overloaded
@@ -464,13 +475,14 @@ impl ProxyHttp for Proxy {
         }
         let pool_size = ctx.upstream.pool.as_ref().map_or(0, |p| p.len());
         // Nothing was sent: the next server, while one is left (and, with
-        // `retry`, within its attempts and budget).
+        // `retry`, within its attempts and budget, asked only then).
         let another = response::connect_again(ctx.upstream.tried.len(), pool_size);
-        let allowed = ctx
-            .upstream
-            .retries(session, retries::Outcome::ConnectError, false)
-            .unwrap_or(true);
-        if another && allowed {
+        if another
+            && ctx
+                .upstream
+                .retries(session, retries::Outcome::ConnectError, false)
+                .unwrap_or(true)
+        {
             e.set_retry(true);
         }
         e
@@ -493,14 +505,18 @@ impl ProxyHttp for Proxy {
             e.etype(),
             ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
         );
-        let timeout = matches!(
-            e.etype(),
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout
-        ) && e.esource() == &ErrorSource::Upstream;
+        // Only the upstream's side counts against the server: a client that
+        // hangs up is not the server failing.
+        let upstream = e.esource() == &ErrorSource::Upstream;
+        let timeout = upstream
+            && matches!(
+                e.etype(),
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            );
         // A pooled connection the server closed while it sat idle is not
-        // the server failing.
+        // the server failing either.
         let stale = reused && broke;
-        if (broke || timeout) && !stale {
+        if ((broke && upstream) || timeout) && !stale {
             ctx.upstream.record(true);
             let outcome = if timeout {
                 retries::Outcome::Timeout
@@ -528,7 +544,10 @@ impl ProxyHttp for Proxy {
             response::connect_again(ctx.upstream.tried.len(), pool_size),
         ) {
             Retry::Never => e.set_retry(false),
-            Retry::Again => e.set_retry(true),
+            Retry::Again => {
+                e.set_retry(true);
+                ctx.upstream.same_attempt = reused;
+            }
             Retry::Default => e.retry.decide_reuse(reused),
         }
         e

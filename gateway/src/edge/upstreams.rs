@@ -43,8 +43,10 @@ pub struct Pool {
     pub retry: Option<crate::config::pools::RetrySettings>,
     pub budget: Option<crate::retries::Budget>,
     /// Passive health: when a server failing in live traffic leaves
-    /// rotation.
+    /// rotation; ejections are decided one at a time, so that two servers
+    /// failing together never pass the share the pool may lose.
     outliers: Option<crate::outliers::Settings>,
+    ejecting: std::sync::Mutex<()>,
     check_interval: Option<Duration>,
     connect_timeout: Duration,
     read_timeout: Duration,
@@ -297,6 +299,7 @@ impl Pool {
                 base_ejection: p.base_ejection.0,
                 max_ejected_percent: p.max_ejected_percent.0,
             }),
+            ejecting: std::sync::Mutex::new(()),
             check_interval: upstream.health_check.as_ref().map(|c| c.interval.0),
             connect_timeout: upstream.connect_timeout.0,
             read_timeout: upstream.read_timeout.0,
@@ -342,6 +345,12 @@ impl Pool {
         index(&backend)
     }
 
+    /// Whether a server not in `exclude` is in rotation (healthy, not
+    /// ejected); the balancer's turn is left as it is.
+    pub fn any_other(&self, exclude: &[usize]) -> bool {
+        !self.candidates(exclude).is_empty()
+    }
+
     /// The healthy servers not in `exclude`: (index, weight, in flight).
     fn candidates(&self, exclude: &[usize]) -> Vec<(usize, u32, u32)> {
         let backends = self.backends();
@@ -367,6 +376,7 @@ impl Pool {
         let (Some(settings), Some(server)) = (&self.outliers, self.servers.get(index)) else {
             return;
         };
+        let _one_at_a_time = self.ejecting.lock().unwrap_or_else(|p| p.into_inner());
         let now = std::time::Instant::now();
         let out = self
             .servers
@@ -393,8 +403,9 @@ impl Pool {
         if self.balance == Balance::LeastRequests {
             return pool_load::two_choices(&candidates, pool_load::draws());
         }
+        // Round robin by weight: each server takes turns in its share.
         let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        candidates.get(turn % candidates.len().max(1)).map(|c| c.0)
+        pool_load::weighted(&candidates, turn as u64).map(|c| c.0)
     }
 
     /// The server at `index` (as [`Pool::select`] gave it).
