@@ -79,6 +79,13 @@ pub struct PoolLimits {
     pub max_requests: Option<u32>,
 }
 
+impl PoolLimits {
+    /// Whether any limit is set.
+    pub fn any(&self) -> bool {
+        *self != PoolLimits::default()
+    }
+}
+
 /// Each limit's bound.
 pub const MAX_LIMIT: u32 = 1_000_000;
 

@@ -73,6 +73,8 @@ struct Upstream {
     retrying_answer: bool,
     /// The next attempt resends this one (its pooled connection was stale).
     same_attempt: bool,
+    /// The pool's limits and budget have counted this request.
+    admitted: bool,
 }
 
 impl Upstream {
@@ -130,6 +132,16 @@ impl Upstream {
             pool.record(index, failed);
         }
     }
+}
+
+/// A request the pool's limits shed: counted, and the error that answers it.
+fn overloaded(ctx: &mut Ctx, pool: &Pool, over: pool_load::Over) -> Box<Error> {
+    metrics::get()
+        .upstream_overloaded
+        .with_label_values(&[pool.name.as_str(), over.label()])
+        .inc();
+    ctx.upstream.overloaded = Some(over);
+    Error::explain(ErrorType::HTTPStatus(503), "upstream limits reached")
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
@@ -394,27 +406,18 @@ impl ProxyHttp for Proxy {
         if !std::mem::take(&mut ctx.upstream.same_attempt) {
             ctx.upstream.attempts += 1;
         }
-        if ctx.upstream.slot.is_none() {
-            match pool.load.admit(&pool.limits) {
-                Ok(slot) => {
-                    ctx.upstream.slot = Some(slot);
-                    // Requests shed by the limits are not sent: they give
-                    // the retry budget nothing.
-                    if let Some(budget) = &pool.budget {
-                        budget.request(Instant::now());
-                    }
+        if !std::mem::replace(&mut ctx.upstream.admitted, true) {
+            // A pool without limits keeps no count: nothing on the way.
+            if pool.limits.any() {
+                match pool.load.admit(&pool.limits) {
+                    Ok(slot) => ctx.upstream.slot = Some(slot),
+                    Err(over) => return Err(overloaded(ctx, &pool, over)),
                 }
-                Err(over) => {
-                    metrics::get()
-                        .upstream_overloaded
-                        .with_label_values(&[pool.name.as_str(), over.label()])
-                        .inc();
-                    ctx.upstream.overloaded = Some(over);
-                    return Err(Error::explain(
-                        ErrorType::HTTPStatus(503),
-                        "upstream limits reached",
-                    ));
-                }
+            }
+            // Requests shed by the limits are not sent: they give the retry
+            // budget nothing.
+            if let Some(budget) = &pool.budget {
+                budget.request(Instant::now());
             }
         }
         let user = ctx
@@ -436,7 +439,9 @@ impl ProxyHttp for Proxy {
             ));
         };
         ctx.upstream.selected = Some(index);
-        ctx.upstream.on_server = Some(server.load.enter());
+        if pool.counts_in_flight() {
+            ctx.upstream.on_server = Some(server.load.enter());
+        }
         let mut peer = pool.peer(server);
         if ctx.admission.as_ref().is_some_and(|a| a.websocket) {
             // An upgraded connection is idle between messages; the pool's

@@ -345,6 +345,12 @@ impl Pool {
         index(&backend)
     }
 
+    /// Whether each server's requests in flight are counted: only
+    /// `least_requests` reads them.
+    pub fn counts_in_flight(&self) -> bool {
+        self.balance == Balance::LeastRequests
+    }
+
     /// Whether a server not in `exclude` is in rotation (healthy, not
     /// ejected); the balancer's turn is left as it is.
     pub fn any_other(&self, exclude: &[usize]) -> bool {

@@ -150,14 +150,7 @@ async fn user_hash_keeps_each_user_on_one_server_and_moves_few_when_one_is_added
 
     // A fourth server: only the users it takes move, each to it.
     gateway.write_routes(&pool_routes(&list(4), "user_hash", ""));
-    gateway.child.signal("HUP");
-    let reloaded = eventually(Duration::from_secs(10), async || {
-        gateway
-            .metric("portcullis_config_reloads_total{result=\"applied\"}")
-            .await
-            >= 1.0
-    })
-    .await;
+    let reloaded = gateway.reload("applied", 1.0).await;
     assert!(reloaded, "the reload was not applied");
     for upstream in &ups {
         upstream.clear();

@@ -54,7 +54,7 @@ pub struct Upstream {
 }
 
 /// What a test upstream does with the requests it reads.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 struct Knobs {
     seen: Arc<Mutex<Vec<Seen>>>,
     hang: Arc<AtomicBool>,
@@ -194,14 +194,7 @@ impl Upstream {
     pub async fn start_on(addr: SocketAddr) -> Upstream {
         let listener = TcpListener::bind(addr).await.expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
-        let knobs = Knobs {
-            seen: Arc::new(Mutex::new(Vec::new())),
-            hang: Arc::new(AtomicBool::new(false)),
-            delay_ms: Arc::new(AtomicU64::new(0)),
-            drop_nth: Arc::new(AtomicU64::new(0)),
-            fail_runs: Arc::new(AtomicU64::new(0)),
-            served: Arc::new(AtomicU64::new(0)),
-        };
+        let knobs = Knobs::default();
         let tasks = Arc::new(Mutex::new(JoinSet::new()));
         let (k, t) = (knobs.clone(), tasks.clone());
         tasks.lock().expect("lock").spawn(async move {
@@ -230,14 +223,7 @@ impl Upstream {
     /// unspecified: `0.0.0.0:0`).
     pub async fn start_unix(path: &std::path::Path) -> Upstream {
         let listener = tokio::net::UnixListener::bind(path).expect("bind unix upstream");
-        let knobs = Knobs {
-            seen: Arc::new(Mutex::new(Vec::new())),
-            hang: Arc::new(AtomicBool::new(false)),
-            delay_ms: Arc::new(AtomicU64::new(0)),
-            drop_nth: Arc::new(AtomicU64::new(0)),
-            fail_runs: Arc::new(AtomicU64::new(0)),
-            served: Arc::new(AtomicU64::new(0)),
-        };
+        let knobs = Knobs::default();
         let tasks = Arc::new(Mutex::new(JoinSet::new()));
         let (k, t) = (knobs.clone(), tasks.clone());
         tasks.lock().expect("lock").spawn(async move {
@@ -428,6 +414,17 @@ impl Gateway {
         let tmp = self.config.with_extension("tmp");
         std::fs::write(&tmp, routes).expect("write");
         std::fs::rename(&tmp, &self.config).expect("rename");
+    }
+
+    /// Sends SIGHUP and waits (up to 10 s) until the reload count with
+    /// `result` (`applied`, `rejected`) reaches `count`.
+    pub async fn reload(&self, result: &str, count: f64) -> bool {
+        self.child.signal("HUP");
+        let sample = format!("portcullis_config_reloads_total{{result=\"{result}\"}}");
+        eventually(Duration::from_secs(10), async || {
+            self.metric(&sample).await >= count
+        })
+        .await
     }
 
     /// The value of a metric sample, e.g. `portcullis_verify_cache_total{result="miss"}`.

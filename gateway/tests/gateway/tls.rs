@@ -2,12 +2,11 @@
 //! HTTP/1.1 and HTTP/2 by ALPN, the redirect from plain HTTP, a certificate
 //! rotated by a reload while a connection stays open, and TLS to upstreams.
 
-use crate::support::{Gateway, Upstream, eventually, raw, routes};
+use crate::support::{Gateway, Upstream, raw, routes};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
@@ -274,14 +273,7 @@ async fn a_reload_rotates_the_certificate_without_dropping_open_connections() {
 
     // The new certificate, from another authority, in place; then SIGHUP.
     new.issue(&files.path("gateway.crt"), &files.path("gateway.key"));
-    gateway.child.signal("HUP");
-    let applied = eventually(Duration::from_secs(10), async || {
-        gateway
-            .metric("portcullis_config_reloads_total{result=\"applied\"}")
-            .await
-            >= 1.0
-    })
-    .await;
+    let applied = gateway.reload("applied", 1.0).await;
     assert!(applied, "the reload was not applied");
 
     // New connections get the new certificate…
@@ -296,14 +288,7 @@ async fn a_reload_rotates_the_certificate_without_dropping_open_connections() {
 
     // A broken file is refused by the next reload; the certificate stays.
     std::fs::write(files.path("gateway.key"), "not a key").expect("write");
-    gateway.child.signal("HUP");
-    let rejected = eventually(Duration::from_secs(10), async || {
-        gateway
-            .metric("portcullis_config_reloads_total{result=\"rejected\"}")
-            .await
-            >= 1.0
-    })
-    .await;
+    let rejected = gateway.reload("rejected", 1.0).await;
     assert!(rejected, "a broken key was accepted");
     let mut still = BufReader::new(connect(tls, &new).await.expect("kept certificate"));
     assert_eq!(get_on(&mut still, "/api/public/kept").await, 200);
@@ -374,14 +359,7 @@ async fn sni_picks_each_hosts_certificate_and_a_reload_rotates_them() {
         &files.path("api.crt"),
         &files.path("api.key"),
     );
-    gateway.child.signal("HUP");
-    let applied = eventually(Duration::from_secs(10), async || {
-        gateway
-            .metric("portcullis_config_reloads_total{result=\"applied\"}")
-            .await
-            >= 1.0
-    })
-    .await;
+    let applied = gateway.reload("applied", 1.0).await;
     assert!(applied, "the reload was not applied");
     assert!(connect_as(tls, &other, "api.example.test").await.is_ok());
     assert!(connect_as(tls, &ca, "api.example.test").await.is_err());
