@@ -42,6 +42,9 @@ BASELINE = os.environ.get("BASELINE_GATEWAY")
 # Only the gateway's own rows (and the bare Pingora floor): the public and
 # protected routes, without the other proxies or the longer sections.
 QUICK = os.environ.get("QUICK") == "1"
+# SCENARIOS="protected, one token;every request a new token" keeps only the
+# gateway's rows of those scenarios.
+SCENARIOS = [s for s in os.environ.get("SCENARIOS", "").split(";") if s]
 CPUS = os.cpu_count() or 1
 # Servers on the first core, the load generator on the last one ("pinned");
 # or nothing pinned, the load generator competing with the servers for
@@ -250,6 +253,30 @@ def mint(n, user, secret, path, valid=True):
     return path
 
 
+def mint_ring(n, user, database, path):
+    """n distinct EdDSA access tokens signed with the auth service's current
+    ring key, read from its SQLite database (as only a holder of the key
+    could): what the auth service would sign, without n logins."""
+    import sqlite3
+    from cryptography.hazmat.primitives.serialization import load_der_private_key
+    now = int(time.time())
+    with sqlite3.connect(database) as db:
+        kid, der = db.execute(
+            "SELECT kid, private_key FROM signing_keys WHERE algorithm = 'EdDSA' AND active_from <= ? "
+            "ORDER BY active_from DESC, kid DESC LIMIT 1", (now,)).fetchone()
+    key = load_der_private_key(base64.b64decode(der), password=None)
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
+    head = b64(json.dumps({"alg": "EdDSA", "typ": "JWT", "kid": kid}).encode())
+    with open(path, "w") as out:
+        for i in range(n):
+            claims = {"sub": str(user), "iss": "portcullis", "aud": "portcullis", "exp": now + 3600,
+                      "iat": now, "nbf": now, "jti": f"bench-{i}-{secrets.token_hex(4)}",
+                      "type": "access", "role": "user"}
+            signing = head + b"." + b64(json.dumps(claims, separators=(",", ":")).encode())
+            out.write((signing + b"." + b64(key.sign(signing))).decode() + "\n")
+    return path
+
+
 def rotate_script(tokens_path):
     path = os.path.join(WORK, os.path.basename(tokens_path) + ".lua")
     with open(path, "w") as f:
@@ -347,6 +374,9 @@ def gateway_routes(auth, echo, prefixes=0, mode="remote", capacity=100_000, serv
     ]
     if mode == "remote":
         lines.append(f"  verify_url: http://127.0.0.1:{auth}/api/verify")
+    if mode == "jwks":
+        lines += [f"  jwks_url: http://127.0.0.1:{auth}/.well-known/jwks.json",
+                  "  issuer: portcullis", "  audiences: [portcullis]"]
     lines += [
         "  cache_ttl: 60s",
         f"  cache_capacity: {capacity}",
@@ -523,7 +553,7 @@ def main():
     for i, placement in enumerate(PLACEMENTS):
         place(placement)
         # The sections that do not depend on placement run once, first.
-        run_placement(secret, results, extra_sections=(i == 0 and not QUICK))
+        run_placement(secret, results, extra_sections=(i == 0 and not QUICK and not SCENARIOS))
         stop_processes()
     write_results(results)
     stop_all()
@@ -533,7 +563,7 @@ def run_placement(secret, results, extra_sections):
     """Starts every system for the current placement, measures the plan and
     adds its rows to `results`."""
     p = {name: free_port() for name in (
-        "echo", "auth", "gw", "gw_log", "gw_tokens", "gw_metrics", "nginx_plain", "nginx_plain_log", "nginx_auth",
+        "echo", "auth", "gw", "gw_log", "gw_tokens", "gw_metrics", "gw_jwks", "gw_jwks_tokens", "nginx_plain", "nginx_plain_log", "nginx_auth",
         "nginx_cached", "nginx_cached_log", "nginx_unix", "haproxy", "caddy_plain", "caddy_auth", "floor")}
     n = workers()
     where = (f"servers on cpu {SERVER_CPUS}, load on cpu {LOAD_CPUS}" if PLACEMENT == "pinned"
@@ -557,6 +587,12 @@ def run_placement(secret, results, extra_sections):
     # memory.
     gw_tokens = start_gateway("gateway-tokens", gateway_routes(p["auth"], p["echo"], capacity=1_000_000,
                                                                server=threads), p["gw_tokens"])
+    # jwks mode: the same routes, tokens checked against the auth service's
+    # published keys instead of asked about.
+    gw_jwks = start_gateway("gateway-jwks", gateway_routes(p["auth"], p["echo"], mode="jwks",
+                                                           capacity=1_000_000, server=threads), p["gw_jwks"])
+    gw_jwks_tokens = start_gateway("gateway-jwks-tokens", gateway_routes(
+        p["auth"], p["echo"], mode="jwks", capacity=1_000_000, server=threads), p["gw_jwks_tokens"])
     gw_log = start_gateway("gateway-log", gateway_routes(p["auth"], p["echo"], capacity=1_000_000,
                                                          server=threads),
                            p["gw_log"], env={"RUST_LOG": "warn,access=info"})
@@ -578,9 +614,11 @@ def run_placement(secret, results, extra_sections):
     reply = http("POST", f"http://127.0.0.1:{p['auth']}/api/register",
                  {"email": "bench@example.com", "password": "benchmark password"})
     token, user = reply["access"], reply["user_id"]
-    ten_k = rotate_script(mint(10_000, user, secret, os.path.join(WORK, f"tokens-10k-{PLACEMENT}.txt")))
-    all_new = rotate_script(mint(int(os.environ.get("MISS_TOKENS", "400000")), user, secret,
-                                 os.path.join(WORK, f"tokens-new-{PLACEMENT}.txt")))
+    # Tokens as the auth service signs them by default (EdDSA, its ring key).
+    database = f"{WORK}/auth-{PLACEMENT}.db"
+    ten_k = rotate_script(mint_ring(10_000, user, database, os.path.join(WORK, f"tokens-10k-{PLACEMENT}.txt")))
+    all_new = rotate_script(mint_ring(int(os.environ.get("MISS_TOKENS", "400000")), user, database,
+                                      os.path.join(WORK, f"tokens-new-{PLACEMENT}.txt")))
     one = header_script(token)
     plain = os.path.join(WORK, "plain.lua")
     with open(plain, "w") as f:
@@ -589,6 +627,7 @@ def run_placement(secret, results, extra_sections):
     systems = {
         "Portcullis": tree(gw.pid) + tree(auth.pid),
         "Portcullis, access log on": tree(gw_log.pid) + tree(auth.pid),
+        "Portcullis, jwks mode": tree(gw_jwks.pid) + tree(auth.pid),
         "Nginx": tree(nginx.pid) + tree(auth.pid),
         "Nginx, access log on": tree(nginx.pid) + tree(auth.pid),
         "HAProxy": tree(haproxy.pid),
@@ -598,6 +637,9 @@ def run_placement(secret, results, extra_sections):
     }
     url = lambda port, path="/x": f"http://127.0.0.1:{port}{path}"
     tokens_url, tokens_pids = url(p["gw_tokens"], "/api/echo/x"), tree(gw_tokens.pid) + tree(auth.pid)
+    jwks_tokens_url = url(p["gw_jwks_tokens"], "/api/echo/x")
+    # The token loads' gateways are measured as themselves.
+    own_pids = {tokens_url: tokens_pids, jwks_tokens_url: tree(gw_jwks_tokens.pid) + tree(auth.pid)}
     # (scenario, system, configuration, tool, url, token, script)
     plan = [
         ("backend direct", "backend", "echo service", "oha", url(p["echo"]), None, None),
@@ -619,6 +661,10 @@ def run_placement(secret, results, extra_sections):
         ("plain proxy, Unix-socket backend", "Nginx", "proxy_pass unix:", "oha", url(p["nginx_unix"]), None, None),
         ("protected, one token", "Portcullis", "protected route", "oha", url(p["gw"], "/api/echo/x"), token, None),
         ("protected, one token", "Portcullis", "protected route", "wrk", url(p["gw"], "/api/echo/x"), None, one),
+        ("protected, one token", "Portcullis, jwks mode", "protected route", "oha",
+         url(p["gw_jwks"], "/api/echo/x"), token, None),
+        ("protected, one token", "Portcullis, jwks mode", "protected route", "wrk",
+         url(p["gw_jwks"], "/api/echo/x"), None, one),
         ("protected, one token", "Portcullis, access log on", "protected route", "oha",
          url(p["gw_log"], "/api/echo/x"), token, None),
         ("protected, one token", "Nginx", "auth_request", "oha", url(p["nginx_auth"]), token, None),
@@ -640,6 +686,8 @@ def run_placement(secret, results, extra_sections):
         ("10 000 tokens in rotation", "Portcullis", "protected route", "wrk", tokens_url, None, ten_k),
         ("10 000 tokens in rotation", "Nginx", "auth_request + cache", "wrk", url(p["nginx_cached"]), None, ten_k),
         ("every request a new token", "Portcullis", "protected route", "wrk", tokens_url, None, all_new),
+        ("every request a new token", "Portcullis, jwks mode", "protected route", "wrk", jwks_tokens_url,
+         None, all_new),
         ("every request a new token", "Nginx", "auth_request", "wrk", url(p["nginx_auth"]), None, all_new),
         ("every request a new token", "Caddy", "forward_auth", "wrk", url(p["caddy_auth"]), None, all_new),
     ]
@@ -661,15 +709,16 @@ def run_placement(secret, results, extra_sections):
         ]
     if QUICK:
         plan = [row for row in plan
-                if row[1] in ("Portcullis", "Portcullis baseline", "Pingora")
+                if row[1] in ("Portcullis", "Portcullis baseline", "Pingora", "Portcullis, jwks mode")
                 and row[0] in ("plain proxy", "protected, one token", "protected, one token, small JSON")]
+    if SCENARIOS:
+        plan = [row for row in plan if row[0] in SCENARIOS and row[1].startswith("Portcullis")]
     for round_ in range(1, ROUNDS + 1):
         # Alternate the order every round so drift does not favour anyone.
         ordered = plan if round_ % 2 else list(reversed(plan))
         for scenario, system, config, tool, target, tok, script in ordered:
             log(f"{PLACEMENT}, round {round_}/{ROUNDS}: {scenario} / {system} {config} ({tool})")
-            # The token loads' gateway is measured as itself.
-            pids = tokens_pids if target == tokens_url else systems[system]
+            pids = own_pids.get(target, systems[system])
             r = measure(tool, target, pids, token=tok, script=script, extra=OHA_HEADERS.get(config, ()))
             log(f"  {r['rps']:.0f} req/s, p99 {r['p99']:.2f} ms")
             results.setdefault((PLACEMENT, scenario, system, config, tool), []).append(r)

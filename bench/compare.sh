@@ -6,7 +6,8 @@
 # .svg. DURATION (10s), CONNECTIONS (50) and ROUNDS (3) tune the loads;
 # PLACEMENTS (pinned,shared) chooses where servers and load run;
 # BASELINE_GATEWAY=path adds an earlier gateway build beside this one, and
-# QUICK=1 keeps only the gateway's public and protected rows and the floor.
+# QUICK=1 keeps only the gateway's public and protected rows and the floor;
+# SCENARIOS="a;b" keeps only the gateway's rows of those scenarios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./run deps
@@ -28,4 +29,5 @@ if [ ${#missing[@]} -gt 0 ]; then
     $sudo systemctl stop "$service" 2>/dev/null || $sudo service "$service" stop 2>/dev/null || true
   done
 fi
-exec python3 bench/compare.py
+# Debian's Python: ./run deps installs the modules the harness uses.
+exec /usr/bin/python3 bench/compare.py

@@ -3,10 +3,13 @@
 refuses the session's cached access token.
 
 Starts the auth service, a backend and two gateways (cache TTL 60 s, so only
-a revocation can explain a refusal) twice: once with revocations through
-Redis (127.0.0.1:6379, or REDIS_URL), once through the gateway's admin
-listener (the one-command stack's way; one gateway, as the auth service is
-given one webhook here). For each of N sessions (default 100): sign in,
+a revocation can explain a refusal) three times: with revocations through
+Redis (127.0.0.1:6379, or REDIS_URL) to gateways that ask the auth service
+(remote mode), the same to gateways that check tokens against the auth
+service's JWKS themselves (jwks mode: the revoked session is refused by the
+gateway's own set), and through the gateway's admin listener (the
+one-command stack's way; one gateway, as the auth service is given one
+webhook here). For each of N sessions (default 100): sign in,
 make the token cached on every gateway, log out, then poll every gateway
 until it answers 401. Prints median, p90 and max per path.
 
@@ -35,14 +38,19 @@ def call(method, url, body=None, token=None):
         return error.code, None
 
 
-def routes(auth, echo, admin=None):
+def routes(auth, echo, admin=None, jwks=False):
     path = os.path.join(c.WORK, f"routes-{secrets.token_hex(4)}.yaml")
+    if jwks:
+        mode = (f"  mode: jwks\n  jwks_url: http://127.0.0.1:{auth}/.well-known/jwks.json\n"
+                "  issuer: portcullis\n  audiences: [portcullis]")
+    else:
+        mode = f"  verify_url: http://127.0.0.1:{auth}/api/verify"
     with open(path, "w") as f:
         f.write(f"""server:
   upgrade_sock: {c.WORK}/upgrade-{secrets.token_hex(4)}.sock
 {f"  admin_listen: {admin}" if admin else ""}
 auth:
-  verify_url: http://127.0.0.1:{auth}/api/verify
+{mode}
   cache_ttl: 60s
 upstreams:
   auth: {{ servers: [127.0.0.1:{auth}] }}
@@ -88,7 +96,7 @@ def main():
     secret = secrets.token_hex(32)
     admin_token = secrets.token_hex(32)
     rows = []
-    p = {name: c.free_port() for name in ("echo", "auth", "gw1", "gw2", "auth2", "gw3", "admin")}
+    p = {name: c.free_port() for name in ("echo", "auth", "gw1", "gw2", "gw4", "gw5", "auth2", "gw3", "admin")}
     c.start("echo", [os.path.join(c.RELEASE, "echo"), "--listen", f"127.0.0.1:{p['echo']}"], p["echo"])
     channel = f"bench-revocations-{secrets.token_hex(4)}"
     c.start("auth", [os.path.join(c.RELEASE, "auth-service"), "--listen", f"127.0.0.1:{p['auth']}"], p["auth"],
@@ -99,7 +107,12 @@ def main():
     c.start_gateway("gw1", r, p["gw1"], env=env)
     c.start_gateway("gw2", r, p["gw2"], env=env)
     time.sleep(1)  # let both subscribe before the first logout
-    rows.append(measure("Redis pub/sub, two gateways", [p["gw1"], p["gw2"]]))
+    rows.append(measure("Redis pub/sub, two gateways (remote mode)", [p["gw1"], p["gw2"]]))
+    r = routes(p["auth"], p["echo"], jwks=True)
+    c.start_gateway("gw4", r, p["gw4"], env=env)
+    c.start_gateway("gw5", r, p["gw5"], env=env)
+    time.sleep(1)
+    rows.append(measure("Redis pub/sub, two gateways (jwks mode)", [p["gw4"], p["gw5"]]))
 
     c.start("auth2", [os.path.join(c.RELEASE, "auth-service"), "--listen", f"127.0.0.1:{p['auth2']}"], p["auth2"],
             env={"JWT_SECRET_KEY": secret, "DATABASE_URL": f"sqlite://{c.WORK}/auth2.db", "RUST_LOG": "warn",

@@ -121,10 +121,13 @@ pub async fn update(
     if !user.active {
         // Disabling ends every session: re-enabling later does not revive them.
         sessions::revoke_all(&state.db, id).await?;
-        state.revocations.revoke(id, Reason::Disabled).await;
+        state.revocations.revoke(id, Reason::Disabled, None).await;
     } else if user.role != before.role {
         // Cached verdicts carry the old role; gateways must ask again.
-        state.revocations.revoke(id, Reason::RoleChanged).await;
+        state
+            .revocations
+            .revoke(id, Reason::RoleChanged, None)
+            .await;
     }
     tracing::info!(admin = admin.0, user_id = id, active = user.active, role = %user.role, "user updated");
     Ok(Json(user.into()))
@@ -139,7 +142,7 @@ pub async fn delete(
     if !users::delete(&state.db, id).await? {
         return Err(Error::UserNotFound);
     }
-    state.revocations.revoke(id, Reason::Deleted).await;
+    state.revocations.revoke(id, Reason::Deleted, None).await;
     tracing::info!(admin = admin.0, user_id = id, "user deleted");
     Ok(StatusCode::NO_CONTENT)
 }

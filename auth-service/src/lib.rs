@@ -9,6 +9,8 @@ pub mod admin;
 pub mod config;
 pub mod create_admin;
 pub mod error;
+pub mod keyring;
+pub mod keys;
 pub mod login;
 pub mod logout;
 pub mod me;
@@ -39,6 +41,8 @@ pub struct AppState {
     pub passwords: passwords::Passwords,
     pub throttle: Arc<throttle::LoginThrottle>,
     pub revocations: revocations::Publisher,
+    /// The JWKS's `Cache-Control: max-age`, in seconds.
+    pub jwks_max_age: u64,
 }
 
 /// Opens (and migrates) the database.
@@ -51,23 +55,34 @@ pub async fn open_database(settings: &config::Settings) -> anyhow::Result<Db> {
     .await?)
 }
 
-/// Everything the handlers need, from settings and a resolved secret.
+/// Everything the handlers need, from settings and the HS256 secret (when
+/// one is configured): the key ring is read (and its first key made) here.
 pub async fn build_state(
     settings: &config::Settings,
     db: Db,
-    secret: &[u8],
+    secret: Option<&[u8]>,
 ) -> anyhow::Result<AppState> {
     let concurrency = settings
         .hash_concurrency
         .and_then(|n| usize::try_from(n).ok())
         .unwrap_or_else(passwords::default_concurrency);
+    if settings.signing_algorithm == tokens::Signer::Secret && secret.is_none() {
+        anyhow::bail!("--signing-algorithm HS256 needs JWT_SECRET_KEY");
+    }
+    let keys = tokens::Keys::new(
+        settings.signing_algorithm,
+        secret,
+        keyring::Ring::from_rows(&[], 0).map_err(anyhow::Error::msg)?,
+        settings.names(),
+        settings.access_ttl,
+        settings.refresh_ttl,
+    );
+    keys::sync(&db, &keys)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the key ring: {e}"))?;
     Ok(AppState {
         db,
-        keys: Arc::new(tokens::Keys::new(
-            secret,
-            settings.access_ttl,
-            settings.refresh_ttl,
-        )),
+        keys: Arc::new(keys),
         passwords: passwords::Passwords::new(concurrency).await?,
         throttle: Arc::new(throttle::LoginThrottle::new(
             settings.login_max_failures,
@@ -82,7 +97,9 @@ pub async fn build_state(
             settings.revocation_webhooks.clone(),
             std::env::var("GATEWAY_ADMIN_TOKEN").unwrap_or_default(),
         )
-        .map_err(anyhow::Error::msg)?,
+        .map_err(anyhow::Error::msg)?
+        .with_access_ttl(settings.access_ttl),
+        jwks_max_age: settings.jwks_max_age,
     })
 }
 
@@ -115,14 +132,16 @@ pub fn app(state: AppState) -> Router {
             "/api/admin/users/{id}",
             patch(admin::update).delete(admin::delete),
         )
+        .route("/.well-known/jwks.json", get(keys::jwks))
         .route("/healthz", get(service_kit::server::healthz::<AppState>))
         .route("/metrics", get(metrics))
         .with_state(state);
     service_kit::server::harden(routes)
 }
 
-/// Serves the auth service on `listener` until `shutdown` resolves. A
-/// background task prunes expired refresh tokens hourly.
+/// Serves the auth service on `listener` until `shutdown` resolves.
+/// Background tasks prune expired refresh tokens hourly and re-read the key
+/// ring every few seconds.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
@@ -140,8 +159,10 @@ pub async fn run(
             }
         }
     });
+    let ring = tokio::spawn(keys::follow(state.db.clone(), Arc::clone(&state.keys)));
     let served = service_kit::server::serve(listener, app(state), shutdown).await;
     pruner.abort();
+    ring.abort();
     served
 }
 

@@ -13,7 +13,10 @@ pub async fn logout(
     State(state): State<AppState>,
     Json(body): Json<RefreshBody>,
 ) -> Result<StatusCode> {
-    let user_id = sessions::revoke(&state.db, &state.keys, &body.refresh).await?;
-    state.revocations.revoke(user_id, Reason::Logout).await;
+    let (user_id, session) = sessions::revoke(&state.db, &state.keys, &body.refresh).await?;
+    state
+        .revocations
+        .revoke(user_id, Reason::Logout, Some(&session))
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,5 +1,6 @@
 use anyhow::Context;
-use auth_service::config::{Cli, Command, Secret, resolve_secret};
+use auth_service::config::{Cli, Command, KeysAction, Secret, resolve_secret};
+use auth_service::tokens::Signer;
 use clap::Parser;
 use service_kit::server::{bind, shutdown_signal};
 use std::process::ExitCode;
@@ -32,8 +33,32 @@ async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> a
         return Ok(());
     }
 
-    let secret = resolve_secret(std::env::var("JWT_SECRET_KEY").ok(), settings.dev)?;
-    if let Secret::Generated(_) = secret {
+    if let Some(Command::Keys { action }) = cli.command {
+        let db = auth_service::open_database(&settings).await?;
+        let retention =
+            auth_service::keyring::Ring::retention(settings.access_ttl, settings.refresh_ttl);
+        let printed = match action {
+            KeysAction::Rotate { now } => {
+                let lead = if now {
+                    0
+                } else {
+                    auth_service::keys::publication_lead(settings.jwks_max_age)
+                };
+                auth_service::keys::rotate(&db, settings.signing_algorithm, retention, lead).await
+            }
+            KeysAction::List => auth_service::keys::list(&db, retention).await,
+        };
+        db.close().await;
+        print!("{}", printed.map_err(anyhow::Error::msg)?);
+        return Ok(());
+    }
+
+    let secret = resolve_secret(
+        std::env::var("JWT_SECRET_KEY").ok(),
+        settings.dev,
+        settings.signing_algorithm == Signer::Secret,
+    )?;
+    if let Some(Secret::Generated(_)) = secret {
         tracing::warn!(
             "JWT_SECRET_KEY is unset: using a random development secret (--dev); \
              tokens will stop verifying when this process restarts"
@@ -41,7 +66,9 @@ async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> a
     }
     let db = auth_service::open_database(&settings).await?;
     tracing::info!(database = db.kind(), "database ready");
-    let state = auth_service::build_state(&settings, db.clone(), secret.bytes()).await?;
+    let state =
+        auth_service::build_state(&settings, db.clone(), secret.as_ref().map(Secret::bytes))
+            .await?;
     let listener = bind(&settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;

@@ -62,6 +62,33 @@ pub enum Reason {
 pub struct Revocation {
     pub user_id: i64,
     pub reason: Reason,
+    /// The session that ended (logout, refresh-token reuse). Without one,
+    /// every token of the user issued up to `at` stops counting (disabled,
+    /// deleted, role changed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// When, in seconds since the epoch on this service's clock (the clock
+    /// tokens' `iat` comes from).
+    pub at: u64,
+    /// Until when a token it concerns may still be presented: the longest
+    /// access token's `exp` plus the leeway. Gateways that verify tokens
+    /// themselves keep the revocation that long.
+    pub until: u64,
+}
+
+impl Revocation {
+    pub fn new(user_id: i64, reason: Reason, sid: Option<&str>, access_ttl: u64) -> Self {
+        let at = crate::now_unix();
+        Revocation {
+            user_id,
+            reason,
+            sid: sid.map(str::to_owned),
+            at,
+            until: at
+                .saturating_add(access_ttl)
+                .saturating_add(crate::tokens::LEEWAY_SECS),
+        }
+    }
 }
 
 /// A revocation as sent to Redis: with an id that gateways acknowledge.
@@ -74,6 +101,9 @@ struct Tagged<'a> {
 
 #[derive(Clone, Default)]
 pub struct Publisher {
+    /// The access tokens' lifetime, for [`Revocation::until`] (a day when
+    /// unset).
+    access_ttl: Option<u64>,
     redis: Option<Arc<Redis>>,
     webhooks: Option<Arc<Webhooks>>,
     counts: Arc<Counts>,
@@ -190,6 +220,7 @@ impl Publisher {
     pub fn redis(url: &str, channel: &str) -> Result<Self, String> {
         let client = redis::Client::open(url).map_err(|e| format!("invalid REDIS_URL: {e}"))?;
         Ok(Publisher {
+            access_ttl: None,
             redis: Some(Arc::new(Redis {
                 client,
                 channel: channel.to_owned(),
@@ -229,6 +260,16 @@ impl Publisher {
         Ok(self)
     }
 
+    /// Revocations say how long their tokens may live from this lifetime.
+    pub fn with_access_ttl(mut self, access_ttl: u64) -> Self {
+        self.access_ttl = Some(access_ttl);
+        self
+    }
+
+    fn message(&self, user_id: i64, reason: Reason, sid: Option<&str>) -> Revocation {
+        Revocation::new(user_id, reason, sid, self.access_ttl.unwrap_or(86_400))
+    }
+
     pub fn is_enabled(&self) -> bool {
         self.redis.is_some() || self.webhooks.is_some()
     }
@@ -247,15 +288,16 @@ impl Publisher {
         targets
     }
 
-    /// Announces that `user_id`'s tokens were revoked, and returns once
-    /// every target took it or [`DELIVERY_WAIT`] passed; targets still
-    /// missing are retried in the background. Never fails the caller.
-    pub async fn revoke(&self, user_id: i64, reason: Reason) {
+    /// Announces that `user_id`'s tokens (those of session `sid` only, when
+    /// given) were revoked, and returns once every target took it or
+    /// [`DELIVERY_WAIT`] passed; targets still missing are retried in the
+    /// background. Never fails the caller.
+    pub async fn revoke(&self, user_id: i64, reason: Reason, sid: Option<&str>) {
         let targets = self.targets();
         if targets.is_empty() {
             return;
         }
-        let revocation = Arc::new(Revocation { user_id, reason });
+        let revocation = Arc::new(self.message(user_id, reason, sid));
         let mut sends = tokio::task::JoinSet::new();
         for (i, target) in targets.iter().enumerate() {
             let (target, revocation) = (target.clone(), Arc::clone(&revocation));
@@ -316,7 +358,7 @@ impl Publisher {
     /// Announces a revocation once and reports whether every target took
     /// it (for tests and the command line).
     pub async fn revoke_now(&self, user_id: i64, reason: Reason) -> Result<(), String> {
-        let revocation = Revocation { user_id, reason };
+        let revocation = self.message(user_id, reason, None);
         let mut failures = Vec::new();
         for target in self.targets() {
             if let Err(error) = target.send(&revocation).await {
@@ -376,7 +418,10 @@ impl Redis {
             acks: &self.acks,
             id: id.clone(),
         };
-        let gateways = self.send(&payload).await.map_err(|e| e.to_string())?;
+        let gateways = self
+            .send(&payload, revocation.until)
+            .await
+            .map_err(|e| e.to_string())?;
         if let Some(waiter) = lock(&self.acks).get_mut(&id) {
             waiter.expected = Some(gateways);
             waiter.settle();
@@ -437,8 +482,13 @@ impl Redis {
 
     /// Publishes `payload` and returns how many gateways were subscribed
     /// (`PUBSUB NUMSUB` of their counting channel, in the same transaction).
-    async fn send(&self, payload: &str) -> redis::RedisResult<usize> {
+    /// The same transaction adds it to the list of revocations still in
+    /// force (a sorted set scored by `until`, trimmed of those past), which
+    /// a gateway that verifies tokens itself reads whenever it subscribes:
+    /// one that was away or just started misses nothing still relevant.
+    async fn send(&self, payload: &str, until: u64) -> redis::RedisResult<usize> {
         let gateways = format!("{}:gateways", self.channel);
+        let in_force = format!("{}:revoked", self.channel);
         // A connection that failed is dropped and made again once. The lock
         // covers only taking (or making) the shared connection: commands on
         // a multiplexed connection go out concurrently.
@@ -453,18 +503,26 @@ impl Redis {
                         .clone(),
                 }
             };
-            let sent: redis::RedisResult<((String, usize), i64)> = redis::pipe()
+            let sent: redis::RedisResult<((String, usize), i64, i64, i64)> = redis::pipe()
                 .atomic()
                 .cmd("PUBSUB")
                 .arg("NUMSUB")
                 .arg(&gateways)
+                .cmd("ZADD")
+                .arg(&in_force)
+                .arg(until)
+                .arg(payload)
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(&in_force)
+                .arg("-inf")
+                .arg(format!("({}", crate::now_unix()))
                 .cmd("PUBLISH")
                 .arg(&self.channel)
                 .arg(payload)
                 .query_async(&mut connection)
                 .await;
             match sent {
-                Ok(((_, subscribed), _)) => return Ok(subscribed),
+                Ok(((_, subscribed), _, _, _)) => return Ok(subscribed),
                 Err(error) if attempt == 0 => {
                     tracing::debug!(%error, "redis connection lost; reconnecting");
                     *self.connection.lock().await = None;

@@ -176,7 +176,7 @@ pub async fn rotate(
             // no further wait.
             if revoke_family(db, &family_id).await? {
                 revocations
-                    .revoke(user_id, crate::revocations::Reason::Reuse)
+                    .revoke(user_id, crate::revocations::Reason::Reuse, Some(&family_id))
                     .await;
             }
         }
@@ -208,24 +208,23 @@ async fn revoke_family(db: &Db, family_id: &str) -> Result<bool> {
     Ok(changed > 0)
 }
 
-/// Ends the session a refresh token belongs to and returns its user.
-/// Answers `InvalidToken` when the token is not one this service issued.
-pub async fn revoke(db: &Db, keys: &Keys, refresh_token: &str) -> Result<i64> {
+/// Ends the session a refresh token belongs to and returns its user and
+/// session. Answers `InvalidToken` when the token is not one this service
+/// issued.
+pub async fn revoke(db: &Db, keys: &Keys, refresh_token: &str) -> Result<(i64, String)> {
     let verified = keys
         .decode(refresh_token, TokenType::Refresh)
         .map_err(|_| Error::InvalidToken)?;
     const SQL: &str = "UPDATE token_families SET revoked = TRUE \
-        WHERE id = (SELECT family_id FROM refresh_tokens WHERE jti_hash = $1) AND user_id = $2";
-    let affected = with_db!(db, pool => sqlx::query(SQL)
+        WHERE id = (SELECT family_id FROM refresh_tokens WHERE jti_hash = $1) AND user_id = $2 \
+        RETURNING id";
+    let session: Option<(String,)> = with_db!(db, pool => sqlx::query_as(SQL)
         .bind(jti_hash(&verified.claims.jti))
         .bind(verified.user_id)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected()))?;
-    if affected == 0 {
-        return Err(Error::InvalidToken);
-    }
-    Ok(verified.user_id)
+        .fetch_optional(pool)
+        .await)?;
+    let (session,) = session.ok_or(Error::InvalidToken)?;
+    Ok((verified.user_id, session))
 }
 
 /// Ends every session of a user (disabled, demoted or deleted).

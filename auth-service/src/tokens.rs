@@ -1,14 +1,28 @@
-//! HS256 access and refresh tokens.
+//! Access and refresh tokens, signed with the key ring's current key
+//! (EdDSA by default; ES256 or RS256) or, when so configured, with the
+//! HS256 secret.
 //!
-//! Both kinds carry `sub` (the user id as a string), `exp`, `iat`, `nbf`,
-//! `jti` and `type`; access tokens also carry `role` so that a gateway that
-//! verifies locally can enforce role routes. Decoding accepts HS256 only and
-//! allows 15 s of clock skew on `exp` and `nbf`, no more.
+//! Both kinds carry `sub` (the user id as a string), `iss`, `aud`, `exp`,
+//! `iat`, `nbf`, `jti` and `type`; access tokens also carry `role`, `ver`
+//! and `sid`, so that a gateway that verifies locally can enforce role
+//! routes and drop a session at logout. A ring-signed token names its key
+//! in `kid`.
+//!
+//! Decoding takes the algorithm from the key, never from the token: a
+//! token's `alg` must be the one its `kid`'s key was made for, and an HS256
+//! token is only checked when a secret is configured (the HS256 set-up, or
+//! the tokens issued before a switch to a key ring). `jku`, `x5u` and an
+//! embedded `jwk` are never looked at. 15 s of clock skew is allowed on
+//! `exp` and `nbf`, no more. `iss` and `aud`, when present, must be this
+//! service's.
 
+use crate::keyring::{KeyAlgorithm, Ring};
+use arc_swap::ArcSwap;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use service_kit::identity::parse_user_id;
+use std::sync::Arc;
 
 /// Clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 15;
@@ -26,6 +40,10 @@ pub enum TokenType {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
     pub exp: u64,
     pub iat: u64,
     pub nbf: u64,
@@ -59,6 +77,10 @@ pub enum Refusal {
     BadSignature,
     #[error("algorithm not allowed")]
     Algorithm,
+    #[error("unknown key")]
+    UnknownKey,
+    #[error("wrong issuer or audience")]
+    WrongAudience,
     #[error("malformed")]
     Malformed,
 }
@@ -78,29 +100,81 @@ pub struct Verified {
     pub claims: Claims,
 }
 
+/// What signs new tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signer {
+    /// The key ring's signing key of this algorithm.
+    Ring(KeyAlgorithm),
+    /// The HS256 secret.
+    Secret,
+}
+
+/// Who tokens are issued by and for.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub issuer: String,
+    pub audience: String,
+}
+
 pub struct Keys {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    validation: Validation,
+    signer: Signer,
+    ring: ArcSwap<Ring>,
+    secret: Option<(EncodingKey, DecodingKey)>,
+    names: Names,
     pub access_ttl: u64,
     pub refresh_ttl: u64,
 }
 
 impl Keys {
-    pub fn new(secret: &[u8], access_ttl: u64, refresh_ttl: u64) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.algorithms = vec![Algorithm::HS256];
-        validation.leeway = LEEWAY_SECS;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "nbf", "iat", "sub"]);
+    /// HS256 keys from `secret`, for the tutorials' set-up.
+    pub fn hs256(secret: &[u8], access_ttl: u64, refresh_ttl: u64) -> Self {
+        Self::new(
+            Signer::Secret,
+            Some(secret),
+            Ring::from_rows(&[], 0).unwrap_or_else(|_| unreachable!("an empty ring is valid")),
+            default_names(),
+            access_ttl,
+            refresh_ttl,
+        )
+    }
+
+    /// Keys that sign with `signer`; `secret`, when set, also verifies
+    /// HS256 tokens.
+    pub fn new(
+        signer: Signer,
+        secret: Option<&[u8]>,
+        ring: Ring,
+        names: Names,
+        access_ttl: u64,
+        refresh_ttl: u64,
+    ) -> Self {
         Self {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
-            validation,
+            signer,
+            ring: ArcSwap::from_pointee(ring),
+            secret: secret.map(|s| (EncodingKey::from_secret(s), DecodingKey::from_secret(s))),
+            names,
             access_ttl,
             refresh_ttl,
         }
+    }
+
+    pub fn signer(&self) -> Signer {
+        self.signer
+    }
+
+    /// The ring in force.
+    pub fn ring(&self) -> Arc<Ring> {
+        self.ring.load_full()
+    }
+
+    /// Replaces the ring (after reading the table again).
+    pub fn set_ring(&self, ring: Ring) {
+        self.ring.store(Arc::new(ring));
+    }
+
+    /// How long a superseded ring key keeps verifying.
+    pub fn retention(&self) -> u64 {
+        Ring::retention(self.access_ttl, self.refresh_ttl)
     }
 
     /// Signs a token of `token_type` for `user_id`, valid from `now`.
@@ -112,7 +186,7 @@ impl Keys {
         version: i64,
         session: Option<&str>,
         now: u64,
-    ) -> Result<Issued, jsonwebtoken::errors::Error> {
+    ) -> Result<Issued, String> {
         let ttl = match token_type {
             TokenType::Access => self.access_ttl,
             TokenType::Refresh => self.refresh_ttl,
@@ -120,6 +194,8 @@ impl Keys {
         let jti = crate::random_hex(16);
         let claims = Claims {
             sub: user_id.to_string(),
+            iss: Some(self.names.issuer.clone()),
+            aud: Some(self.names.audience.clone()),
             exp: now + ttl,
             iat: now,
             nbf: now,
@@ -138,7 +214,27 @@ impl Keys {
                 TokenType::Refresh => None,
             },
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
+        let token = match self.signer {
+            Signer::Secret => {
+                let (key, _) = self
+                    .secret
+                    .as_ref()
+                    .ok_or("no HS256 secret is configured")?;
+                jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)
+            }
+            Signer::Ring(algorithm) => {
+                let ring = self.ring.load();
+                // The key signing at this moment, whatever `now` the claims
+                // are dated from.
+                let key = ring.signing(algorithm, crate::now_unix()).ok_or_else(|| {
+                    format!("the key ring has no {} key signing now", algorithm.name())
+                })?;
+                let mut header = Header::new(algorithm.jwt());
+                header.kid = Some(key.kid.clone());
+                jsonwebtoken::encode(&header, &claims, key.encoding())
+            }
+        }
+        .map_err(|e| e.to_string())?;
         Ok(Issued {
             token,
             jti,
@@ -146,14 +242,45 @@ impl Keys {
         })
     }
 
-    /// Checks signature, algorithm, `exp`/`nbf` (with the leeway) and type.
+    /// Checks signature, algorithm, `exp`/`nbf` (with the leeway), issuer,
+    /// audience and type.
     pub fn decode(&self, token: &str, expected: TokenType) -> Result<Verified, Refusal> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|error| match error.kind() {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Refusal::Malformed)?;
+        let now = crate::now_unix();
+        let ring;
+        let (key, algorithm) = match header.alg {
+            Algorithm::HS256 => {
+                let (_, key) = self.secret.as_ref().ok_or(Refusal::Algorithm)?;
+                (key, Algorithm::HS256)
+            }
+            alg @ (Algorithm::EdDSA | Algorithm::ES256 | Algorithm::RS256) => {
+                let kid = header.kid.as_deref().ok_or(Refusal::UnknownKey)?;
+                ring = self.ring.load();
+                let key = ring.verifying(kid, now).ok_or(Refusal::UnknownKey)?;
+                if key.algorithm.jwt() != alg {
+                    return Err(Refusal::Algorithm);
+                }
+                (key.decoding(), alg)
+            }
+            _ => return Err(Refusal::Algorithm),
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.algorithms = vec![algorithm];
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "nbf", "iat", "sub"]);
+        validation.set_issuer(&[&self.names.issuer]);
+        validation.set_audience(&[&self.names.audience]);
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|error| match error
+                .kind()
+            {
                 ErrorKind::ExpiredSignature => Refusal::Expired,
                 ErrorKind::ImmatureSignature => Refusal::NotYetValid,
                 ErrorKind::InvalidSignature => Refusal::BadSignature,
                 ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => Refusal::Algorithm,
+                ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => Refusal::WrongAudience,
                 _ => Refusal::Malformed,
             })?;
         if data.claims.token_type != expected {
@@ -167,6 +294,14 @@ impl Keys {
     }
 }
 
+/// The issuer and audience when none are configured.
+pub fn default_names() -> Names {
+    Names {
+        issuer: "portcullis".into(),
+        audience: "portcullis".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,7 +310,7 @@ mod tests {
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-test";
 
     fn keys() -> Keys {
-        Keys::new(SECRET, 3600, 7 * 86400)
+        Keys::hs256(SECRET, 3600, 7 * 86400)
     }
 
     fn now() -> u64 {
@@ -202,6 +337,8 @@ mod tests {
     fn claims(token_type: TokenType, exp: u64, nbf: u64) -> Claims {
         Claims {
             sub: "7".into(),
+            iss: None,
+            aud: None,
             exp,
             iat: now(),
             nbf,
@@ -385,6 +522,125 @@ mod tests {
         assert_eq!(
             keys.decode(&sign(&bad_sub, Algorithm::HS256, SECRET), TokenType::Access),
             Err(Refusal::Malformed)
+        );
+    }
+
+    fn ring_keys(algorithm: KeyAlgorithm, secret: Option<&[u8]>) -> Keys {
+        let row = crate::keyring::new_row(algorithm, 0, 0).expect("key");
+        let ring = Ring::from_rows(&[row], 1_000).expect("ring");
+        Keys::new(
+            Signer::Ring(algorithm),
+            secret,
+            ring,
+            default_names(),
+            3600,
+            7 * 86400,
+        )
+    }
+
+    #[test]
+    fn ring_tokens_name_their_key_and_verify_with_it_only() {
+        let t = now();
+        for algorithm in [
+            KeyAlgorithm::EdDSA,
+            KeyAlgorithm::ES256,
+            KeyAlgorithm::RS256,
+        ] {
+            let keys = ring_keys(algorithm, None);
+            let issued = keys
+                .issue(42, TokenType::Access, Some("user"), 0, Some("s1"), t)
+                .expect("issue");
+            let header = jsonwebtoken::decode_header(&issued.token).expect("header");
+            assert_eq!(header.alg, algorithm.jwt());
+            let kid = header.kid.expect("kid");
+            assert_eq!(kid, keys.ring().keys()[0].kid);
+            let verified = keys
+                .decode(&issued.token, TokenType::Access)
+                .expect("decode");
+            assert_eq!(verified.claims.iss.as_deref(), Some("portcullis"));
+            assert_eq!(verified.claims.aud.as_deref(), Some("portcullis"));
+            assert_eq!(verified.claims.sid.as_deref(), Some("s1"));
+            // Another ring's key of the same algorithm does not verify it.
+            let other = ring_keys(algorithm, None);
+            assert_eq!(
+                other.decode(&issued.token, TokenType::Access),
+                Err(Refusal::UnknownKey),
+                "{algorithm:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn algorithm_confusion_is_refused() {
+        let t = now();
+        let keys = ring_keys(KeyAlgorithm::EdDSA, None);
+        let ring = keys.ring();
+        let kid = ring.keys()[0].kid.clone();
+        let jwks = serde_json::to_vec(&ring.jwks(t)).expect("jwks");
+        let claims = claims(TokenType::Access, t + 60, t);
+        // HS256 with the published public key as the secret, naming the kid.
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(kid.clone());
+        let confused =
+            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&jwks)).expect("sign");
+        assert_eq!(
+            keys.decode(&confused, TokenType::Access),
+            Err(Refusal::Algorithm)
+        );
+        // The right kid with another asymmetric algorithm.
+        let es = crate::keyring::new_row(KeyAlgorithm::ES256, 0, 0).expect("key");
+        let es_key = {
+            use base64::Engine;
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(&es.private_key)
+                .expect("der");
+            EncodingKey::from_ec_der(&der)
+        };
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.clone());
+        let wrong_alg = jsonwebtoken::encode(&header, &claims, &es_key).expect("sign");
+        assert_eq!(
+            keys.decode(&wrong_alg, TokenType::Access),
+            Err(Refusal::Algorithm)
+        );
+        // No kid.
+        let no_kid =
+            jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &es_key).expect("sign");
+        assert_eq!(
+            keys.decode(&no_kid, TokenType::Access),
+            Err(Refusal::UnknownKey)
+        );
+        // Another issuer, signed by the ring's own key.
+        let wrong_iss = Claims {
+            iss: Some("someone-else".into()),
+            ..claims.clone()
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid);
+        let token =
+            jsonwebtoken::encode(&header, &wrong_iss, ring.keys()[0].encoding()).expect("sign");
+        assert_eq!(
+            keys.decode(&token, TokenType::Access),
+            Err(Refusal::WrongAudience)
+        );
+    }
+
+    #[test]
+    fn a_configured_secret_still_verifies_hs256_tokens_beside_the_ring() {
+        let t = now();
+        let token = sign(
+            &claims(TokenType::Access, t + 60, t),
+            Algorithm::HS256,
+            SECRET,
+        );
+        assert!(
+            ring_keys(KeyAlgorithm::EdDSA, Some(SECRET))
+                .decode(&token, TokenType::Access)
+                .is_ok()
+        );
+        assert_eq!(
+            ring_keys(KeyAlgorithm::EdDSA, None).decode(&token, TokenType::Access),
+            Err(Refusal::Algorithm)
         );
     }
 }

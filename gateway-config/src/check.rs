@@ -187,6 +187,9 @@ impl Config {
             }
             _ => {}
         }
+        for (key, message) in crate::jwks::check(&self.auth, protected) {
+            error(key, message);
+        }
         within(
             &mut error,
             "auth.timeout".into(),

@@ -23,6 +23,7 @@ pub mod cors;
 mod errors;
 pub mod header_rules;
 pub mod hosts;
+pub mod jwks;
 mod load;
 pub mod overlap;
 pub mod pools;

@@ -175,6 +175,9 @@ pub enum AuthMode {
     Remote,
     /// Check HS256 signatures here with `JWT_SECRET_KEY`.
     Local,
+    /// Check asymmetric signatures here against the issuer's published
+    /// keys (`jwks_url`).
+    Jwks,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -207,6 +210,30 @@ pub struct Auth {
     /// verdict comes from the cache, a local check or the auth service.
     #[serde(default = "defaults::leeway")]
     pub leeway: Dur,
+    /// jwks mode (`jwks.rs`): where the issuer publishes its keys.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// jwks mode: the only `iss` accepted.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// jwks mode: a token's `aud` must name one of these.
+    #[serde(default)]
+    pub audiences: Option<Vec<String>>,
+    /// jwks mode: the signature algorithms accepted (asymmetric only).
+    #[serde(default)]
+    pub algorithms: Option<Vec<crate::jwks::JwsAlgorithm>>,
+    /// jwks mode: where the role or roles are (default `role`).
+    #[serde(default)]
+    pub roles_claim: Option<crate::jwks::ClaimPath>,
+    /// jwks mode: where the user id is (default `sub`).
+    #[serde(default)]
+    pub user_id_claim: Option<crate::jwks::ClaimPath>,
+    /// jwks mode: the JWKS is fetched at most once per this.
+    #[serde(default)]
+    pub jwks_min_refresh: Option<Dur>,
+    /// jwks mode: a file keeping the last JWKS fetched.
+    #[serde(default)]
+    pub jwks_cache: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

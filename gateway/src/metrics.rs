@@ -31,6 +31,15 @@ pub struct Metrics {
     pub revoked_entries: IntCounter,
     /// 1 while the revocation channel is subscribed.
     pub revocation_subscribed: IntGauge,
+    /// JWKS fetches (jwks mode), by trigger (start, max_age, unknown_kid)
+    /// and result (ok, failed).
+    pub jwks_fetches: IntCounterVec,
+    /// Signature keys in the JWKS in force.
+    pub jwks_keys: IntGauge,
+    /// Tokens checked against the JWKS, by result (ok, or the reason for a
+    /// refusal: unknown_kid, algorithm, bad_signature, expired, issuer,
+    /// audience, claims, revoked, malformed, not_yet_valid).
+    pub jwks_verifications: IntCounterVec,
     /// Proxied WebSockets cut because their token expired or their user was
     /// revoked, by reason.
     pub sockets_cut: IntCounterVec,
@@ -174,6 +183,23 @@ pub fn get() -> &'static Metrics {
                     "1 while the revocation channel is subscribed.",
                 )
                 .unwrap_or_else(|e| unreachable!("well-formed: {e}")),
+            ),
+            jwks_fetches: counter_vec(
+                "portcullis_jwks_fetches_total",
+                "JWKS fetches, by trigger and result.",
+                &["trigger", "result"],
+            ),
+            jwks_keys: register(
+                IntGauge::new(
+                    "portcullis_jwks_keys",
+                    "Signature keys in the JWKS in force.",
+                )
+                .unwrap_or_else(|e| unreachable!("well-formed: {e}")),
+            ),
+            jwks_verifications: counter_vec(
+                "portcullis_jwks_verifications_total",
+                "Tokens checked against the JWKS, by result.",
+                &["result"],
             ),
             sockets_cut: counter_vec(
                 "portcullis_websockets_cut_total",

@@ -8,6 +8,7 @@
 //! gain is that no revoked grant outlives a Redis outage.
 
 use crate::auth::Verifier;
+use crate::auth::revoked::Revocation;
 use crate::metrics;
 use futures::StreamExt;
 use serde::Deserialize;
@@ -15,33 +16,92 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Deserialize)]
-struct Revocation {
+struct Wire {
     user_id: serde_json::Value,
     /// Set by the auth service when it waits for gateways to acknowledge.
     #[serde(default)]
     id: Option<String>,
+    /// The session ended (logout, refresh-token reuse). Read loosely: a
+    /// value of the wrong type is dropped, never the whole message.
+    #[serde(default)]
+    sid: Option<serde_json::Value>,
+    #[serde(default)]
+    at: Option<serde_json::Value>,
+    #[serde(default)]
+    until: Option<serde_json::Value>,
+}
+
+/// A revocation message, read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The user, as the gateway writes user ids (a positive decimal
+    /// integer).
+    pub user_id: String,
+    /// The id to acknowledge it with (1–64 of `[A-Za-z0-9-]`).
+    pub id: Option<String>,
+    /// The session it ends (1–128 of `[A-Za-z0-9_-]`); none: the user's
+    /// every token up to `at`.
+    pub sid: Option<String>,
+    pub at: Option<u64>,
+    pub until: Option<u64>,
+}
+
+/// How long a revocation that does not say is kept by verifiers that check
+/// tokens themselves: a day, longer than any access token's life here.
+const DEFAULT_KEEP: u64 = 86_400;
+
+impl Message {
+    /// What the revoked set keeps, at `now` when the message gave no time.
+    pub fn revocation(&self, now: u64) -> Revocation {
+        let at = self.at.unwrap_or(now);
+        Revocation {
+            user_id: self.user_id.clone(),
+            sid: self.sid.clone(),
+            at,
+            until: self
+                .until
+                .unwrap_or_else(|| at.saturating_add(DEFAULT_KEEP))
+                .min(at.saturating_add(7 * DEFAULT_KEEP)),
+        }
+    }
 }
 
 /// The user a message revokes, as the gateway writes user ids (a positive
 /// decimal integer); `None` for anything else.
 pub fn user_of(payload: &[u8]) -> Option<String> {
-    message(payload).map(|(user, _)| user)
+    message(payload).map(|m| m.user_id)
 }
 
-/// The user a message revokes and the id to acknowledge it with (1–64 of
-/// `[A-Za-z0-9-]`, else none).
-pub fn message(payload: &[u8]) -> Option<(String, Option<String>)> {
-    let revocation: Revocation = serde_json::from_slice(payload).ok()?;
-    let raw = match revocation.user_id {
+/// A revocation message; `None` when it names no valid user. An id or
+/// session of the wrong shape is dropped (a message without a valid session
+/// revokes the whole user, which fails closed).
+pub fn message(payload: &[u8]) -> Option<Message> {
+    let wire: Wire = serde_json::from_slice(payload).ok()?;
+    let raw = match wire.user_id {
         serde_json::Value::Number(n) => n.to_string(),
         serde_json::Value::String(s) => s,
         _ => return None,
     };
-    let user = contract::identity::parse_user_id(&raw)?.to_string();
-    let id = revocation.id.filter(|id| {
+    let user_id = contract::identity::parse_user_id(&raw)?.to_string();
+    let id = wire.id.filter(|id| {
         (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
     });
-    Some((user, id))
+    let sid = wire
+        .sid
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .filter(|sid| {
+            (1..=128).contains(&sid.len())
+                && sid
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    Some(Message {
+        user_id,
+        id,
+        sid,
+        at: wire.at.as_ref().and_then(serde_json::Value::as_u64),
+        until: wire.until.as_ref().and_then(serde_json::Value::as_u64),
+    })
 }
 
 /// The channel a gateway subscribes to only to be counted: the auth service
@@ -62,8 +122,8 @@ pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 /// What the admin listener answers a request with.
 #[derive(Debug, PartialEq, Eq)]
 pub enum AdminRequest {
-    /// An authenticated revocation of this user.
-    Revoke(String),
+    /// An authenticated revocation.
+    Revoke(Message),
     /// Refused: status, error code, message.
     Refused(u16, &'static str, &'static str),
 }
@@ -90,8 +150,8 @@ pub fn admin_request(
     if !same(presented, token.as_bytes()) {
         return AdminRequest::Refused(401, "unauthenticated", "a valid admin token is required");
     }
-    match user_of(body) {
-        Some(user_id) => AdminRequest::Revoke(user_id),
+    match message(body) {
+        Some(message) => AdminRequest::Revoke(message),
         None => AdminRequest::Refused(
             422,
             "invalid_body",
@@ -105,14 +165,58 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
-/// Drops `user_id`'s cached grants from `verifier` (the current
-/// generation's) and counts them; `via` names the path the revocation came
-/// by, for the log.
-pub async fn apply(verifier: &Verifier, user_id: &str, via: &'static str) -> usize {
+/// Records the revocation (for the sources that check tokens here, which
+/// refuse the session or user until their tokens expire), then drops the
+/// user's cached grants from `verifier` (the current generation's) and
+/// counts them; `via` names the path the revocation came by, for the log.
+pub async fn apply(verifier: &Verifier, message: &Message, via: &'static str) -> usize {
+    let now = crate::auth::unix_now();
+    // Recorded first: a verification finishing between the two steps is
+    // then refused by the set, or its grant is not kept by the cache.
+    verifier.revoked().record(&message.revocation(now), now);
+    let user_id = message.user_id.as_str();
     let purged = verifier.revoke_user(user_id).await;
     metrics::get().revoked_entries.inc_by(purged as u64);
-    tracing::info!(user_id, purged, via, "revocation applied");
+    tracing::info!(
+        user_id,
+        session = message.sid.is_some(),
+        purged,
+        via,
+        "revocation applied"
+    );
     purged
+}
+
+/// Where the auth service keeps the revocations still in force (a sorted
+/// set scored by `until`).
+pub fn in_force_key(channel: &str) -> String {
+    format!("{channel}:revoked")
+}
+
+/// Reads the revocations still in force into `verifier`'s set: those
+/// published while this gateway was away or not yet started.
+async fn catch_up(
+    verifier: &Verifier,
+    connection: &mut redis::aio::MultiplexedConnection,
+    channel: &str,
+) -> redis::RedisResult<usize> {
+    let now = crate::auth::unix_now();
+    let members: Vec<Vec<u8>> = redis::cmd("ZRANGEBYSCORE")
+        .arg(in_force_key(channel))
+        .arg(format!("({now}"))
+        .arg("+inf")
+        .query_async(connection)
+        .await?;
+    let revoked = verifier.revoked();
+    let mut read = 0;
+    for member in &members {
+        if let Some(message) = message(member) {
+            revoked.record(&message.revocation(now), now);
+            read += 1;
+        }
+    }
+    revoked.synced();
+    Ok(read)
 }
 
 /// Where to listen.
@@ -156,9 +260,15 @@ pub async fn follow(
             // subscribed one cannot publish.
             let mut acks = client.get_multiplexed_async_connection().await?;
             let acks_channel = acks_channel(&subscription.channel);
+            // Subscribed first, then the list read: a revocation published
+            // in between is in both, and recording it twice is harmless.
+            let caught_up = catch_up(&current(), &mut acks, &subscription.channel).await?;
             if connections > 0 {
                 current().clear();
-                tracing::warn!("revocation channel back after a gap; cached verdicts dropped");
+                tracing::warn!(
+                    caught_up,
+                    "revocation channel back after a gap; cached verdicts dropped"
+                );
             }
             connections += 1;
             m.revocation_subscribed.set(1);
@@ -169,15 +279,15 @@ pub async fn follow(
                     continue;
                 }
                 m.revocations.inc();
-                let Some((user_id, id)) = self::message(message.get_payload_bytes()) else {
+                let Some(revocation) = self::message(message.get_payload_bytes()) else {
                     tracing::warn!("unreadable revocation message ignored");
                     continue;
                 };
-                apply(&current(), &user_id, "redis").await;
-                if let Some(id) = id {
+                apply(&current(), &revocation, "redis").await;
+                if let Some(id) = &revocation.id {
                     let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
                         .arg(&acks_channel)
-                        .arg(&id)
+                        .arg(id)
                         .query_async(&mut acks)
                         .await;
                     if let Err(error) = sent {
@@ -194,6 +304,13 @@ pub async fn follow(
             () = &mut shutdown => return,
             outcome = session => {
                 m.revocation_subscribed.set(0);
+                // Revocations published from now on may be missed until the
+                // list in force is read again; a verifier that checks
+                // tokens itself refuses older ones meanwhile.
+                let verifier = current();
+                if verifier.checks_signatures_with_keys() {
+                    verifier.revoked().unsynced(crate::auth::unix_now());
+                }
                 match outcome {
                     Ok(()) => tracing::warn!("revocation channel closed; reconnecting"),
                     Err(error) => tracing::warn!(%error, "revocation channel unavailable; retrying"),
@@ -228,7 +345,13 @@ mod tests {
                 "/revocations",
                 Some(&good),
                 body,
-                AdminRequest::Revoke("7".into()),
+                AdminRequest::Revoke(Message {
+                    user_id: "7".into(),
+                    id: None,
+                    sid: None,
+                    at: None,
+                    until: None,
+                }),
             ),
             (
                 "POST",
@@ -311,5 +434,39 @@ mod tests {
                 "{payload}"
             );
         }
+    }
+
+    #[test]
+    fn sessions_and_times_are_read_and_bad_ones_dropped() {
+        let read = |payload: &str| message(payload.as_bytes()).expect("a user");
+        let full = read(
+            r#"{"user_id":7,"reason":"logout","sid":"ab12_-Z","at":1000,"until":4615,"id":"x-1"}"#,
+        );
+        assert_eq!(full.sid.as_deref(), Some("ab12_-Z"));
+        assert_eq!(full.id.as_deref(), Some("x-1"));
+        assert_eq!(
+            full.revocation(5),
+            Revocation {
+                user_id: "7".into(),
+                sid: Some("ab12_-Z".into()),
+                at: 1000,
+                until: 4615
+            }
+        );
+        // A session of the wrong shape revokes the whole user instead.
+        for sid in [
+            r#""a b""#,
+            r#""""#,
+            "7",
+            &format!("\"{}\"", "s".repeat(129)),
+        ] {
+            let payload = format!(r#"{{"user_id":7,"sid":{sid}}}"#);
+            assert_eq!(read(&payload).sid, None, "{payload}");
+        }
+        // No times: now, kept a day; a far `until` is capped at a week.
+        let bare = read(r#"{"user_id":7}"#).revocation(100);
+        assert_eq!((bare.at, bare.until), (100, 100 + 86_400));
+        let far = read(r#"{"user_id":7,"at":100,"until":99999999999}"#).revocation(100);
+        assert_eq!(far.until, 100 + 7 * 86_400);
     }
 }

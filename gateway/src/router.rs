@@ -146,9 +146,13 @@ impl Route {
         self.methods.is_empty() || self.methods.iter().any(|m| m == method)
     }
 
-    /// Whether `role` may use this route.
+    /// Whether `role` (one role, or several joined by `,` from a token
+    /// that lists them) may use this route.
     pub fn admits(&self, role: &str) -> bool {
-        self.roles.is_empty() || self.roles.iter().any(|r| r == role)
+        self.roles.is_empty()
+            || role
+                .split(',')
+                .any(|one| self.roles.iter().any(|r| r == one))
     }
 
     /// The part of a normalised `path` this route matched below its

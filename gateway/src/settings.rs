@@ -14,6 +14,8 @@ pub struct Start {
     pub secret: Option<String>,
     /// Whether revocations can arrive (Redis or the admin listener).
     pub revocable: bool,
+    /// The sessions and users revoked, kept across generations.
+    pub revoked: std::sync::Arc<crate::auth::revoked::Revoked>,
 }
 
 /// Values from the environment or flags that replace the file's.

@@ -308,6 +308,9 @@ fn start_services(
         match service.kind {
             Kind::Auth => {
                 env.push(("JWT_SECRET_KEY", secret.value.clone()));
+                if plan.hs256 {
+                    args.extend(["--signing-algorithm".to_owned(), "HS256".to_owned()]);
+                }
                 // Revocations go straight to the gateway's admin listener,
                 // so a logout or a disabled user is refused at once.
                 if let Some(admin) = &plan.admin_listen {

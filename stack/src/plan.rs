@@ -87,6 +87,10 @@ pub struct Plan {
     /// The gateway's admin listener, where the auth service reports
     /// revocations.
     pub admin_listen: Option<String>,
+    /// The gateway checks HS256 tokens itself (`auth.mode: local`), so the
+    /// auth service must sign with the shared secret rather than its key
+    /// ring.
+    pub hs256: bool,
     /// Upstreams of the file that the stack does not start (other services
     /// the user runs themselves), named so that nobody wonders.
     pub not_started: Vec<String>,
@@ -143,6 +147,7 @@ impl Plan {
             gateway_listen: config.listen.clone(),
             metrics_listen: config.server.metrics_listen.clone(),
             admin_listen: config.server.admin_listen.clone(),
+            hs256: config.auth.mode == gateway_config::AuthMode::Local,
             not_started,
         }
     }

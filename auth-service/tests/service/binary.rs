@@ -1,5 +1,6 @@
 //! The real `auth-service` binary as a process: start-up, configuration
-//! errors, `create-admin` and graceful shutdown.
+//! errors, `create-admin`, the key ring (`keys rotate`, `keys list`, the
+//! JWKS) and graceful shutdown.
 
 use serde_json::{Value, json};
 use service_kit::testing::{ChildService, TestDatabase};
@@ -75,14 +76,14 @@ async fn serves_on_an_ephemeral_port() {
 }
 
 #[tokio::test]
-async fn refuses_to_start_without_a_strong_secret() {
+async fn hs256_refuses_to_start_without_a_strong_secret() {
     let db = TestDatabase::new().await;
     for (secret, expected) in [
         (None, "JWT_SECRET_KEY is not set"),
         (Some("too-short"), "at least 32"),
     ] {
         let mut command = command(&db);
-        command.args(["--listen", "127.0.0.1:0"]);
+        command.args(["--listen", "127.0.0.1:0", "--signing-algorithm", "HS256"]);
         if let Some(secret) = secret {
             command.env("JWT_SECRET_KEY", secret);
         }
@@ -97,7 +98,7 @@ async fn refuses_to_start_without_a_strong_secret() {
 #[tokio::test]
 async fn dev_mode_generates_a_secret_and_says_so() {
     let db = TestDatabase::new().await;
-    let service = start(&db, None, &["--dev"]);
+    let service = start(&db, None, &["--dev", "--signing-algorithm", "HS256"]);
     let health = reqwest::get(service.url("/healthz"))
         .await
         .expect("healthz");
@@ -216,4 +217,151 @@ async fn sigterm_shuts_down_cleanly() {
         .wait_exit(Duration::from_secs(10))
         .expect("exited after SIGTERM");
     assert!(status.success(), "{status:?}");
+}
+
+async fn jwks(client: &reqwest::Client, service: &ChildService) -> (Vec<String>, String) {
+    let response = client
+        .get(service.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .expect("jwks");
+    assert_eq!(response.status(), 200);
+    let cache_control = response
+        .headers()
+        .get("cache-control")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body: Value = response.json().await.expect("json");
+    let kids = body["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| {
+            assert!(k.get("d").is_none(), "a private part published: {k}");
+            k["kid"].as_str().expect("kid").to_string()
+        })
+        .collect();
+    (kids, cache_control)
+}
+
+fn kid_of(token: &str) -> String {
+    use base64::Engine;
+    let header = token.split('.').next().expect("header");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .expect("base64");
+    let header: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(header["alg"], "EdDSA");
+    header["kid"].as_str().expect("kid").to_string()
+}
+
+/// `auth-service keys ARGS`, with the service's own JWKS max-age (2 s).
+fn keys_command(db: &TestDatabase, args: &[&str]) -> String {
+    let output = command(db)
+        .env("JWKS_MAX_AGE", "2")
+        .arg("keys")
+        .args(args)
+        .output()
+        .expect("keys");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "keys {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// A new install signs with Ed25519 and needs no secret; `keys rotate`
+/// publishes the next key at once, signs with it only after the JWKS
+/// max-age (and the ring's reload), and the old key keeps verifying.
+#[tokio::test]
+async fn a_rotated_key_is_published_before_it_signs_and_the_old_one_keeps_verifying() {
+    let db = TestDatabase::new().await;
+    let service = start(&db, None, &["--jwks-max-age", "2"]);
+    let client = reqwest::Client::new();
+    let (first, cache_control) = jwks(&client, &service).await;
+    assert_eq!(first.len(), 1, "one key on a new install");
+    assert_eq!(cache_control, "public, max-age=2");
+
+    let credentials = json!({"email": "kim@example.com", "password": "a long password"});
+    let (status, old) = post(&client, service.url("/api/register"), credentials.clone()).await;
+    assert_eq!(status, 201, "{old}");
+    assert_eq!(kid_of(old["access"].as_str().expect("access")), first[0]);
+
+    let rotated = keys_command(&db, &["rotate"]);
+    assert!(rotated.contains("signing from"), "{rotated}");
+    let listing = keys_command(&db, &["list"]);
+    assert!(
+        listing.contains("pending") && listing.contains("signing"),
+        "{listing}"
+    );
+
+    // Published within the ring's reload (5 s), still not signing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    let next = loop {
+        let (kids, _) = jwks(&client, &service).await;
+        if kids.len() == 2 {
+            break kids.into_iter().find(|k| *k != first[0]).expect("new kid");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new key was never published"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (_, early) = post(&client, service.url("/api/login"), credentials.clone()).await;
+    assert_eq!(
+        kid_of(early["access"].as_str().expect("access")),
+        first[0],
+        "a key signed before its publication lead was over"
+    );
+
+    // Signing after max-age + reload (7 s from the rotation).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let fresh = loop {
+        let (_, tokens) = post(&client, service.url("/api/login"), credentials.clone()).await;
+        let access = tokens["access"].as_str().expect("access").to_string();
+        if kid_of(&access) == next {
+            break tokens;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new key never signed"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    for tokens in [&old, &fresh] {
+        let (status, identity) = post(
+            &client,
+            service.url("/api/verify"),
+            json!({"access": tokens["access"]}),
+        )
+        .await;
+        assert_eq!(status, 200, "{identity}");
+    }
+    // The old refresh token (signed by the old key) still refreshes.
+    let (status, _) = post(
+        &client,
+        service.url("/api/refresh"),
+        json!({"refresh": old["refresh"]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let listing = keys_command(&db, &["list"]);
+    assert!(listing.contains("verifying until"), "{listing}");
+}
+
+#[tokio::test]
+async fn rotating_an_hs256_service_is_refused_with_the_reason() {
+    let db = TestDatabase::new().await;
+    let output = command(&db)
+        .env("JWT_SECRET_KEY", SECRET)
+        .args(["--signing-algorithm", "HS256", "keys", "rotate"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("no key ring to rotate"), "{stderr}");
 }

@@ -41,7 +41,26 @@ impl Listener {
                 .is_some_and(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())),
             "{id}"
         );
-        value.as_object_mut().expect("object").remove("id");
+        let object = value.as_object_mut().expect("object");
+        object.remove("id");
+        // When, and until when gateways that verify tokens themselves keep
+        // it: the access tokens' lifetime (an hour) and the 15 s leeway.
+        let at = object.remove("at").and_then(|v| v.as_u64()).expect("at");
+        let until = object
+            .remove("until")
+            .and_then(|v| v.as_u64())
+            .expect("until");
+        assert!(at.abs_diff(auth_service::now_unix()) <= 5, "at {at}");
+        assert_eq!(until - at, 3600 + 15);
+        // A session's id is the refresh-token family's: 32 hex digits.
+        if let Some(sid) = object.get_mut("sid") {
+            assert!(
+                sid.as_str()
+                    .is_some_and(|s| s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())),
+                "{sid}"
+            );
+            *sid = Value::from("<session>");
+        }
         value
     }
 }
@@ -73,7 +92,7 @@ async fn every_change_that_ends_access_is_published() {
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
     assert_eq!(
         listener.next().await,
-        json!({"user_id": ann_id, "reason": "logout"})
+        json!({"user_id": ann_id, "reason": "logout", "sid": "<session>"})
     );
 
     // A spent refresh token presented again: its session is revoked.
@@ -83,7 +102,7 @@ async fn every_change_that_ends_access_is_published() {
     assert_eq!(app.refresh(&first).await.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         listener.next().await,
-        json!({"user_id": ann_id, "reason": "reuse"})
+        json!({"user_id": ann_id, "reason": "reuse", "sid": "<session>"})
     );
 
     // A role change, then disabling, then deleting.
@@ -128,7 +147,7 @@ async fn every_change_that_ends_access_is_published() {
     // The next message is bob's logout, not the update before it.
     assert_eq!(
         listener.next().await,
-        json!({"user_id": bob_id, "reason": "logout"})
+        json!({"user_id": bob_id, "reason": "logout", "sid": "<session>"})
     );
 }
 

@@ -30,7 +30,7 @@ impl TestApp {
         args.extend_from_slice(extra);
         let cli = Cli::parse_from(args);
         let database = open_database(&cli.settings).await.expect("database");
-        let state = build_state(&cli.settings, database, SECRET.as_bytes())
+        let state = build_state(&cli.settings, database, Some(SECRET.as_bytes()))
             .await
             .expect("state");
         TestApp {

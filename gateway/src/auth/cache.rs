@@ -4,6 +4,7 @@
 //! concurrent misses sharing one verification, revocations dropping a
 //! user's grants at once, and stale-if-error grants kept apart.
 
+use super::revoked::Revoked;
 use super::source::{Source, Unavailable};
 use super::users::{ByUser, Identities, lock};
 use super::{Identity, credentials::peek_exp};
@@ -92,6 +93,8 @@ pub struct Verifier {
     /// while nothing was revoked.
     revocations: std::sync::atomic::AtomicU64,
     identities: Identities,
+    /// Sessions and users revoked, for the sources that check tokens here.
+    revoked: Arc<Revoked>,
     users: Arc<std::sync::Mutex<ByUser>>,
     revocable: bool,
     source: Source,
@@ -127,6 +130,7 @@ impl Verifier {
             stale_window: Duration::ZERO,
             revocations: std::sync::atomic::AtomicU64::new(0),
             identities: Identities::default(),
+            revoked: Arc::default(),
             users,
             revocable,
             source,
@@ -148,6 +152,30 @@ impl Verifier {
                 .build()
         });
         self
+    }
+
+    /// Uses `revoked` (shared by every generation, fed by the revocation
+    /// channel) instead of a set of its own.
+    pub fn with_revoked(mut self, revoked: Arc<Revoked>) -> Self {
+        self.revoked = revoked;
+        self
+    }
+
+    /// The revoked sessions and users this verifier refuses.
+    pub fn revoked(&self) -> &Arc<Revoked> {
+        &self.revoked
+    }
+
+    /// Whether tokens are checked here against an issuer's published keys
+    /// (jwks mode), which is where revocations missed during a gap must be
+    /// made up for by refusing older tokens.
+    pub fn checks_signatures_with_keys(&self) -> bool {
+        self.source.is_jwks()
+    }
+
+    /// Ready to verify (in jwks mode: keys fetched); the error says why not.
+    pub async fn ready(&self) -> Result<(), String> {
+        self.source.ready().await
     }
 
     /// How long grants are kept past their end for stale-if-error.
@@ -182,6 +210,11 @@ impl Verifier {
         &self,
         token: &str,
     ) -> (Result<(Verdict, Option<u64>), Unavailable>, Outcome) {
+        if self.source.keys_removed() {
+            // A key left the JWKS: grants for tokens it signed must not
+            // outlive it.
+            self.clear();
+        }
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(entry) = self.cache.get(&key).await {
             if Instant::now() < entry.until {
@@ -204,7 +237,10 @@ impl Verifier {
                 .entry(key)
                 .or_try_insert_with(async {
                     asked.store(true, Ordering::Relaxed);
-                    let verdict = self.source.ask(token, &self.identities).await?;
+                    let verdict = self
+                        .source
+                        .ask(token, &self.identities, &self.revoked)
+                        .await?;
                     let ttl = match &verdict {
                         Verdict::Allowed(_) => self
                             .ttl

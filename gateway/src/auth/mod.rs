@@ -7,7 +7,10 @@
 //! - [`cache`]: the verdict cache and its policy ([`Verifier`]).
 //! - `users`: one shared identity per user, and the index by user that
 //!   revocations use.
-//! - `source`: the auth service (remote) or the HS256 check (local).
+//! - `source`: the auth service (remote), the HS256 check (local) or the
+//!   JWKS check ([`jwks`]).
+//! - [`revoked`]: the sessions and users revoked, which the local and jwks
+//!   checks refuse until their tokens expire.
 //!
 //! Rules, in the order they apply:
 //! - a missing or malformed header is refused here, with no network call;
@@ -23,6 +26,8 @@
 
 pub mod cache;
 pub mod credentials;
+pub mod jwks;
+pub mod revoked;
 mod source;
 mod users;
 

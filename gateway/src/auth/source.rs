@@ -1,11 +1,15 @@
 //! Where verdicts come from on a cache miss: the auth service's
-//! `POST /api/verify` (remote), or an HS256 check with the shared secret
-//! (local).
+//! `POST /api/verify` (remote), an HS256 check with the shared secret
+//! (local), or a signature check against the issuer's JWKS (jwks). The two
+//! that check tokens here also refuse revoked sessions and users.
 
+use super::jwks::Jwks;
+use super::revoked::{Facts, Revoked};
 use super::users::Identities;
 use super::{Identity, Verdict};
 use crate::config::{Auth, AuthMode};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The verifier could not give an answer. Never cached; answered 503.
@@ -44,6 +48,7 @@ pub(super) enum Source {
         key: Box<jsonwebtoken::DecodingKey>,
         validation: Box<jsonwebtoken::Validation>,
     },
+    Jwks(Arc<Jwks>),
 }
 
 impl Source {
@@ -84,18 +89,48 @@ impl Source {
                 validation.validate_exp = true;
                 validation.validate_nbf = true;
                 validation.set_required_spec_claims(&["exp", "nbf", "iat", "sub"]);
+                // Local mode never checked audiences; tokens that name one
+                // are not refused for it.
+                validation.validate_aud = false;
                 Source::Local {
                     key: Box::new(jsonwebtoken::DecodingKey::from_secret(secret)),
                     validation: Box::new(validation),
                 }
             }
+            AuthMode::Jwks => Source::Jwks(Arc::new(Jwks::new(auth)?)),
         })
+    }
+
+    /// Ready to verify: in jwks mode, the first JWKS fetched (or read from
+    /// its cached copy).
+    pub(super) async fn ready(&self) -> Result<(), String> {
+        match self {
+            Source::Jwks(jwks) => jwks.ready().await,
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn is_jwks(&self) -> bool {
+        matches!(self, Source::Jwks(_))
+    }
+
+    /// Keeps the JWKS fresh (a background fetch when due) and says whether
+    /// keys left it since this was last asked.
+    pub(super) fn keys_removed(&self) -> bool {
+        match self {
+            Source::Jwks(jwks) => {
+                jwks.refresh_if_due();
+                jwks.keys_removed()
+            }
+            _ => false,
+        }
     }
 
     pub(super) async fn ask(
         &self,
         token: &str,
         identities: &Identities,
+        revoked: &Revoked,
     ) -> Result<Verdict, Unavailable> {
         match self {
             Source::Remote {
@@ -162,9 +197,20 @@ impl Source {
                 if data.claims.token_type != "access" {
                     return Ok(Verdict::Denied);
                 }
-                Ok(identity(&data.claims.sub, data.claims.role.as_deref())
-                    .map_or(Verdict::Denied, |id| Verdict::Allowed(identities.share(id))))
+                let Some(id) = identity(&data.claims.sub, data.claims.role.as_deref()) else {
+                    return Ok(Verdict::Denied);
+                };
+                let facts = Facts {
+                    user_id: &id.user_id,
+                    sid: data.claims.sid.as_deref(),
+                    iat: data.claims.iat,
+                };
+                if revoked.refuses(facts, super::unix_now()).is_some() {
+                    return Ok(Verdict::Denied);
+                }
+                Ok(Verdict::Allowed(identities.share(id)))
             }
+            Source::Jwks(jwks) => Ok(jwks.verify(token, identities, revoked).await),
         }
     }
 }
@@ -188,6 +234,10 @@ struct LocalClaims {
     token_type: String,
     #[serde(default)]
     role: Option<String>,
+    #[serde(default)]
+    sid: Option<String>,
+    #[serde(default)]
+    iat: Option<u64>,
 }
 
 /// Builds an identity from untrusted parts, refusing anything that could

@@ -48,11 +48,11 @@ impl pingora::apps::http_app::ServeHttp for Admin {
             )
         };
         let (status, json) = match decision {
-            AdminRequest::Revoke(user_id) => {
+            AdminRequest::Revoke(message) => {
                 metrics::get().revocations.inc();
                 let purged = crate::revocations::apply(
                     &self.gateway.current.load().verifier,
-                    &user_id,
+                    &message,
                     "admin listener",
                 )
                 .await;

@@ -68,7 +68,8 @@ impl Generation {
                     start.secret.as_deref().map(str::as_bytes),
                     start.revocable,
                 )?
-                .keeping_stale(stale_window, config.auth.cache_capacity),
+                .keeping_stale(stale_window, config.auth.cache_capacity)
+                .with_revoked(Arc::clone(&start.revoked)),
             ),
         };
         let certificate = config
@@ -177,6 +178,7 @@ impl Gateway {
         config.server.admin_listen = old.config.server.admin_listen.clone();
         let next =
             Generation::build(config, Some(&old), &self.start).map_err(ReloadError::Build)?;
+        next.verifier.ready().await.map_err(ReloadError::Build)?;
         next.check_all().await;
         next.start_checks();
         let routes = next.routes.len();
@@ -218,6 +220,7 @@ routes:
         let start = Start {
             secret: None,
             revocable: true,
+            ..Start::default()
         };
         assert!(Generation::build(config, None, &start).is_ok());
     }
@@ -395,7 +398,7 @@ mod properties {
             }
             if let Ok(config) = crate::config::Config::parse(&source) {
                 let _ = config.shadowing();
-                let built = Generation::build(config, None, &Start { secret: None, revocable: true });
+                let built = Generation::build(config, None, &Start { secret: None, revocable: true, ..Start::default() });
                 prop_assert!(built.is_ok(), "{source}\n{:?}", built.err());
             }
         }

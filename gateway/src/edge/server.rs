@@ -120,16 +120,26 @@ pub fn run(options: Launch, hangups: mpsc::UnboundedReceiver<()>) -> Result<(), 
     let start = Start {
         secret: options.secret,
         revocable: options.revocations.is_some() || config.server.admin_listen.is_some(),
+        ..Start::default()
     };
+    if config.auth.mode == crate::config::AuthMode::Jwks && start.revocable {
+        // Revocations made before this start are unknown until the list in
+        // force is read from Redis (never, with the admin listener alone):
+        // tokens issued before now are refused until then, and refreshed.
+        start.revoked.unsynced(crate::auth::unix_now());
+    }
     let generation = std::panic::catch_unwind(|| Generation::build(config, None, &start))
         .unwrap_or_else(|panic| Err(super::generation::panic_message(&*panic)))
         .map_err(StartError::Build)?;
-    // Pingora treats a server as healthy until checked: check before serving.
-    tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| StartError::Runtime(e.to_string()))?
-        .block_on(generation.check_all());
+        .map_err(|e| StartError::Runtime(e.to_string()))?;
+    runtime
+        .block_on(generation.verifier.ready())
+        .map_err(StartError::Build)?;
+    // Pingora treats a server as healthy until checked: check before serving.
+    runtime.block_on(generation.check_all());
     let routes = generation.routes.len();
     let gateway = Arc::new(Gateway::new(generation, options.config_path.clone(), start));
 

@@ -4,6 +4,7 @@
 
 mod auth;
 mod hardening;
+mod jwks;
 mod lifecycle;
 mod limits;
 mod pools;
