@@ -9,10 +9,10 @@
 //!   ring's reload interval);
 //! - **signing** from `active_from` until a newer key is active;
 //! - **verifying** after that, for as long as the longest token it signed
-//!   may live ([`Ring::retention`]): refresh tokens included, since the auth
-//!   service verifies those with the same ring;
-//! - **expired** then: out of the JWKS, refused, and deleted by the next
-//!   rotation.
+//!   may live ([`Retention`]): refresh tokens included, since the auth
+//!   service verifies those with the same ring. It stays in the JWKS only
+//!   while an access token it signed may live, which is all gateways see;
+//! - **expired** then: refused, and listed as such by `keys list`.
 //!
 //! Private keys never leave this module except as signatures; the JWKS
 //! carries public parameters only.
@@ -127,6 +127,36 @@ impl RingKey {
     }
 }
 
+/// How long superseded keys are kept, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Verifying here: the longest token (refresh tokens included).
+    pub verifying: u64,
+    /// In the JWKS: the longest access token.
+    pub published: u64,
+}
+
+impl Retention {
+    /// From the token lifetimes, with the leeway and the ring's reload
+    /// interval (a replica may sign with a key for that long after another
+    /// replica saw its successor).
+    pub fn new(access_ttl: u64, refresh_ttl: u64) -> Self {
+        let margin = crate::tokens::LEEWAY_SECS.saturating_add(RELOAD.as_secs());
+        Retention {
+            verifying: access_ttl.max(refresh_ttl).saturating_add(margin),
+            published: access_ttl.saturating_add(margin),
+        }
+    }
+
+    /// The same for both, for tests.
+    pub fn both(seconds: u64) -> Self {
+        Retention {
+            verifying: seconds,
+            published: seconds,
+        }
+    }
+}
+
 /// Where a key is in its life at a given moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -140,7 +170,8 @@ pub enum State {
 }
 
 impl State {
-    pub fn published(self) -> bool {
+    /// Whether a key in this state still verifies here.
+    pub fn verifies(self) -> bool {
         self != State::Expired
     }
 }
@@ -148,30 +179,29 @@ impl State {
 /// Every key of the table, ordered by `active_from` (then `kid`).
 pub struct Ring {
     keys: Vec<RingKey>,
-    /// How long a superseded key keeps verifying.
+    /// How long a superseded key keeps verifying here (refresh tokens
+    /// included).
     retention: u64,
+    /// How long a superseded key stays in the JWKS: the longest access
+    /// token's life, which is all a gateway ever verifies.
+    published: u64,
 }
 
 impl Ring {
-    /// The ring of `rows`. A row that cannot be used is an error: a key that
-    /// silently stopped verifying would log people out.
-    pub fn from_rows(rows: &[Row], retention: u64) -> Result<Self, String> {
+    /// The ring of `rows`, keeping superseded keys for `retention` (here)
+    /// and `published` (in the JWKS) seconds. A row that cannot be used is
+    /// an error: a key that silently stopped verifying would log people out.
+    pub fn from_rows(rows: &[Row], retention: Retention) -> Result<Self, String> {
         let mut keys = rows
             .iter()
             .map(RingKey::from_row)
             .collect::<Result<Vec<_>, _>>()?;
         keys.sort_by(|a, b| (a.active_from, &a.kid).cmp(&(b.active_from, &b.kid)));
-        Ok(Ring { keys, retention })
-    }
-
-    /// How long a superseded key verifies: the longest token lifetime, the
-    /// leeway, and the ring's reload interval (a replica may sign with a key
-    /// for that long after another replica saw its successor).
-    pub fn retention(access_ttl: u64, refresh_ttl: u64) -> u64 {
-        access_ttl
-            .max(refresh_ttl)
-            .saturating_add(crate::tokens::LEEWAY_SECS)
-            .saturating_add(RELOAD.as_secs())
+        Ok(Ring {
+            keys,
+            retention: retention.verifying,
+            published: retention.published.min(retention.verifying),
+        })
     }
 
     pub fn keys(&self) -> &[RingKey] {
@@ -200,37 +230,44 @@ impl Ring {
         }
     }
 
-    /// The key that signs at `now`, when it has the `algorithm` asked for.
-    pub fn signing(&self, algorithm: KeyAlgorithm, now: u64) -> Option<&RingKey> {
+    /// The key that signs at `now`, whatever its algorithm: a change of
+    /// algorithm is a rotation (`keys rotate` with the new one), published
+    /// ahead like any other, so replicas configured differently for a while
+    /// still sign with the same key.
+    pub fn signing(&self, now: u64) -> Option<&RingKey> {
         (0..self.keys.len())
             .find(|&i| self.state(i, now) == State::Signing)
             .map(|i| &self.keys[i])
-            .filter(|key| key.algorithm == algorithm)
+    }
+
+    /// Whether the key at `index` is in the JWKS at `now`: pending,
+    /// signing, or superseded for less than the longest access token's life.
+    fn published(&self, index: usize, now: u64) -> bool {
+        match self.state(index, now) {
+            State::Pending | State::Signing => true,
+            State::Verifying { until } => {
+                let superseded = until.saturating_sub(self.retention);
+                now < superseded.saturating_add(self.published)
+            }
+            State::Expired => false,
+        }
     }
 
     /// The key named `kid`, while it may still verify.
     pub fn verifying(&self, kid: &str, now: u64) -> Option<&RingKey> {
         let index = self.keys.iter().position(|k| k.kid == kid)?;
-        self.state(index, now)
-            .published()
-            .then(|| &self.keys[index])
+        self.state(index, now).verifies().then(|| &self.keys[index])
     }
 
-    /// The JWKS document: every published key's public parameters.
+    /// The JWKS document: every published key's public parameters, newest
+    /// first.
     pub fn jwks(&self, now: u64) -> serde_json::Value {
         let keys: Vec<&Jwk> = (0..self.keys.len())
-            .filter(|&i| self.state(i, now).published())
+            .rev()
+            .filter(|&i| self.published(i, now))
             .map(|i| &self.keys[i].jwk)
             .collect();
         serde_json::json!({ "keys": keys })
-    }
-
-    /// Kids of keys that have expired at `now` (to delete).
-    pub fn expired(&self, now: u64) -> Vec<String> {
-        (0..self.keys.len())
-            .filter(|&i| self.state(i, now) == State::Expired)
-            .map(|i| self.keys[i].kid.clone())
-            .collect()
     }
 }
 
@@ -303,9 +340,10 @@ pub async fn load(db: &Db) -> Result<Vec<Row>, sqlx::Error> {
     Ok(rows
         .into_iter()
         .filter_map(|(kid, algorithm, private_key, created_at, active_from)| {
+            // The table's CHECK admits only these three.
             Some(Row {
-                kid,
                 algorithm: KeyAlgorithm::parse(&algorithm)?,
+                kid,
                 private_key,
                 created_at: u64::try_from(created_at).unwrap_or(0),
                 active_from: u64::try_from(active_from).unwrap_or(0),
@@ -323,15 +361,6 @@ pub async fn insert(db: &Db, row: &Row) -> Result<(), sqlx::Error> {
         .bind(&row.private_key)
         .bind(to_i64(row.created_at))
         .bind(to_i64(row.active_from))
-        .execute(pool)
-        .await
-        .map(drop))?;
-    Ok(())
-}
-
-pub async fn delete(db: &Db, kid: &str) -> Result<(), sqlx::Error> {
-    with_db!(db, pool => sqlx::query("DELETE FROM signing_keys WHERE kid = $1")
-        .bind(kid)
         .execute(pool)
         .await
         .map(drop))?;
@@ -359,7 +388,10 @@ mod tests {
                 row("b", KeyAlgorithm::EdDSA, 1_000),
                 row("a", KeyAlgorithm::EdDSA, 100),
             ],
-            500,
+            Retention {
+                verifying: 500,
+                published: 200,
+            },
         )
         .expect("ring");
         assert_eq!(ring.keys()[0].kid, "a", "ordered by activation");
@@ -374,18 +406,24 @@ mod tests {
         for (now, a, b) in cases {
             assert_eq!((ring.state(0, now), ring.state(1, now)), (a, b), "at {now}");
         }
-        assert_eq!(
-            ring.signing(KeyAlgorithm::EdDSA, 500).map(|k| &*k.kid),
-            Some("a")
-        );
-        assert_eq!(
-            ring.signing(KeyAlgorithm::EdDSA, 1_200).map(|k| &*k.kid),
-            Some("b")
-        );
-        assert!(ring.signing(KeyAlgorithm::ES256, 1_200).is_none());
+        assert_eq!(ring.signing(500).map(|k| &*k.kid), Some("a"));
+        assert_eq!(ring.signing(1_200).map(|k| &*k.kid), Some("b"));
         assert!(ring.verifying("a", 1_200).is_some());
+        assert!(ring.verifying("a", 1_499).is_some(), "refresh tokens");
         assert!(ring.verifying("a", 1_500).is_none());
-        assert_eq!(ring.expired(1_500), vec!["a".to_string()]);
+        // Published while an access token it signed may live (200 s), newest
+        // first; the pending key from the start.
+        let kids = |now: u64| -> Vec<String> {
+            ring.jwks(now)["keys"]
+                .as_array()
+                .expect("keys")
+                .iter()
+                .map(|k| k["kid"].as_str().unwrap_or("").to_string())
+                .collect()
+        };
+        assert_eq!(kids(50), vec!["b", "a"]);
+        assert_eq!(kids(1_199), vec!["b", "a"]);
+        assert_eq!(kids(1_200), vec!["b"]);
     }
 
     #[test]
@@ -395,7 +433,7 @@ mod tests {
             row("ec", KeyAlgorithm::ES256, 10),
             row("rsa", KeyAlgorithm::RS256, 20),
         ];
-        let ring = Ring::from_rows(&rows, 1_000).expect("ring");
+        let ring = Ring::from_rows(&rows, Retention::both(1_000)).expect("ring");
         let jwks = ring.jwks(30);
         let keys = jwks["keys"].as_array().expect("keys");
         assert_eq!(keys.len(), 3);
@@ -414,9 +452,9 @@ mod tests {
                 )
             })
             .collect();
-        assert_eq!(kinds, vec![("ed", "OKP"), ("ec", "EC"), ("rsa", "RSA")]);
-        assert_eq!(keys[0]["alg"], "EdDSA");
-        assert_eq!(keys[0]["crv"], "Ed25519");
+        assert_eq!(kinds, vec![("rsa", "RSA"), ("ec", "EC"), ("ed", "OKP")]);
+        assert_eq!(keys[2]["alg"], "EdDSA");
+        assert_eq!(keys[2]["crv"], "Ed25519");
         assert_eq!(keys[1]["crv"], "P-256");
     }
 
@@ -424,7 +462,9 @@ mod tests {
     fn a_damaged_row_is_an_error_naming_its_key() {
         let mut bad = row("x", KeyAlgorithm::EdDSA, 0);
         bad.private_key = "not base64!".into();
-        let error = Ring::from_rows(&[bad], 10).err().expect("refused");
+        let error = Ring::from_rows(&[bad], Retention::both(10))
+            .err()
+            .expect("refused");
         assert!(error.contains("key x"), "{error}");
     }
 }

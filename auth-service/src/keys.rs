@@ -4,22 +4,23 @@
 //! `GET /.well-known/jwks.json`.
 
 use crate::AppState;
-use crate::keyring::{self, RELOAD, Ring, State};
+use crate::keyring::{self, RELOAD, Retention, Ring, State};
 use crate::tokens::{Keys, Signer};
 use axum::extract::State as Extract;
 use axum::http::header;
 use axum::response::IntoResponse;
 use service_kit::Db;
 
-/// Reads the table into `keys`; when the ring signs and no key of its
-/// algorithm is signing now, adds one active at once (a new install, or a
-/// change of algorithm).
+/// Reads the table into `keys`; when the ring signs and no key is signing
+/// now (a new install), adds one of the configured algorithm, active at
+/// once. A key of another algorithm that signs is used as it is: changing
+/// algorithm is a rotation, published ahead like any other.
 pub async fn sync(db: &Db, keys: &Keys) -> Result<(), String> {
     let now = crate::now_unix();
     let mut rows = keyring::load(db).await.map_err(|e| e.to_string())?;
     let mut ring = Ring::from_rows(&rows, keys.retention())?;
     if let Signer::Ring(algorithm) = keys.signer()
-        && ring.signing(algorithm, now).is_none()
+        && ring.signing(now).is_none()
     {
         let row = keyring::new_row(algorithm, now, now)?;
         keyring::insert(db, &row).await.map_err(|e| e.to_string())?;
@@ -43,10 +44,11 @@ pub async fn follow(db: Db, keys: std::sync::Arc<Keys>) {
     }
 }
 
-/// `keys rotate`: adds a key of the ring's algorithm, signing after `lead`
-/// seconds (0: at once), and deletes keys that have expired. Returns what
-/// to print.
-pub async fn rotate(db: &Db, signer: Signer, retention: u64, lead: u64) -> Result<String, String> {
+/// `keys rotate`: adds a key of the configured algorithm, signing after
+/// `lead` seconds (0: at once). Returns what to print. Expired keys are
+/// kept (as `expired` in `keys list`): whether a key has expired depends on
+/// the service's token lifetimes, which this command may not share.
+pub async fn rotate(db: &Db, signer: Signer, lead: u64) -> Result<String, String> {
     let Signer::Ring(algorithm) = signer else {
         return Err(
             "--signing-algorithm is HS256: there is no key ring to rotate (rotate JWT_SECRET_KEY \
@@ -57,11 +59,6 @@ pub async fn rotate(db: &Db, signer: Signer, retention: u64, lead: u64) -> Resul
     let now = crate::now_unix();
     let row = keyring::new_row(algorithm, now, now.saturating_add(lead))?;
     keyring::insert(db, &row).await.map_err(|e| e.to_string())?;
-    let rows = keyring::load(db).await.map_err(|e| e.to_string())?;
-    let ring = Ring::from_rows(&rows, retention)?;
-    for kid in ring.expired(now) {
-        keyring::delete(db, &kid).await.map_err(|e| e.to_string())?;
-    }
     Ok(format!(
         "added key {} ({}), published now, signing from {} (in {lead} s)",
         row.kid,
@@ -71,7 +68,7 @@ pub async fn rotate(db: &Db, signer: Signer, retention: u64, lead: u64) -> Resul
 }
 
 /// `keys list`: one line per key, oldest first.
-pub async fn list(db: &Db, retention: u64) -> Result<String, String> {
+pub async fn list(db: &Db, retention: Retention) -> Result<String, String> {
     let rows = keyring::load(db).await.map_err(|e| e.to_string())?;
     let ring = Ring::from_rows(&rows, retention)?;
     Ok(render(&ring, crate::now_unix()))
@@ -150,7 +147,7 @@ mod tests {
                 row
             })
             .collect();
-        let ring = Ring::from_rows(&rows, 50).expect("ring");
+        let ring = Ring::from_rows(&rows, Retention::both(50)).expect("ring");
         let listing = render(&ring, 160);
         let lines: Vec<&str> = listing.lines().collect();
         assert_eq!(lines.len(), 4, "{listing}");

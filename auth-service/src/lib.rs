@@ -72,7 +72,7 @@ pub async fn build_state(
     let keys = tokens::Keys::new(
         settings.signing_algorithm,
         secret,
-        keyring::Ring::from_rows(&[], 0).map_err(anyhow::Error::msg)?,
+        keyring::Ring::from_rows(&[], keyring::Retention::both(0)).map_err(anyhow::Error::msg)?,
         settings.names(),
         settings.access_ttl,
         settings.refresh_ttl,

@@ -36,7 +36,7 @@ async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> a
     if let Some(Command::Keys { action }) = cli.command {
         let db = auth_service::open_database(&settings).await?;
         let retention =
-            auth_service::keyring::Ring::retention(settings.access_ttl, settings.refresh_ttl);
+            auth_service::keyring::Retention::new(settings.access_ttl, settings.refresh_ttl);
         let printed = match action {
             KeysAction::Rotate { now } => {
                 let lead = if now {
@@ -44,7 +44,7 @@ async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> a
                 } else {
                     auth_service::keys::publication_lead(settings.jwks_max_age)
                 };
-                auth_service::keys::rotate(&db, settings.signing_algorithm, retention, lead).await
+                auth_service::keys::rotate(&db, settings.signing_algorithm, lead).await
             }
             KeysAction::List => auth_service::keys::list(&db, retention).await,
         };
@@ -58,6 +58,12 @@ async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> a
         settings.dev,
         settings.signing_algorithm == Signer::Secret,
     )?;
+    if settings.signing_algorithm != Signer::Secret && secret.is_some() {
+        tracing::warn!(
+            "JWT_SECRET_KEY is set beside the key ring: HS256 tokens signed with it are still \
+             accepted; unset it once the tokens issued before the switch have expired"
+        );
+    }
     if let Some(Secret::Generated(_)) = secret {
         tracing::warn!(
             "JWT_SECRET_KEY is unset: using a random development secret (--dev); \

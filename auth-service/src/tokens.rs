@@ -16,7 +16,7 @@
 //! `exp` and `nbf`, no more. `iss` and `aud`, when present, must be this
 //! service's.
 
-use crate::keyring::{KeyAlgorithm, Ring};
+use crate::keyring::{KeyAlgorithm, Retention, Ring};
 use arc_swap::ArcSwap;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -131,7 +131,8 @@ impl Keys {
         Self::new(
             Signer::Secret,
             Some(secret),
-            Ring::from_rows(&[], 0).unwrap_or_else(|_| unreachable!("an empty ring is valid")),
+            Ring::from_rows(&[], Retention::both(0))
+                .unwrap_or_else(|_| unreachable!("an empty ring is valid")),
             default_names(),
             access_ttl,
             refresh_ttl,
@@ -173,8 +174,8 @@ impl Keys {
     }
 
     /// How long a superseded ring key keeps verifying.
-    pub fn retention(&self) -> u64 {
-        Ring::retention(self.access_ttl, self.refresh_ttl)
+    pub fn retention(&self) -> Retention {
+        Retention::new(self.access_ttl, self.refresh_ttl)
     }
 
     /// Signs a token of `token_type` for `user_id`, valid from `now`.
@@ -222,14 +223,14 @@ impl Keys {
                     .ok_or("no HS256 secret is configured")?;
                 jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)
             }
-            Signer::Ring(algorithm) => {
+            Signer::Ring(_) => {
                 let ring = self.ring.load();
                 // The key signing at this moment, whatever `now` the claims
                 // are dated from.
-                let key = ring.signing(algorithm, crate::now_unix()).ok_or_else(|| {
-                    format!("the key ring has no {} key signing now", algorithm.name())
-                })?;
-                let mut header = Header::new(algorithm.jwt());
+                let key = ring
+                    .signing(crate::now_unix())
+                    .ok_or("the key ring has no key signing now")?;
+                let mut header = Header::new(key.algorithm.jwt());
                 header.kid = Some(key.kid.clone());
                 jsonwebtoken::encode(&header, &claims, key.encoding())
             }
@@ -527,7 +528,7 @@ mod tests {
 
     fn ring_keys(algorithm: KeyAlgorithm, secret: Option<&[u8]>) -> Keys {
         let row = crate::keyring::new_row(algorithm, 0, 0).expect("key");
-        let ring = Ring::from_rows(&[row], 1_000).expect("ring");
+        let ring = Ring::from_rows(&[row], Retention::both(1_000)).expect("ring");
         Keys::new(
             Signer::Ring(algorithm),
             secret,

@@ -187,7 +187,7 @@ impl Config {
             }
             _ => {}
         }
-        for (key, message) in crate::jwks::check(&self.auth, protected) {
+        for (key, message) in crate::jwks::check(&self.auth) {
             error(key, message);
         }
         within(

@@ -182,7 +182,7 @@ impl Auth {
 }
 
 /// Every problem of the jwks keys, as (key under `auth`, message).
-pub fn check(auth: &Auth, protected: bool) -> Vec<(String, String)> {
+pub fn check(auth: &Auth) -> Vec<(String, String)> {
     let mut problems = Vec::new();
     let mut problem = |key: &str, message: String| problems.push((format!("auth.{key}"), message));
     if auth.mode != AuthMode::Jwks {
@@ -192,7 +192,7 @@ pub fn check(auth: &Auth, protected: bool) -> Vec<(String, String)> {
         return problems;
     }
     match &auth.jwks_url {
-        None if protected => problem("jwks_url", "is required in jwks mode".into()),
+        None => problem("jwks_url", "is required in jwks mode".into()),
         Some(url) if !url_ok(url) => problem(
             "jwks_url",
             format!("{url:?} must be an http:// or https:// URL"),
@@ -200,7 +200,7 @@ pub fn check(auth: &Auth, protected: bool) -> Vec<(String, String)> {
         _ => {}
     }
     match &auth.issuer {
-        None if protected => problem(
+        None => problem(
             "issuer",
             "is required in jwks mode: tokens whose `iss` is not this are refused".into(),
         ),
@@ -210,7 +210,7 @@ pub fn check(auth: &Auth, protected: bool) -> Vec<(String, String)> {
         _ => {}
     }
     match &auth.audiences {
-        None if protected => problem(
+        None => problem(
             "audiences",
             "is required in jwks mode: tokens whose `aud` names none of these are refused".into(),
         ),

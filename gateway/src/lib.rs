@@ -43,3 +43,4 @@ pub mod router;
 pub mod rules;
 pub mod settings;
 pub mod shared_limits;
+pub mod status;

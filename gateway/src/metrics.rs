@@ -93,6 +93,15 @@ fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
 impl Metrics {
     /// Counts one verify cache lookup by its result: `hit`, `miss`,
     /// `coalesced` or `expired` (the labels registered, in that order).
+    /// Verdict lookups answered without asking (hits and coalesced) and
+    /// those that asked (misses), since start.
+    pub fn verify_counts(&self) -> (u64, u64) {
+        (
+            self.verify_cache[0].get() + self.verify_cache[2].get(),
+            self.verify_cache[1].get(),
+        )
+    }
+
     pub fn verify_result(&self, result: &str) {
         let index = match result {
             "hit" => 0,

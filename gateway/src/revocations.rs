@@ -52,8 +52,10 @@ const DEFAULT_KEEP: u64 = 86_400;
 
 impl Message {
     /// What the revoked set keeps, at `now` when the message gave no time.
+    /// `at` is taken at most five minutes ahead of this clock, and `until`
+    /// at most a week ahead: a message cannot lock a user out for good.
     pub fn revocation(&self, now: u64) -> Revocation {
-        let at = self.at.unwrap_or(now);
+        let at = self.at.unwrap_or(now).min(now.saturating_add(300));
         Revocation {
             user_id: self.user_id.clone(),
             sid: self.sid.clone(),
@@ -61,7 +63,7 @@ impl Message {
             until: self
                 .until
                 .unwrap_or_else(|| at.saturating_add(DEFAULT_KEEP))
-                .min(at.saturating_add(7 * DEFAULT_KEEP)),
+                .min(now.saturating_add(7 * DEFAULT_KEEP)),
         }
     }
 }
@@ -124,13 +126,16 @@ pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 pub enum AdminRequest {
     /// An authenticated revocation.
     Revoke(Message),
+    /// An authenticated `GET /status` (or `HEAD`).
+    Status,
     /// Refused: status, error code, message.
     Refused(u16, &'static str, &'static str),
 }
 
-/// Judges a request to the admin listener. Only `POST /revocations` with
-/// `Authorization: Bearer <GATEWAY_ADMIN_TOKEN>` and a body naming one user
-/// is accepted; the token is compared in constant time.
+/// Judges a request to the admin listener: `POST /revocations` with a body
+/// naming one user, or `GET /status`, each with `Authorization: Bearer
+/// <GATEWAY_ADMIN_TOKEN>` (compared in constant time); anything else is
+/// refused.
 pub fn admin_request(
     method: &str,
     path: &str,
@@ -138,17 +143,27 @@ pub fn admin_request(
     body: &[u8],
     token: &str,
 ) -> AdminRequest {
-    if path != "/revocations" {
-        return AdminRequest::Refused(404, "not_found", "no such resource");
-    }
-    if method != "POST" {
-        return AdminRequest::Refused(405, "method_not_allowed", "use POST");
+    let allowed = match path {
+        "/revocations" => "POST",
+        "/status" => "GET",
+        _ => return AdminRequest::Refused(404, "not_found", "no such resource"),
+    };
+    if method != allowed && !(allowed == "GET" && method == "HEAD") {
+        let message = if allowed == "POST" {
+            "use POST"
+        } else {
+            "use GET"
+        };
+        return AdminRequest::Refused(405, "method_not_allowed", message);
     }
     let presented = authorization
         .and_then(|value| value.strip_prefix(b"Bearer "))
         .unwrap_or_default();
     if !same(presented, token.as_bytes()) {
         return AdminRequest::Refused(401, "unauthenticated", "a valid admin token is required");
+    }
+    if path == "/status" {
+        return AdminRequest::Status;
     }
     match message(body) {
         Some(message) => AdminRequest::Revoke(message),
@@ -194,7 +209,9 @@ pub fn in_force_key(channel: &str) -> String {
 }
 
 /// Reads the revocations still in force into `verifier`'s set: those
-/// published while this gateway was away or not yet started.
+/// published while this gateway was away or not yet started. Only for
+/// verifiers that check tokens themselves; the others ask the auth service,
+/// which knows them all.
 async fn catch_up(
     verifier: &Verifier,
     connection: &mut redis::aio::MultiplexedConnection,
@@ -261,8 +278,21 @@ pub async fn follow(
             let mut acks = client.get_multiplexed_async_connection().await?;
             let acks_channel = acks_channel(&subscription.channel);
             // Subscribed first, then the list read: a revocation published
-            // in between is in both, and recording it twice is harmless.
-            let caught_up = catch_up(&current(), &mut acks, &subscription.channel).await?;
+            // in between is in both, and recording it twice is harmless. A
+            // failed read leaves a jwks-mode verifier refusing older tokens
+            // (unsynced) and never stops the subscription itself.
+            let verifier = current();
+            let caught_up = if verifier.checks_tokens_itself() {
+                match catch_up(&verifier, &mut acks, &subscription.channel).await {
+                    Ok(read) => read,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read the revocations in force; older tokens stay refused");
+                        0
+                    }
+                }
+            } else {
+                0
+            };
             if connections > 0 {
                 current().clear();
                 tracing::warn!(
@@ -307,7 +337,10 @@ pub async fn follow(
                 // Revocations published from now on may be missed until the
                 // list in force is read again; a verifier that checks
                 // tokens itself refuses older ones meanwhile.
+                // Cached grants go too: a revocation missed from now on must
+                // not be outlived by a grant cached before.
                 let verifier = current();
+                verifier.clear();
                 if verifier.checks_signatures_with_keys() {
                     verifier.revoked().unsynced(crate::auth::unix_now());
                 }
@@ -445,7 +478,7 @@ mod tests {
         assert_eq!(full.sid.as_deref(), Some("ab12_-Z"));
         assert_eq!(full.id.as_deref(), Some("x-1"));
         assert_eq!(
-            full.revocation(5),
+            full.revocation(1_000),
             Revocation {
                 user_id: "7".into(),
                 sid: Some("ab12_-Z".into()),

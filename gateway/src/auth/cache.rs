@@ -173,6 +173,12 @@ impl Verifier {
         self.source.is_jwks()
     }
 
+    /// Whether tokens are checked here rather than asked about (local and
+    /// jwks modes), and so whether revocations must be kept here.
+    pub fn checks_tokens_itself(&self) -> bool {
+        !self.source.is_remote()
+    }
+
     /// Ready to verify (in jwks mode: keys fetched); the error says why not.
     pub async fn ready(&self) -> Result<(), String> {
         self.source.ready().await

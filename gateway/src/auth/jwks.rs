@@ -100,7 +100,13 @@ impl KeySet {
         let document: Document =
             serde_json::from_slice(body).map_err(|e| format!("not a JWKS document: {e}"))?;
         let mut keys = HashMap::new();
-        for value in document.keys.into_iter().take(MAX_KEYS) {
+        // Usable keys are counted against the bound, so that keys of other
+        // kinds listed first never push the signing key out.
+        for value in document.keys {
+            if keys.len() == MAX_KEYS {
+                tracing::warn!(kept = MAX_KEYS, "the JWKS lists more keys than are kept");
+                break;
+            }
             let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
                 continue;
             };

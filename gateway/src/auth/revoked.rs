@@ -17,6 +17,15 @@ use std::sync::Mutex;
 /// Live entries kept before the set turns into a floor.
 pub const CAPACITY: usize = 100_000;
 
+/// Revoked sessions kept per user; past this, the user's every token up
+/// to the newest revocation is refused instead (one entry), so one account
+/// logging in and out cannot fill the set.
+pub const SESSIONS_PER_USER: u32 = 16;
+
+/// Kept past a revocation's `until`: the longest `auth.leeway` a gateway
+/// allows past `exp` (5 minutes), which also covers clocks apart by less.
+pub const MARGIN: u64 = 300;
+
 /// One revocation, as the channel (or the admin listener) states it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revocation {
@@ -47,7 +56,10 @@ pub enum Refused {
 
 #[derive(Default)]
 struct Inner {
-    sessions: HashMap<Box<str>, u64>,
+    /// Session → (its user, kept until).
+    sessions: HashMap<Box<str>, (Box<str>, u64)>,
+    /// Revoked sessions kept, per user.
+    per_user: HashMap<Box<str>, u32>,
     /// User → (tokens issued before this are refused, kept until).
     users: HashMap<Box<str>, (u64, u64)>,
     /// From overflow: tokens issued before this are refused, for good.
@@ -73,13 +85,19 @@ impl Revoked {
     }
 
     fn record_bounded(&self, revocation: &Revocation, now: u64, capacity: usize) {
-        if revocation.until <= now {
+        let until = revocation.until.saturating_add(MARGIN);
+        if until <= now {
             return;
         }
         let mut inner = lock(&self.inner);
         if inner.sessions.len() + inner.users.len() >= capacity {
-            inner.sessions.retain(|_, until| *until > now);
+            inner.sessions.retain(|_, (_, until)| *until > now);
             inner.users.retain(|_, (_, until)| *until > now);
+            let mut per_user: HashMap<Box<str>, u32> = HashMap::new();
+            for (user, _) in inner.sessions.values() {
+                *per_user.entry(user.clone()).or_default() += 1;
+            }
+            inner.per_user = per_user;
             if inner.sessions.len() + inner.users.len() >= capacity {
                 // Everything issued up to now must be refreshed; the entries
                 // are no longer needed to refuse it.
@@ -89,15 +107,28 @@ impl Revoked {
                 );
                 inner.floor = inner.floor.max(now.saturating_add(1));
                 inner.sessions.clear();
+                inner.per_user.clear();
                 inner.users.clear();
             }
         }
+        let user: &str = &revocation.user_id;
+        let crowded = inner
+            .per_user
+            .get(user)
+            .is_some_and(|n| *n >= SESSIONS_PER_USER);
         match &revocation.sid {
-            Some(sid) => {
-                let until = inner.sessions.entry(sid.as_str().into()).or_insert(0);
-                *until = (*until).max(revocation.until);
+            Some(sid) if !crowded || inner.sessions.contains_key(sid.as_str()) => {
+                let entry = inner
+                    .sessions
+                    .entry(sid.as_str().into())
+                    .or_insert_with(|| (user.into(), 0));
+                let fresh = entry.1 == 0;
+                entry.1 = entry.1.max(until);
+                if fresh {
+                    *inner.per_user.entry(user.into()).or_default() += 1;
+                }
             }
-            None => {
+            _ => {
                 // A token issued in the revocation's second may be newer or
                 // older than it: refused either way (its holder refreshes).
                 let before = revocation.at.saturating_add(1);
@@ -106,7 +137,7 @@ impl Revoked {
                     .entry(revocation.user_id.as_str().into())
                     .or_insert((0, 0));
                 entry.0 = entry.0.max(before);
-                entry.1 = entry.1.max(revocation.until);
+                entry.1 = entry.1.max(until);
             }
         }
     }
@@ -132,7 +163,10 @@ impl Revoked {
             return Some(Refused::Floor);
         }
         if let Some(sid) = facts.sid
-            && inner.sessions.get(sid).is_some_and(|until| *until > now)
+            && inner
+                .sessions
+                .get(sid)
+                .is_some_and(|(_, until)| *until > now)
         {
             return Some(Refused::Session);
         }
@@ -195,7 +229,7 @@ mod tests {
             ),
             (facts("7", Some("s2"), Some(990)), 1_050, None),
             (facts("7", None, Some(990)), 1_050, None),
-            (facts("7", Some("s1"), Some(990)), 1_100, None),
+            (facts("7", Some("s1"), Some(990)), 1_100 + MARGIN, None),
             (
                 facts("8", Some("s9"), Some(999)),
                 1_050,
@@ -204,7 +238,7 @@ mod tests {
             (facts("8", None, Some(1_000)), 1_050, Some(Refused::User)),
             (facts("8", None, Some(1_001)), 1_050, None),
             (facts("8", None, None), 1_050, Some(Refused::User)),
-            (facts("8", None, Some(999)), 1_100, None),
+            (facts("8", None, Some(999)), 1_100 + MARGIN, None),
         ];
         for (i, (facts, now, expected)) in cases.into_iter().enumerate() {
             assert_eq!(set.refuses(facts, now), expected, "case {i}");
@@ -232,8 +266,8 @@ mod tests {
         // Expired entries make room without a floor.
         let set = Revoked::default();
         set.record_bounded(&session("1", "a", 0), 0, 1);
-        set.record_bounded(&session("2", "b", 200), 200, 1);
-        assert_eq!(set.refuses(facts("1", Some("z"), Some(1)), 210), None);
+        set.record_bounded(&session("2", "b", 500), 500, 1);
+        assert_eq!(set.refuses(facts("1", Some("z"), Some(1)), 510), None);
         assert_eq!(set.len(), 1);
     }
 
@@ -252,5 +286,28 @@ mod tests {
         );
         set.synced();
         assert_eq!(set.refuses(facts("1", None, Some(999)), 1_001), None);
+    }
+
+    #[test]
+    fn one_user_logging_out_again_and_again_takes_a_bounded_share() {
+        let set = Revoked::default();
+        for i in 0..1_000 {
+            set.record(&session("9", &format!("s{i}"), 1_000 + i), 1_000 + i);
+        }
+        assert!(set.len() <= SESSIONS_PER_USER as usize + 1, "{}", set.len());
+        // Every session of that user issued before the last logout is
+        // refused; other users are untouched.
+        for i in [0, 500, 998] {
+            let sid = format!("s{i}");
+            assert!(
+                set.refuses(facts("9", Some(&sid), Some(1_000 + i)), 2_000)
+                    .is_some(),
+                "{sid}"
+            );
+        }
+        assert_eq!(
+            set.refuses(facts("10", Some("x"), Some(1_000)), 2_000),
+            None
+        );
     }
 }

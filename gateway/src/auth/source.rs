@@ -114,6 +114,10 @@ impl Source {
         matches!(self, Source::Jwks(_))
     }
 
+    pub(super) fn is_remote(&self) -> bool {
+        matches!(self, Source::Remote { .. })
+    }
+
     /// Keeps the JWKS fresh (a background fetch when due) and says whether
     /// keys left it since this was last asked.
     pub(super) fn keys_removed(&self) -> bool {

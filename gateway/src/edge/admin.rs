@@ -1,16 +1,78 @@
 //! The admin listener: revocations reported by the auth service when there
-//! is no Redis between them. The decision is `revocations::admin_request`.
+//! is no Redis between them, and the status page. The decision is
+//! `revocations::admin_request`; the page is `status`.
 
 use super::generation::Gateway;
 use crate::metrics;
+use crate::status::{self, CacheRow, RevocationRow, RouteRow, ServerRow, Status, UpstreamRow};
 use async_trait::async_trait;
 use std::sync::Arc;
 
 /// The admin listener: revocations reported by the auth service when there
-/// is no Redis between them. The decision is `revocations::admin_request`.
+/// is no Redis between them, and `GET /status`.
 pub struct Admin {
     pub gateway: Arc<Gateway>,
     pub token: String,
+    /// Whether revocations are followed on Redis (for the status page).
+    pub redis: bool,
+}
+
+/// The state of the generation in force, for the status page.
+fn gather(gateway: &Gateway, redis: bool) -> Status {
+    let generation = gateway.current.load();
+    let routes = generation
+        .config
+        .routes
+        .iter()
+        .map(|route| RouteRow {
+            prefix: route.prefix.as_str().to_owned(),
+            hosts: route.hosts.iter().map(|h| h.text()).collect(),
+            methods: route.methods.iter().map(|m| m.0.clone()).collect(),
+            access: route.access.name(),
+            roles: route.roles.clone(),
+            target: match (&route.upstream, &route.redirect, &route.respond) {
+                (Some(upstream), _, _) => upstream.clone(),
+                (None, Some(redirect), _) => format!("redirect to {}", redirect.to),
+                (None, None, Some(respond)) => format!("respond {}", respond.status),
+                _ => String::new(),
+            },
+        })
+        .collect();
+    let mut upstreams: Vec<UpstreamRow> = generation
+        .pools
+        .iter()
+        .map(|(name, pool)| {
+            let servers: Vec<ServerRow> = pool
+                .health()
+                .into_iter()
+                .map(|(address, healthy)| ServerRow { address, healthy })
+                .collect();
+            UpstreamRow {
+                name: name.clone(),
+                healthy: servers.iter().filter(|s| s.healthy).count(),
+                servers,
+            }
+        })
+        .collect();
+    upstreams.sort_by(|a, b| a.name.cmp(&b.name));
+    let m = metrics::get();
+    let (hits, misses) = m.verify_counts();
+    Status {
+        generation: generation.number,
+        loaded_at: status::timestamp(generation.loaded_at),
+        routes,
+        upstreams,
+        verdict_cache: CacheRow::new(generation.verifier.cached(), hits, misses),
+        revocations: RevocationRow {
+            redis: match (redis, m.revocation_subscribed.get()) {
+                (false, _) => "not configured",
+                (true, 1) => "subscribed",
+                (true, _) => "down",
+            },
+            admin_listener: true,
+        },
+        reloads: gateway.reloads.newest_first(),
+    }
 }
 
 /// Admin request bodies are one small JSON object.
@@ -47,7 +109,23 @@ impl pingora::apps::http_app::ServeHttp for Admin {
                 &self.token,
             )
         };
+        let accept = request
+            .headers
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let head = request.method == http::Method::HEAD;
+        let mut content_type = "application/json";
         let (status, json) = match decision {
+            AdminRequest::Status => {
+                let page = gather(&self.gateway, self.redis);
+                if status::wants_json(accept.as_deref()) {
+                    (200, serde_json::to_string(&page).unwrap_or_default())
+                } else {
+                    content_type = "text/html; charset=utf-8";
+                    (200, status::html(&page))
+                }
+            }
             AdminRequest::Revoke(message) => {
                 metrics::get().revocations.inc();
                 let purged = crate::revocations::apply(
@@ -63,13 +141,30 @@ impl pingora::apps::http_app::ServeHttp for Admin {
             }
         };
         let length = json.len();
-        let mut response = http::Response::new(json.into_bytes());
+        let body = if head { Vec::new() } else { json.into_bytes() };
+        let mut response = http::Response::new(body);
         *response.status_mut() =
             http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
         let headers = response.headers_mut();
         headers.insert(
             http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
+            http::HeaderValue::from_static(content_type),
+        );
+        // The page holds the deployment's shape: never cached, never framed,
+        // no script, styles inline only.
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        );
+        headers.insert(
+            http::header::X_CONTENT_TYPE_OPTIONS,
+            http::HeaderValue::from_static("nosniff"),
+        );
+        headers.insert(
+            http::header::CONTENT_SECURITY_POLICY,
+            http::HeaderValue::from_static(
+                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+            ),
         );
         headers.insert(
             http::header::CONTENT_LENGTH,

@@ -22,6 +22,10 @@ pub struct Generation {
     pub verifier: Arc<auth::Verifier>,
     /// The HTTPS listener's certificates, read with this generation's file.
     pub certificate: Option<Arc<tls::Certificates>>,
+    /// 1 for the first table this process loaded, then one more per reload.
+    pub number: u64,
+    /// When it was built (seconds since the epoch).
+    pub loaded_at: u64,
     stop: watch::Sender<bool>,
 }
 
@@ -86,6 +90,8 @@ impl Generation {
             pools,
             verifier,
             certificate,
+            number: previous.map_or(1, |p| p.number + 1),
+            loaded_at: crate::auth::unix_now(),
             stop,
         })
     }
@@ -137,6 +143,8 @@ pub struct Gateway {
     pub start: Start,
     /// WebSocket tunnels open, by user id; they outlive generations.
     pub tunnels: Arc<connections::Counts<String>>,
+    /// The last reloads and their results, for the status page.
+    pub reloads: crate::status::Reloads,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +163,7 @@ impl Gateway {
             config_path,
             start,
             tunnels: Arc::default(),
+            reloads: crate::status::Reloads::default(),
         }
     }
 

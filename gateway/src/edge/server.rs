@@ -204,6 +204,7 @@ pub fn run(options: Launch, hangups: mpsc::UnboundedReceiver<()>) -> Result<(), 
             Admin {
                 gateway: Arc::clone(&gateway),
                 token,
+                redis: options.revocations.is_some(),
             },
         );
         service.add_tcp(admin_listen);
@@ -312,10 +313,17 @@ impl Control {
                 }),
             Err(errors) => Err(ReloadError::Invalid(errors)),
         };
+        let at = crate::status::timestamp(crate::auth::unix_now());
         match outcome {
             Ok(routes) => {
                 metrics::get().reloads.with_label_values(&["applied"]).inc();
                 tracing::info!(trigger, routes, "routes reloaded");
+                self.gateway.reloads.record(crate::status::Reload {
+                    at,
+                    trigger: trigger.to_owned(),
+                    result: "applied",
+                    detail: format!("{routes} routes"),
+                });
             }
             Err(error) => {
                 metrics::get()
@@ -327,6 +335,12 @@ impl Control {
                     ReloadError::Build(message) => message.clone(),
                 };
                 tracing::error!(trigger, error = %detail, "reload refused; the current routes stay in force");
+                self.gateway.reloads.record(crate::status::Reload {
+                    at,
+                    trigger: trigger.to_owned(),
+                    result: "rejected",
+                    detail,
+                });
             }
         }
     }
