@@ -10,6 +10,7 @@ mod limits;
 mod pools;
 mod revocations;
 mod sites;
+mod status;
 mod support;
 mod tls;
 mod upstreams;
