@@ -31,6 +31,9 @@ pub struct Metrics {
     pub revoked_entries: IntCounter,
     /// 1 while the revocation channel is subscribed.
     pub revocation_subscribed: IntGauge,
+    /// 1 when revocations are followed on Redis (so that 0 above means a
+    /// subscription down, not one never configured).
+    pub revocation_configured: IntGauge,
     /// JWKS fetches (jwks mode), by trigger (start, max_age, unknown_kid)
     /// and result (ok, failed).
     pub jwks_fetches: IntCounterVec,
@@ -119,7 +122,7 @@ pub fn get() -> &'static Metrics {
         let buckets = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ];
-        Metrics {
+        let metrics = Metrics {
             requests: counter_vec(
                 "portcullis_requests_total",
                 "Requests answered, by route prefix and status.",
@@ -193,6 +196,13 @@ pub fn get() -> &'static Metrics {
                 )
                 .unwrap_or_else(|e| unreachable!("well-formed: {e}")),
             ),
+            revocation_configured: register(
+                IntGauge::new(
+                    "portcullis_revocation_configured",
+                    "1 when revocations are followed on Redis.",
+                )
+                .unwrap_or_else(|e| unreachable!("well-formed: {e}")),
+            ),
             jwks_fetches: counter_vec(
                 "portcullis_jwks_fetches_total",
                 "JWKS fetches, by trigger and result.",
@@ -260,7 +270,13 @@ pub fn get() -> &'static Metrics {
                 "portcullis_access_log_dropped_total",
                 "Access-log lines dropped because writing them could not keep up.",
             ),
+        };
+        // Series that alerts compare over time exist from the start at 0:
+        // `increase()` cannot see a series' first sample.
+        for result in ["applied", "rejected"] {
+            metrics.reloads.with_label_values(&[result]);
         }
+        metrics
     })
 }
 /// The status labels of `portcullis_requests_total`: the common codes one

@@ -143,6 +143,14 @@ pub fn admin_request(
     body: &[u8],
     token: &str,
 ) -> AdminRequest {
+    // The token first: without it, nothing about the listener (not even
+    // which paths exist) is answered.
+    let presented = authorization
+        .and_then(|value| value.strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    if !same(presented, token.as_bytes()) {
+        return AdminRequest::Refused(401, "unauthenticated", "a valid admin token is required");
+    }
     let allowed = match path {
         "/revocations" => "POST",
         "/status" => "GET",
@@ -155,12 +163,6 @@ pub fn admin_request(
             "use GET"
         };
         return AdminRequest::Refused(405, "method_not_allowed", message);
-    }
-    let presented = authorization
-        .and_then(|value| value.strip_prefix(b"Bearer "))
-        .unwrap_or_default();
-    if !same(presented, token.as_bytes()) {
-        return AdminRequest::Refused(401, "unauthenticated", "a valid admin token is required");
     }
     if path == "/status" {
         return AdminRequest::Status;
@@ -370,6 +372,7 @@ mod tests {
     fn only_an_authenticated_post_naming_a_user_revokes() {
         let token = "t".repeat(40);
         let good = format!("Bearer {token}");
+        let lower = format!("bearer {token}");
         let body = br#"{"user_id":7}"#.as_slice();
         type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a [u8], AdminRequest);
         let cases: Vec<Case> = vec![
@@ -437,6 +440,50 @@ mod tests {
                 "/metrics",
                 Some(&good),
                 body,
+                AdminRequest::Refused(404, "not_found", "no such resource"),
+            ),
+            (
+                "GET",
+                "/metrics",
+                None,
+                b"",
+                AdminRequest::Refused(401, "unauthenticated", "a valid admin token is required"),
+            ),
+            ("GET", "/status", Some(&good), b"", AdminRequest::Status),
+            ("HEAD", "/status", Some(&good), b"", AdminRequest::Status),
+            (
+                "GET",
+                "/status",
+                None,
+                b"",
+                AdminRequest::Refused(401, "unauthenticated", "a valid admin token is required"),
+            ),
+            (
+                "GET",
+                "/status",
+                Some(&lower),
+                b"",
+                AdminRequest::Refused(401, "unauthenticated", "a valid admin token is required"),
+            ),
+            (
+                "POST",
+                "/status",
+                Some(&good),
+                b"",
+                AdminRequest::Refused(405, "method_not_allowed", "use GET"),
+            ),
+            (
+                "GET",
+                "//status",
+                Some(&good),
+                b"",
+                AdminRequest::Refused(404, "not_found", "no such resource"),
+            ),
+            (
+                "GET",
+                "/status/",
+                Some(&good),
+                b"",
                 AdminRequest::Refused(404, "not_found", "no such resource"),
             ),
         ];

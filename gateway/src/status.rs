@@ -113,6 +113,19 @@ impl Reloads {
     }
 }
 
+/// `text` cut to at most `max` bytes (on a character boundary), saying how
+/// much was left out.
+pub fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} … ({} more bytes)", &text[..end], text.len() - end)
+}
+
 /// Now, or `secs` since the epoch, as RFC 3339 (UTC, whole seconds).
 pub fn timestamp(secs: u64) -> String {
     // Civil date from days since the epoch (Howard Hinnant's algorithm).
@@ -369,6 +382,13 @@ mod tests {
         for (accept, json) in cases {
             assert_eq!(wants_json(accept), json, "{accept:?}");
         }
+    }
+
+    #[test]
+    fn long_details_are_cut_on_a_character() {
+        assert_eq!(bounded("short", 10), "short");
+        let cut = bounded(&"é".repeat(10), 5);
+        assert_eq!(cut, "éé … (16 more bytes)");
     }
 
     #[test]

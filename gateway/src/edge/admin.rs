@@ -19,7 +19,7 @@ pub struct Admin {
 
 /// The state of the generation in force, for the status page.
 fn gather(gateway: &Gateway, redis: bool) -> Status {
-    let generation = gateway.current.load();
+    let generation = gateway.current.load_full();
     let routes = generation
         .config
         .routes
@@ -156,6 +156,12 @@ impl pingora::apps::http_app::ServeHttp for Admin {
             http::header::CACHE_CONTROL,
             http::HeaderValue::from_static("no-store"),
         );
+        if status == 401 {
+            headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+        }
         headers.insert(
             http::header::X_CONTENT_TYPE_OPTIONS,
             http::HeaderValue::from_static("nosniff"),

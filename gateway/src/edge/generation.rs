@@ -194,6 +194,22 @@ impl Gateway {
         super::apply_head_limits(&next.config);
         let previous = self.current.swap(Arc::new(next));
         previous.retire();
+        // Servers (and pools) that left the file leave the health gauge:
+        // a dead server no longer configured must not keep an alert firing.
+        let current = self.current.load();
+        let gauge = &crate::metrics::get().upstream_healthy;
+        for (name, pool) in &previous.pools {
+            let kept = current
+                .pools
+                .get(name)
+                .map(|p| p.health())
+                .unwrap_or_default();
+            for (address, _) in pool.health() {
+                if !kept.iter().any(|(a, _)| *a == address) {
+                    let _ = gauge.remove_label_values(&[name.as_str(), address.as_str()]);
+                }
+            }
+        }
         Ok(routes)
     }
 }

@@ -128,6 +128,9 @@ pub fn run(options: Launch, hangups: mpsc::UnboundedReceiver<()>) -> Result<(), 
         // tokens issued before now are refused until then, and refreshed.
         start.revoked.unsynced(crate::auth::unix_now());
     }
+    metrics::get()
+        .revocation_configured
+        .set(i64::from(options.revocations.is_some()));
     let generation = std::panic::catch_unwind(|| Generation::build(config, None, &start))
         .unwrap_or_else(|panic| Err(super::generation::panic_message(&*panic)))
         .map_err(StartError::Build)?;
@@ -334,12 +337,15 @@ impl Control {
                     ReloadError::Invalid(errors) => one_line(errors),
                     ReloadError::Build(message) => message.clone(),
                 };
+                // The page keeps a bounded part: a huge bad file lists
+                // thousands of errors.
+                let kept = crate::status::bounded(&detail, 4096);
                 tracing::error!(trigger, error = %detail, "reload refused; the current routes stay in force");
                 self.gateway.reloads.record(crate::status::Reload {
                     at,
                     trigger: trigger.to_owned(),
                     result: "rejected",
-                    detail,
+                    detail: kept,
                 });
             }
         }
