@@ -137,11 +137,11 @@ pub struct Retention {
 }
 
 impl Retention {
-    /// From the token lifetimes, with the leeway and the ring's reload
-    /// interval (a replica may sign with a key for that long after another
-    /// replica saw its successor).
-    pub fn new(access_ttl: u64, refresh_ttl: u64) -> Self {
-        let margin = crate::tokens::LEEWAY_SECS.saturating_add(RELOAD.as_secs());
+    /// From the token lifetimes, with the clock leeway verification allows
+    /// and the ring's reload interval (a replica may sign with a key for
+    /// that long after another replica saw its successor).
+    pub fn new(access_ttl: u64, refresh_ttl: u64, leeway: u64) -> Self {
+        let margin = leeway.saturating_add(RELOAD.as_secs());
         Retention {
             verifying: access_ttl.max(refresh_ttl).saturating_add(margin),
             published: access_ttl.saturating_add(margin),

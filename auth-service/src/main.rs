@@ -35,8 +35,11 @@ async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> a
 
     if let Some(Command::Keys { action }) = cli.command {
         let db = auth_service::open_database(&settings).await?;
-        let retention =
-            auth_service::keyring::Retention::new(settings.access_ttl, settings.refresh_ttl);
+        let retention = auth_service::keyring::Retention::new(
+            settings.access_ttl,
+            settings.refresh_ttl,
+            auth_service::tokens::LEEWAY_SECS,
+        );
         let printed = match action {
             KeysAction::Rotate { now } => {
                 let lead = if now {

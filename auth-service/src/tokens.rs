@@ -175,7 +175,7 @@ impl Keys {
 
     /// How long a superseded ring key keeps verifying.
     pub fn retention(&self) -> Retention {
-        Retention::new(self.access_ttl, self.refresh_ttl)
+        Retention::new(self.access_ttl, self.refresh_ttl, LEEWAY_SECS)
     }
 
     /// Signs a token of `token_type` for `user_id`, valid from `now`.

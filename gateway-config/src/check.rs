@@ -187,7 +187,7 @@ impl Config {
             }
             _ => {}
         }
-        for (key, message) in crate::jwks::check(&self.auth) {
+        for (key, message) in jwks_problems(&self.auth) {
             error(key, message);
         }
         within(
@@ -570,4 +570,59 @@ impl Config {
             }
         }
     }
+}
+
+/// Every problem of the jwks-mode keys of `auth` (`jwks.rs`), as (key,
+/// message).
+fn jwks_problems(auth: &Auth) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let mut problem = |key: &str, message: String| problems.push((format!("auth.{key}"), message));
+    if auth.mode != AuthMode::Jwks {
+        for key in auth.jwks_keys_set() {
+            problem(key, "is only read in jwks mode (auth.mode: jwks)".into());
+        }
+        return problems;
+    }
+    match &auth.jwks_url {
+        None => problem("jwks_url", "is required in jwks mode".into()),
+        Some(url) if !crate::jwks::url_ok(url) => problem(
+            "jwks_url",
+            format!("{url:?} must be an http:// or https:// URL"),
+        ),
+        _ => {}
+    }
+    match &auth.issuer {
+        None => problem(
+            "issuer",
+            "is required in jwks mode: tokens whose `iss` is not this are refused".into(),
+        ),
+        Some(issuer) if issuer.is_empty() || issuer.len() > 1024 => {
+            problem("issuer", "must be 1 to 1024 characters".into())
+        }
+        _ => {}
+    }
+    match &auth.audiences {
+        None => problem(
+            "audiences",
+            "is required in jwks mode: tokens whose `aud` names none of these are refused".into(),
+        ),
+        Some(list) if list.is_empty() || list.len() > 32 => {
+            problem("audiences", "must list 1 to 32 audiences".into())
+        }
+        Some(list) if list.iter().any(|a| a.is_empty() || a.len() > 1024) => {
+            problem("audiences", "each must be 1 to 1024 characters".into())
+        }
+        _ => {}
+    }
+    if auth.algorithms.as_ref().is_some_and(Vec::is_empty) {
+        problem("algorithms", "must list at least one algorithm".into());
+    }
+    let refresh = auth.jwks_min_refresh();
+    if refresh < Duration::from_secs(1) || refresh > Duration::from_secs(3600) {
+        problem(
+            "jwks_min_refresh",
+            format!("must be between 1s and 1h (is {})", Dur::text(refresh)),
+        );
+    }
+    problems
 }

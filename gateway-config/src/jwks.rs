@@ -1,5 +1,7 @@
 //! `auth.mode: jwks`: tokens checked at the gateway against the keys an
-//! issuer publishes (its JWKS), with no secret and no call per token.
+//! issuer publishes (its JWKS), with no secret and no call per token. This
+//! module holds the types of its keys; their defaults are `Auth`'s
+//! accessors (`schema.rs`) and their checks are in `check.rs`.
 //!
 //! The keys it reads, all under `auth`: `jwks_url`, `issuer`, `audiences`
 //! (required), `algorithms` (an allow-list of asymmetric algorithms; `none`
@@ -9,10 +11,7 @@
 //! arrive) and `jwks_cache` (a file keeping the last JWKS fetched, for a
 //! start while the issuer is unreachable).
 
-use crate::schema::{Auth, AuthMode};
-use crate::values::Dur;
 use serde::Deserialize;
-use std::time::Duration;
 
 /// A signature algorithm a token may use in `jwks` mode: asymmetric only,
 /// so that no key published for anyone to read can ever act as a secret.
@@ -112,7 +111,7 @@ impl ClaimPath {
         self.0.join(".")
     }
 
-    fn of(text: &str) -> ClaimPath {
+    pub(crate) fn of(text: &str) -> ClaimPath {
         ClaimPath(text.split('.').map(str::to_owned).collect())
     }
 }
@@ -136,106 +135,8 @@ pub const ONLY_JWKS: [&str; 8] = [
     "jwks_cache",
 ];
 
-impl Auth {
-    pub fn algorithms(&self) -> Vec<JwsAlgorithm> {
-        self.algorithms
-            .clone()
-            .unwrap_or_else(|| DEFAULT_ALGORITHMS.to_vec())
-    }
-
-    pub fn roles_claim(&self) -> ClaimPath {
-        self.roles_claim
-            .clone()
-            .unwrap_or_else(|| ClaimPath::of("role"))
-    }
-
-    pub fn user_id_claim(&self) -> ClaimPath {
-        self.user_id_claim
-            .clone()
-            .unwrap_or_else(|| ClaimPath::of("sub"))
-    }
-
-    /// At most one JWKS fetch per this, however many unknown kids arrive.
-    pub fn jwks_min_refresh(&self) -> Duration {
-        self.jwks_min_refresh
-            .map_or(Duration::from_secs(10), |d| d.0)
-    }
-
-    /// Which of the jwks-only keys are set (for the other modes' check).
-    fn jwks_keys_set(&self) -> Vec<&'static str> {
-        let set = [
-            self.jwks_url.is_some(),
-            self.issuer.is_some(),
-            self.audiences.is_some(),
-            self.algorithms.is_some(),
-            self.roles_claim.is_some(),
-            self.user_id_claim.is_some(),
-            self.jwks_min_refresh.is_some(),
-            self.jwks_cache.is_some(),
-        ];
-        ONLY_JWKS
-            .into_iter()
-            .zip(set)
-            .filter_map(|(key, set)| set.then_some(key))
-            .collect()
-    }
-}
-
-/// Every problem of the jwks keys, as (key under `auth`, message).
-pub fn check(auth: &Auth) -> Vec<(String, String)> {
-    let mut problems = Vec::new();
-    let mut problem = |key: &str, message: String| problems.push((format!("auth.{key}"), message));
-    if auth.mode != AuthMode::Jwks {
-        for key in auth.jwks_keys_set() {
-            problem(key, "is only read in jwks mode (auth.mode: jwks)".into());
-        }
-        return problems;
-    }
-    match &auth.jwks_url {
-        None => problem("jwks_url", "is required in jwks mode".into()),
-        Some(url) if !url_ok(url) => problem(
-            "jwks_url",
-            format!("{url:?} must be an http:// or https:// URL"),
-        ),
-        _ => {}
-    }
-    match &auth.issuer {
-        None => problem(
-            "issuer",
-            "is required in jwks mode: tokens whose `iss` is not this are refused".into(),
-        ),
-        Some(issuer) if issuer.is_empty() || issuer.len() > 1024 => {
-            problem("issuer", "must be 1 to 1024 characters".into())
-        }
-        _ => {}
-    }
-    match &auth.audiences {
-        None => problem(
-            "audiences",
-            "is required in jwks mode: tokens whose `aud` names none of these are refused".into(),
-        ),
-        Some(list) if list.is_empty() || list.len() > 32 => {
-            problem("audiences", "must list 1 to 32 audiences".into())
-        }
-        Some(list) if list.iter().any(|a| a.is_empty() || a.len() > 1024) => {
-            problem("audiences", "each must be 1 to 1024 characters".into())
-        }
-        _ => {}
-    }
-    if auth.algorithms.as_ref().is_some_and(Vec::is_empty) {
-        problem("algorithms", "must list at least one algorithm".into());
-    }
-    let refresh = auth.jwks_min_refresh();
-    if refresh < Duration::from_secs(1) || refresh > Duration::from_secs(3600) {
-        problem(
-            "jwks_min_refresh",
-            format!("must be between 1s and 1h (is {})", Dur::text(refresh)),
-        );
-    }
-    problems
-}
-
-fn url_ok(url: &str) -> bool {
+/// An `http://` or `https://` URL with a host.
+pub fn url_ok(url: &str) -> bool {
     (url.starts_with("http://") || url.starts_with("https://"))
         && url
             .parse::<http::Uri>()

@@ -544,3 +544,49 @@ impl Config {
         route.max_body_bytes.unwrap_or(self.server.max_body_bytes).0
     }
 }
+
+/// The jwks-mode keys (`jwks.rs` holds their types), with their defaults.
+impl Auth {
+    pub fn algorithms(&self) -> Vec<crate::jwks::JwsAlgorithm> {
+        self.algorithms
+            .clone()
+            .unwrap_or_else(|| crate::jwks::DEFAULT_ALGORITHMS.to_vec())
+    }
+
+    pub fn roles_claim(&self) -> crate::jwks::ClaimPath {
+        self.roles_claim
+            .clone()
+            .unwrap_or_else(|| crate::jwks::ClaimPath::of("role"))
+    }
+
+    pub fn user_id_claim(&self) -> crate::jwks::ClaimPath {
+        self.user_id_claim
+            .clone()
+            .unwrap_or_else(|| crate::jwks::ClaimPath::of("sub"))
+    }
+
+    /// At most one JWKS fetch per this, however many unknown kids arrive.
+    pub fn jwks_min_refresh(&self) -> Duration {
+        self.jwks_min_refresh
+            .map_or(Duration::from_secs(10), |d| d.0)
+    }
+
+    /// Which of the jwks-only keys are set (for the other modes' check).
+    pub(crate) fn jwks_keys_set(&self) -> Vec<&'static str> {
+        let set = [
+            self.jwks_url.is_some(),
+            self.issuer.is_some(),
+            self.audiences.is_some(),
+            self.algorithms.is_some(),
+            self.roles_claim.is_some(),
+            self.user_id_claim.is_some(),
+            self.jwks_min_refresh.is_some(),
+            self.jwks_cache.is_some(),
+        ];
+        crate::jwks::ONLY_JWKS
+            .into_iter()
+            .zip(set)
+            .filter_map(|(key, set)| set.then_some(key))
+            .collect()
+    }
+}
