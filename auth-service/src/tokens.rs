@@ -121,24 +121,13 @@ pub struct Keys {
     ring: ArcSwap<Ring>,
     secret: Option<(EncodingKey, DecodingKey)>,
     names: Names,
+    /// The validation of each algorithm a token may have, made once.
+    validations: [(Algorithm, Validation); 4],
     pub access_ttl: u64,
     pub refresh_ttl: u64,
 }
 
 impl Keys {
-    /// HS256 keys from `secret`, for the tutorials' set-up.
-    pub fn hs256(secret: &[u8], access_ttl: u64, refresh_ttl: u64) -> Self {
-        Self::new(
-            Signer::Secret,
-            Some(secret),
-            Ring::from_rows(&[], Retention::both(0))
-                .unwrap_or_else(|_| unreachable!("an empty ring is valid")),
-            default_names(),
-            access_ttl,
-            refresh_ttl,
-        )
-    }
-
     /// Keys that sign with `signer`; `secret`, when set, also verifies
     /// HS256 tokens.
     pub fn new(
@@ -153,6 +142,13 @@ impl Keys {
             signer,
             ring: ArcSwap::from_pointee(ring),
             secret: secret.map(|s| (EncodingKey::from_secret(s), DecodingKey::from_secret(s))),
+            validations: [
+                Algorithm::HS256,
+                Algorithm::EdDSA,
+                Algorithm::ES256,
+                Algorithm::RS256,
+            ]
+            .map(|alg| (alg, validation(alg, &names))),
             names,
             access_ttl,
             refresh_ttl,
@@ -265,16 +261,13 @@ impl Keys {
             }
             _ => return Err(Refusal::Algorithm),
         };
-        let mut validation = Validation::new(algorithm);
-        validation.algorithms = vec![algorithm];
-        validation.leeway = LEEWAY_SECS;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "nbf", "iat", "sub"]);
-        validation.set_issuer(&[&self.names.issuer]);
-        validation.set_audience(&[&self.names.audience]);
+        let (_, validation) = self
+            .validations
+            .iter()
+            .find(|(alg, _)| *alg == algorithm)
+            .ok_or(Refusal::Algorithm)?;
         let data =
-            jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|error| match error
+            jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|error| match error
                 .kind()
             {
                 ErrorKind::ExpiredSignature => Refusal::Expired,
@@ -295,6 +288,20 @@ impl Keys {
     }
 }
 
+/// Only `algorithm`, 15 s of leeway on `exp` and `nbf`, the claims every
+/// token has, and this service's `iss` and `aud` when a token names them.
+fn validation(algorithm: Algorithm, names: &Names) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.algorithms = vec![algorithm];
+    validation.leeway = LEEWAY_SECS;
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp", "nbf", "iat", "sub"]);
+    validation.set_issuer(&[&names.issuer]);
+    validation.set_audience(&[&names.audience]);
+    validation
+}
+
 /// The issuer and audience when none are configured.
 pub fn default_names() -> Names {
     Names {
@@ -311,7 +318,14 @@ mod tests {
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-test";
 
     fn keys() -> Keys {
-        Keys::hs256(SECRET, 3600, 7 * 86400)
+        Keys::new(
+            Signer::Secret,
+            Some(SECRET),
+            Ring::from_rows(&[], Retention::both(0)).expect("an empty ring"),
+            default_names(),
+            3600,
+            7 * 86400,
+        )
     }
 
     fn now() -> u64 {

@@ -13,6 +13,8 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 mod line;
 
+pub use line::date_time;
+
 /// Logs to stderr (stdout is kept for the `listening on` line), filtered by
 /// `RUST_LOG` (default `info`), as JSON lines when `LOG_FORMAT=json`.
 /// Colours only on a terminal and without `NO_COLOR`, so that files, pipes

@@ -68,12 +68,6 @@ impl Message {
     }
 }
 
-/// The user a message revokes, as the gateway writes user ids (a positive
-/// decimal integer); `None` for anything else.
-pub fn user_of(payload: &[u8]) -> Option<String> {
-    message(payload).map(|m| m.user_id)
-}
-
 /// A revocation message; `None` when it names no valid user. An id or
 /// session of the wrong shape is dropped (a message without a valid session
 /// revokes the whole user, which fails closed).
@@ -509,7 +503,7 @@ mod tests {
             ("not json", None),
         ] {
             assert_eq!(
-                user_of(payload.as_bytes()).as_deref(),
+                message(payload.as_bytes()).map(|m| m.user_id).as_deref(),
                 expected,
                 "{payload}"
             );

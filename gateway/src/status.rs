@@ -126,26 +126,10 @@ pub fn bounded(text: &str, max: usize) -> String {
     format!("{} … ({} more bytes)", &text[..end], text.len() - end)
 }
 
-/// Now, or `secs` since the epoch, as RFC 3339 (UTC, whole seconds).
+/// `secs` since the epoch as RFC 3339 (UTC, whole seconds), in the log
+/// lines' own spelling.
 pub fn timestamp(secs: u64) -> String {
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let days = (secs / 86_400) as i64;
-    let rest = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
+    format!("{}Z", contract::telemetry::date_time(secs))
 }
 
 /// Whether the client asked for JSON rather than the page: an `Accept`

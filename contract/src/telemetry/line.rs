@@ -126,7 +126,7 @@ fn timestamp(w: &mut Writer<'_>, now: SystemTime) -> fmt::Result {
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` for a Unix time in seconds (UTC).
-fn date_time(unix: u64) -> String {
+pub fn date_time(unix: u64) -> String {
     let days = i64::try_from(unix / 86_400).unwrap_or(i64::MAX / 2);
     let rest = unix % 86_400;
     // Days to a civil date (proleptic Gregorian), era by era of 400 years.

@@ -216,7 +216,7 @@ impl Verifier {
         &self,
         token: &str,
     ) -> (Result<(Verdict, Option<u64>), Unavailable>, Outcome) {
-        if self.source.keys_removed() {
+        if self.source.refresh_keys() {
             // A key left the JWKS: grants for tokens it signed must not
             // outlive it.
             self.clear();

@@ -23,6 +23,7 @@
 //!   revoked sessions and users ([`super::revoked`]).
 
 use super::revoked::{Facts, Revoked};
+use super::source::role_ok;
 use super::users::Identities;
 use super::{Identity, Verdict};
 use crate::config::Auth;
@@ -223,12 +224,24 @@ impl Rejection {
 
 /// What the claims check needs, from `auth`.
 struct Rules {
-    algorithms: Vec<Algorithm>,
-    issuer: String,
-    audiences: Vec<String>,
-    leeway: u64,
+    /// Each allowed algorithm with its validation (that algorithm only,
+    /// `exp`/`nbf` with the leeway, `iss` and `aud` required and checked),
+    /// made once.
+    validations: Vec<(Algorithm, Validation)>,
     roles_claim: ClaimPath,
     user_id_claim: ClaimPath,
+}
+
+fn validation(alg: Algorithm, auth: &Auth) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.algorithms = vec![alg];
+    validation.leeway = auth.leeway.0.as_secs();
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+    validation.set_issuer(&[auth.issuer.as_deref().unwrap_or_default()]);
+    validation.set_audience(auth.audiences.as_deref().unwrap_or_default());
+    validation
 }
 
 fn jwt_algorithm(a: JwsAlgorithm) -> Algorithm {
@@ -245,11 +258,6 @@ fn jwt_algorithm(a: JwsAlgorithm) -> Algorithm {
     }
 }
 
-/// When the keys were last asked for.
-struct Schedule {
-    last_attempt: Option<Instant>,
-}
-
 pub struct Jwks {
     url: String,
     client: reqwest::Client,
@@ -257,9 +265,11 @@ pub struct Jwks {
     min_refresh: Duration,
     cache_file: Option<PathBuf>,
     keys: ArcSwap<KeySet>,
-    schedule: std::sync::Mutex<Schedule>,
+    /// When a fetch was last attempted, in milliseconds since `born` plus
+    /// one (0: never).
+    last_attempt: std::sync::atomic::AtomicU64,
     /// When the keys are next due, in milliseconds since `born`: read by
-    /// every request, so an atomic rather than the lock.
+    /// every request.
     due: std::sync::atomic::AtomicU64,
     born: Instant,
     /// One fetch at a time.
@@ -290,10 +300,14 @@ impl Jwks {
             url,
             client,
             rules: Rules {
-                algorithms: auth.algorithms().into_iter().map(jwt_algorithm).collect(),
-                issuer: auth.issuer.clone().unwrap_or_default(),
-                audiences: auth.audiences.clone().unwrap_or_default(),
-                leeway: auth.leeway.0.as_secs(),
+                validations: auth
+                    .algorithms()
+                    .into_iter()
+                    .map(|a| {
+                        let alg = jwt_algorithm(a);
+                        (alg, validation(alg, auth))
+                    })
+                    .collect(),
                 roles_claim: auth.roles_claim(),
                 user_id_claim: auth.user_id_claim(),
             },
@@ -302,7 +316,7 @@ impl Jwks {
             keys: ArcSwap::from_pointee(KeySet {
                 keys: HashMap::new(),
             }),
-            schedule: std::sync::Mutex::new(Schedule { last_attempt: None }),
+            last_attempt: std::sync::atomic::AtomicU64::new(0),
             due: std::sync::atomic::AtomicU64::new(0),
             born: Instant::now(),
             fetching: Arc::new(tokio::sync::Mutex::new(())),
@@ -354,7 +368,10 @@ impl Jwks {
     /// Fetches the JWKS once (the caller holds `fetching`), replacing the
     /// keys only with a document that holds at least one.
     async fn fetch(&self, trigger: &'static str) -> Result<(), FetchError> {
-        lock(&self.schedule).last_attempt = Some(Instant::now());
+        self.last_attempt.store(
+            self.now_ms().saturating_add(1),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         // A failure is retried after the shortest interval.
         self.set_due(self.min_refresh);
         let fetched = self.get().await;
@@ -462,9 +479,9 @@ impl Jwks {
     /// within `jwks_min_refresh`. Concurrent callers wait for one fetch.
     async fn refresh_for_unknown_kid(&self) {
         let _one = self.fetching.lock().await;
-        let recent = lock(&self.schedule)
-            .last_attempt
-            .is_some_and(|at| at.elapsed() < self.min_refresh);
+        let last = self.last_attempt.load(std::sync::atomic::Ordering::Relaxed);
+        let since = self.now_ms().saturating_add(1).saturating_sub(last);
+        let recent = last != 0 && u128::from(since) < self.min_refresh.as_millis();
         if !recent {
             let _ = self.fetch("unknown_kid").await;
         }
@@ -502,9 +519,9 @@ impl Jwks {
     async fn check(&self, token: &str, revoked: &Revoked) -> Result<Identity, Rejection> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
         let alg = header.alg;
-        if !self.rules.algorithms.contains(&alg) {
+        let Some((_, validation)) = self.rules.validations.iter().find(|(a, _)| *a == alg) else {
             return Err(Rejection::Algorithm);
-        }
+        };
         let kid = header.kid.ok_or(Rejection::UnknownKid)?;
         let mut keys = self.keys.load_full();
         if !keys.keys.contains_key(&kid) {
@@ -515,15 +532,7 @@ impl Jwks {
         if !key.kind.suits(alg) || key.alg.is_some_and(|named| named != alg) {
             return Err(Rejection::Algorithm);
         }
-        let mut validation = Validation::new(alg);
-        validation.algorithms = vec![alg];
-        validation.leeway = self.rules.leeway;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        validation.set_issuer(&[&self.rules.issuer]);
-        validation.set_audience(&self.rules.audiences);
-        let claims = jsonwebtoken::decode::<Value>(token, &key.decoding, &validation)
+        let claims = jsonwebtoken::decode::<Value>(token, &key.decoding, validation)
             .map_err(|error| {
                 use jsonwebtoken::errors::ErrorKind;
                 match error.kind() {
@@ -551,10 +560,6 @@ impl Jwks {
         }
         Ok(identity)
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn describe(error: &reqwest::Error) -> String {
@@ -626,13 +631,6 @@ fn identity(
 
 /// Roles kept from one token.
 pub const MAX_ROLES: usize = 32;
-
-fn role_ok(role: &str) -> bool {
-    (1..=64).contains(&role.len())
-        && role
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
 
 /// A user id as the gateway sends it: a positive integer (a number, or a
 /// string of one) in its one spelling, else an opaque id of 1–128

@@ -11,6 +11,7 @@
 //! revocations is lifted once the list of revocations in force has been
 //! read again; a floor from overflow stays.
 
+use super::users::lock;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -72,10 +73,6 @@ struct Inner {
 #[derive(Default)]
 pub struct Revoked {
     inner: Mutex<Inner>,
-}
-
-fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Revoked {

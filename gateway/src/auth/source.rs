@@ -120,7 +120,7 @@ impl Source {
 
     /// Keeps the JWKS fresh (a background fetch when due) and says whether
     /// keys left it since this was last asked.
-    pub(super) fn keys_removed(&self) -> bool {
+    pub(super) fn refresh_keys(&self) -> bool {
         match self {
             Source::Jwks(jwks) => {
                 jwks.refresh_if_due();
@@ -244,17 +244,20 @@ struct LocalClaims {
     iat: Option<u64>,
 }
 
+/// A role as one may be sent in `x-user-role`: 1–64 of `[A-Za-z0-9_-]`.
+pub(super) fn role_ok(role: &str) -> bool {
+    (1..=64).contains(&role.len())
+        && role
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// Builds an identity from untrusted parts, refusing anything that could
 /// not be sent safely as a header value.
 fn identity(user_id: &str, role: Option<&str>) -> Option<Identity> {
     let id = contract::identity::parse_user_id(user_id)?;
     let role = role.unwrap_or("user");
-    let role_ok = !role.is_empty()
-        && role.len() <= 64
-        && role
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    role_ok.then(|| Identity {
+    role_ok(role).then(|| Identity {
         user_id: id.to_string().into(),
         role: role.into(),
     })

@@ -13,12 +13,10 @@ use std::sync::Arc;
 pub struct Admin {
     pub gateway: Arc<Gateway>,
     pub token: String,
-    /// Whether revocations are followed on Redis (for the status page).
-    pub redis: bool,
 }
 
 /// The state of the generation in force, for the status page.
-fn gather(gateway: &Gateway, redis: bool) -> Status {
+fn gather(gateway: &Gateway) -> Status {
     let generation = gateway.current.load_full();
     let routes = generation
         .config
@@ -64,10 +62,10 @@ fn gather(gateway: &Gateway, redis: bool) -> Status {
         upstreams,
         verdict_cache: CacheRow::new(generation.verifier.cached(), hits, misses),
         revocations: RevocationRow {
-            redis: match (redis, m.revocation_subscribed.get()) {
-                (false, _) => "not configured",
-                (true, 1) => "subscribed",
-                (true, _) => "down",
+            redis: match (m.revocation_configured.get(), m.revocation_subscribed.get()) {
+                (0, _) => "not configured",
+                (_, 1) => "subscribed",
+                _ => "down",
             },
             admin_listener: true,
         },
@@ -118,7 +116,7 @@ impl pingora::apps::http_app::ServeHttp for Admin {
         let mut content_type = "application/json";
         let (status, json) = match decision {
             AdminRequest::Status => {
-                let page = gather(&self.gateway, self.redis);
+                let page = gather(&self.gateway);
                 if status::wants_json(accept.as_deref()) {
                     (200, serde_json::to_string(&page).unwrap_or_default())
                 } else {

@@ -207,7 +207,6 @@ pub fn run(options: Launch, hangups: mpsc::UnboundedReceiver<()>) -> Result<(), 
             Admin {
                 gateway: Arc::clone(&gateway),
                 token,
-                redis: options.revocations.is_some(),
             },
         );
         service.add_tcp(admin_listen);
@@ -316,39 +315,31 @@ impl Control {
                 }),
             Err(errors) => Err(ReloadError::Invalid(errors)),
         };
-        let at = crate::status::timestamp(crate::auth::unix_now());
-        match outcome {
+        let (result, detail) = match outcome {
             Ok(routes) => {
-                metrics::get().reloads.with_label_values(&["applied"]).inc();
                 tracing::info!(trigger, routes, "routes reloaded");
-                self.gateway.reloads.record(crate::status::Reload {
-                    at,
-                    trigger: trigger.to_owned(),
-                    result: "applied",
-                    detail: format!("{routes} routes"),
-                });
+                ("applied", format!("{routes} routes"))
             }
             Err(error) => {
-                metrics::get()
-                    .reloads
-                    .with_label_values(&["rejected"])
-                    .inc();
                 let detail = match &error {
                     ReloadError::Invalid(errors) => one_line(errors),
                     ReloadError::Build(message) => message.clone(),
                 };
+                tracing::error!(trigger, error = %detail, "reload refused; the current routes stay in force");
                 // The page keeps a bounded part: a huge bad file lists
                 // thousands of errors.
-                let kept = crate::status::bounded(&detail, 4096);
-                tracing::error!(trigger, error = %detail, "reload refused; the current routes stay in force");
-                self.gateway.reloads.record(crate::status::Reload {
-                    at,
-                    trigger: trigger.to_owned(),
-                    result: "rejected",
-                    detail: kept,
-                });
+                ("rejected", crate::status::bounded(&detail, 4096))
             }
-        }
+        };
+        self.gateway.reloads.record(crate::status::Reload {
+            at: crate::status::timestamp(crate::auth::unix_now()),
+            trigger: trigger.to_owned(),
+            result,
+            detail,
+        });
+        // Counted after it is on the status page, so that whoever waits for
+        // the count finds it there.
+        metrics::get().reloads.with_label_values(&[result]).inc();
     }
 }
 

@@ -11,11 +11,7 @@ use std::time::{Duration, Instant};
 const TOKEN: &str = "status-page-admin-token-of-enough-length-0123";
 
 fn routes(servers: &[SocketAddr]) -> String {
-    let servers = servers
-        .iter()
-        .map(|a| format!("\"{a}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let servers = crate::support::quoted(servers);
     format!(
         r#"
 auth:

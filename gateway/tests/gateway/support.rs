@@ -449,14 +449,19 @@ pub async fn raw_text(addr: SocketAddr, path: &str) -> String {
     String::from_utf8_lossy(&response).into_owned()
 }
 
-/// A routes file: the auth service's public endpoints, `/api/auth/me`, an
-/// admin-only prefix, and `/api/tasks` on `tasks` (one or more servers).
-pub fn routes(auth: SocketAddr, tasks: &[SocketAddr], extra: &str) -> String {
-    let servers = tasks
+/// Addresses as a `servers:` list's items: `"a", "b"`.
+pub fn quoted(addrs: &[SocketAddr]) -> String {
+    addrs
         .iter()
         .map(|a| format!("\"{a}\""))
         .collect::<Vec<_>>()
-        .join(", ");
+        .join(", ")
+}
+
+/// A routes file: the auth service's public endpoints, `/api/auth/me`, an
+/// admin-only prefix, and `/api/tasks` on `tasks` (one or more servers).
+pub fn routes(auth: SocketAddr, tasks: &[SocketAddr], extra: &str) -> String {
+    let servers = quoted(tasks);
     format!(
         r#"
 auth:
