@@ -23,8 +23,7 @@
 //!   revoked sessions and users ([`super::revoked`]).
 
 use super::revoked::{Facts, Revoked};
-use super::source::role_ok;
-use super::users::Identities;
+use super::users::{Identities, role_ok};
 use super::{Identity, Verdict};
 use crate::config::Auth;
 use crate::config::jwks::{ClaimPath, JwsAlgorithm};

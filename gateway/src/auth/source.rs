@@ -5,7 +5,7 @@
 
 use super::jwks::Jwks;
 use super::revoked::{Facts, Revoked};
-use super::users::Identities;
+use super::users::{Identities, role_ok};
 use super::{Identity, Verdict};
 use crate::config::{Auth, AuthMode};
 use serde::{Deserialize, Serialize};
@@ -242,14 +242,6 @@ struct LocalClaims {
     sid: Option<String>,
     #[serde(default)]
     iat: Option<u64>,
-}
-
-/// A role as one may be sent in `x-user-role`: 1–64 of `[A-Za-z0-9_-]`.
-pub(super) fn role_ok(role: &str) -> bool {
-    (1..=64).contains(&role.len())
-        && role
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Builds an identity from untrusted parts, refusing anything that could

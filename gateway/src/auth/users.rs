@@ -72,6 +72,14 @@ impl Identities {
     }
 }
 
+/// A role as one may be sent in `x-user-role`: 1–64 of `[A-Za-z0-9_-]`.
+pub(super) fn role_ok(role: &str) -> bool {
+    (1..=64).contains(&role.len())
+        && role
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
