@@ -20,6 +20,8 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub settings: Settings,
+    #[command(flatten)]
+    pub traces: service_kit::traces::TraceArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,10 +8,23 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    service_kit::telemetry::init();
+    // Commands (keys, create-admin) serve no requests: no traces.
+    let traces = match &cli.command {
+        None => service_kit::traces::init("auth-service", &cli.traces),
+        Some(_) => service_kit::traces::init("auth-service", &Default::default()),
+    };
+    let traces = match traces {
+        Ok(traces) => traces,
+        Err(error) => {
+            eprintln!("auth-service: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let shutdown = shutdown_signal();
     service_kit::supervision::follow_parent();
-    match run(cli, shutdown).await {
+    let ran = run(cli, shutdown).await;
+    drop(traces);
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("auth-service: {error:#}");

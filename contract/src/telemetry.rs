@@ -11,7 +11,9 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+pub mod context;
 mod line;
+pub mod otlp;
 
 pub use line::date_time;
 
@@ -26,6 +28,90 @@ pub fn init() {
         .with(env_filter())
         .with(layer)
         .try_init();
+}
+
+/// As [`init`], and with `traces`, the spans at level `INFO` and above
+/// (never events: log lines may hold what a trace must not) are exported
+/// to an OTLP collector ([`otlp`]), each continuing the trace its request
+/// came with ([`context`]). `RUST_LOG` filters the log lines only, so that
+/// a quieter log does not break traces. Keep the returned guard until
+/// exit: dropping it sends the spans still queued.
+pub fn init_traced(traces: Option<&otlp::Settings>) -> Result<Option<Traces>, String> {
+    let Some(settings) = traces else {
+        init();
+        return Ok(None);
+    };
+    use opentelemetry::trace::TracerProvider;
+    use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+    let export = otlp::Export::start(settings, count_service_spans)?;
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            settings.sampling_ratio,
+        ))))
+        .with_resource(
+            opentelemetry_sdk::Resource::builder_empty()
+                .with_service_name(settings.service_name.clone())
+                .build(),
+        )
+        .with_span_processor(export)
+        .build();
+    let tracer = provider.tracer("portcullis");
+    // Spans carry what the request was, not where in the code it ran.
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        .with_filter(filter_fn(|m| {
+            m.is_span() && *m.level() <= tracing::Level::INFO
+        }));
+    let _ = tracing_subscriber::registry()
+        .with(stderr_layer(std::io::stderr, false).with_filter(env_filter()))
+        .with(spans)
+        .try_init();
+    tracing::info!(
+        endpoint = %settings.traces_url(),
+        service = %settings.service_name,
+        sampling_ratio = settings.sampling_ratio,
+        "exporting traces"
+    );
+    Ok(Some(Traces(provider)))
+}
+
+/// The services' span export, flushed when dropped.
+pub struct Traces(opentelemetry_sdk::trace::SdkTracerProvider);
+
+impl Drop for Traces {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown();
+    }
+}
+
+/// A service has no metrics listener: lost spans are logged, at most once
+/// a minute, with how many were lost since the last line. Only the export
+/// thread logs: a span dropped on a full queue is dropped while `tracing`
+/// is closing it, where a log line must not be made.
+fn count_service_spans(counted: otlp::Counted, n: u64) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LOST: AtomicU64 = AtomicU64::new(0);
+    static LAST: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+    if counted == otlp::Counted::Dropped {
+        LOST.fetch_add(n, Ordering::Relaxed);
+    }
+    if std::thread::current().name() != Some(otlp::THREAD) || LOST.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
+    if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+        *last = Some(std::time::Instant::now());
+        drop(last);
+        let lost = LOST.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            spans = lost,
+            "trace spans dropped: the collector is slow or unreachable"
+        );
+    }
 }
 
 /// As [`init`], but the events of `target` (one line per request) are

@@ -190,6 +190,9 @@ impl Config {
         for (key, message) in jwks_problems(&self.auth) {
             error(key, message);
         }
+        for (key, message) in self.tracing.iter().flat_map(crate::traces::problems) {
+            error(key, message);
+        }
         within(
             &mut error,
             "auth.timeout".into(),

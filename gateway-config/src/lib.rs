@@ -28,6 +28,7 @@ mod load;
 pub mod overlap;
 pub mod pools;
 pub mod schema;
+pub mod traces;
 pub mod values;
 pub mod yaml_de;
 pub mod yaml_lines;

@@ -25,6 +25,9 @@ pub struct Config {
     pub auth: Auth,
     pub upstreams: BTreeMap<String, Upstream>,
     pub routes: Vec<RouteSettings>,
+    /// OpenTelemetry traces; none by default.
+    #[serde(default)]
+    pub tracing: Option<crate::traces::Tracing>,
     /// Where each key was in the file, for warnings made after loading.
     #[serde(skip)]
     pub lines: std::sync::Arc<crate::yaml_lines::KeyLines>,

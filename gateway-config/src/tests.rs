@@ -630,3 +630,62 @@ fn shared_rate_limits_are_named_and_their_fallback_needs_them() {
         "{errors}"
     );
 }
+
+#[test]
+fn the_tracing_section_is_optional_and_checked_with_key_and_line() {
+    let config = Config::parse(MINIMAL).expect("minimal");
+    assert_eq!(config.tracing, None, "traces are off unless asked for");
+
+    let traced = format!("{MINIMAL}tracing:\n  otlp_endpoint: http://127.0.0.1:4318\n");
+    let tracing = Config::parse(&traced)
+        .expect("traced")
+        .tracing
+        .expect("tracing");
+    assert_eq!(tracing.service_name, traces::DEFAULT_SERVICE_NAME);
+    assert_eq!(tracing.sampling_ratio, 1.0);
+
+    for (section, path, line) in [
+        (
+            "  otlp_endpoint: 127.0.0.1:4318\n",
+            "tracing.otlp_endpoint",
+            12,
+        ),
+        (
+            "  otlp_endpoint: ftp://collector\n",
+            "tracing.otlp_endpoint",
+            12,
+        ),
+        (
+            "  otlp_endpoint: http://c:4318\n  sampling_ratio: 1.5\n",
+            "tracing.sampling_ratio",
+            13,
+        ),
+        (
+            "  otlp_endpoint: http://c:4318\n  sampling_ratio: -0.1\n",
+            "tracing.sampling_ratio",
+            13,
+        ),
+        (
+            "  otlp_endpoint: http://c:4318\n  sampling_ratio: .nan\n",
+            "tracing.sampling_ratio",
+            13,
+        ),
+        (
+            "  otlp_endpoint: http://c:4318\n  service_name: \"\"\n",
+            "tracing.service_name",
+            13,
+        ),
+    ] {
+        let source = format!("{MINIMAL}tracing:\n{section}");
+        let errors = Config::parse(&source).expect_err(&source);
+        let text = errors.to_string();
+        assert_eq!(errors.0[0].path, path, "{text}");
+        assert_eq!(errors.0[0].line, Some(line), "{text}");
+    }
+    // Unknown keys and a missing endpoint are refused while parsing.
+    for section in ["  endpoint: http://c:4318\n", "  sampling_ratio: 0.5\n"] {
+        let source = format!("{MINIMAL}tracing:\n{section}");
+        let text = Config::parse(&source).expect_err(&source).to_string();
+        assert!(text.contains("tracing"), "{text}");
+    }
+}

@@ -13,6 +13,7 @@
 //! - [`path`] normalises request paths, [`router`] picks a route,
 //!   [`limits`] keeps rate-limit buckets, [`connections`] bounds open
 //!   connections and tunnels, [`headers`] holds header rules.
+//! - [`trace`]: request traces (W3C trace context, sampling, spans).
 //! - [`revocations`] follows revocations; [`settings`] layers the
 //!   environment and flags over the file; the state one read of
 //!   `routes.yaml` builds (routes, pools, verifier, certificate) is the
@@ -44,3 +45,4 @@ pub mod rules;
 pub mod settings;
 pub mod shared_limits;
 pub mod status;
+pub mod trace;

@@ -21,6 +21,11 @@ pub struct Metrics {
     pub verify_failures: IntCounterVec,
     /// Client-sent identity headers removed.
     pub identity_stripped: IntCounter,
+    /// Trace spans the collector accepted.
+    pub trace_spans_exported: IntCounter,
+    /// Trace spans lost: the export queue was full, or the collector
+    /// refused them or did not answer.
+    pub trace_spans_dropped: IntCounter,
     /// 1 when an upstream server passes its health check, by pool and server.
     pub upstream_healthy: IntGaugeVec,
     /// Reloads of routes.yaml by result: applied, rejected.
@@ -165,6 +170,14 @@ pub fn get() -> &'static Metrics {
             identity_stripped: counter(
                 "portcullis_identity_headers_stripped_total",
                 "Client-sent x-user-id / x-user-role headers removed.",
+            ),
+            trace_spans_exported: counter(
+                "portcullis_trace_spans_exported_total",
+                "Trace spans the OTLP collector accepted.",
+            ),
+            trace_spans_dropped: counter(
+                "portcullis_trace_spans_dropped_total",
+                "Trace spans lost: export queue full, or the collector refused them or did not answer.",
             ),
             upstream_healthy: register(
                 IntGaugeVec::new(

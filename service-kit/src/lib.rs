@@ -16,6 +16,7 @@ pub mod server;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod text;
+pub mod traces;
 
 pub use contract::{supervision, telemetry};
 pub use db::Db;

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::io;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnResponse, OnResponse, TraceLayer};
 
 /// Request bodies above this size are refused with 413 before any handler
 /// runs. Every JSON body the services accept is far smaller.
@@ -33,8 +33,9 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 /// Adds what every service needs around its routes: the envelope for unknown
 /// paths and methods, the body limit, a panic guard that still answers in the
-/// envelope, and request tracing (method, path and status; never headers,
-/// which carry tokens).
+/// envelope, and request tracing (method, route and status; never headers,
+/// which carry tokens). Each request's span continues the trace its
+/// `traceparent` names ([`crate::traces`]).
 pub fn harden(router: Router) -> Router {
     router
         .fallback(not_found)
@@ -43,8 +44,43 @@ pub fn harden(router: Router) -> Router {
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(
             TraceLayer::new_for_http()
-                .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG)),
+                .make_span_with(request_span)
+                .on_response(
+                    |response: &Response, latency: std::time::Duration, span: &tracing::Span| {
+                        let status = response.status().as_u16();
+                        span.record("http.response.status_code", status);
+                        if status >= 500 {
+                            span.record("otel.status_code", "ERROR");
+                        }
+                        DefaultOnResponse::new()
+                            .level(tracing::Level::DEBUG)
+                            .on_response(response, latency, span);
+                    },
+                ),
         )
+}
+
+/// The span of one request: named by method and route (the matched
+/// pattern, not the path with its ids), server kind, child of the caller's
+/// trace when it sent one.
+fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| request.uri().path(), |m| m.as_str());
+    let method = request.method().as_str();
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        "http.request.method" = method,
+        "http.route" = route,
+        "url.path" = request.uri().path(),
+        "http.response.status_code" = tracing::field::Empty,
+    );
+    crate::traces::continue_from(&span, request.headers());
+    span
 }
 
 /// `GET /healthz`: 200 when the database answers, 503 otherwise. Any state
@@ -96,9 +132,16 @@ pub async fn run_binary(
     listen: &str,
     database_url: &str,
     migrations: &crate::db::Migrations,
+    traces: &crate::traces::TraceArgs,
     app: impl FnOnce(Db) -> Result<Router, String>,
 ) -> std::process::ExitCode {
-    crate::telemetry::init();
+    let traces = match crate::traces::init(name, traces) {
+        Ok(traces) => traces,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let shutdown = shutdown_signal();
     crate::supervision::follow_parent();
     let result = async {
@@ -117,6 +160,8 @@ pub async fn run_binary(
         Ok::<(), String>(())
     }
     .await;
+    // The last spans are sent before the process ends.
+    drop(traces);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

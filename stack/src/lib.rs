@@ -305,6 +305,10 @@ fn start_services(
         if service.kind.has_database() {
             env.push(("DATABASE_URL", databases.url(service.kind)));
         }
+        if let Some((endpoint, ratio)) = &plan.traces {
+            env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()));
+            env.push(("OTEL_TRACES_SAMPLER_ARG", ratio.clone()));
+        }
         match service.kind {
             Kind::Auth => {
                 env.push(("JWT_SECRET_KEY", secret.value.clone()));

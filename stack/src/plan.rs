@@ -91,6 +91,9 @@ pub struct Plan {
     /// auth service must sign with the shared secret rather than its key
     /// ring.
     pub hs256: bool,
+    /// With `tracing:` in the file, every service exports its traces to the
+    /// same collector with the same sampling ratio: (endpoint, ratio).
+    pub traces: Option<(String, String)>,
     /// Upstreams of the file that the stack does not start (other services
     /// the user runs themselves), named so that nobody wonders.
     pub not_started: Vec<String>,
@@ -148,6 +151,10 @@ impl Plan {
             metrics_listen: config.server.metrics_listen.clone(),
             admin_listen: config.server.admin_listen.clone(),
             hs256: config.auth.mode == gateway_config::AuthMode::Local,
+            traces: config
+                .tracing
+                .as_ref()
+                .map(|t| (t.otlp_endpoint.clone(), t.sampling_ratio.to_string())),
             not_started,
         }
     }

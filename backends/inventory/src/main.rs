@@ -17,6 +17,8 @@ struct Cli {
         hide_env_values = true
     )]
     database_url: String,
+    #[command(flatten)]
+    traces: service_kit::traces::TraceArgs,
 }
 
 #[tokio::main]
@@ -27,6 +29,7 @@ async fn main() -> ExitCode {
         &cli.listen,
         &cli.database_url,
         &inventory::MIGRATIONS,
+        &cli.traces,
         |db| Ok(inventory::app(inventory::AppState { db })),
     )
     .await

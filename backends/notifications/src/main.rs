@@ -40,12 +40,20 @@ struct Cli {
     #[arg(long, env = "NOTIFICATIONS_PING_SECONDS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=300))]
     ping_seconds: u64,
+    #[command(flatten)]
+    traces: service_kit::traces::TraceArgs,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    service_kit::telemetry::init();
+    let traces = match service_kit::traces::init("notifications", &cli.traces) {
+        Ok(traces) => traces,
+        Err(e) => {
+            eprintln!("notifications: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let shutdown = service_kit::server::shutdown_signal();
     service_kit::supervision::follow_parent();
     let source = match cli.redis_url.as_deref().filter(|url| !url.is_empty()) {
@@ -72,6 +80,7 @@ async fn main() -> ExitCode {
             .map_err(|e| e.to_string())
     }
     .await;
+    drop(traces);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 use std::time::Duration;
+use tracing::Instrument;
 
 #[derive(Clone)]
 pub struct InventoryClient {
@@ -50,13 +51,17 @@ impl InventoryClient {
             sku,
             quantity,
         };
-        match self
+        let (span, headers) = self.call("/internal/reserve");
+        let sent = self
             .http
             .post(format!("{}/internal/reserve", self.base))
+            .headers(headers)
             .json(&body)
             .send()
-            .await
-        {
+            .instrument(span.clone())
+            .await;
+        answered(&span, &sent);
+        match sent {
             Ok(response) => match response.status().as_u16() {
                 200 => Reservation::Reserved,
                 409 => Reservation::Insufficient,
@@ -69,17 +74,56 @@ impl InventoryClient {
 
     /// Returns a reservation's stock; `Ok` also when it was already released.
     pub async fn release(&self, reservation_id: &str) -> Result<(), String> {
-        let response = self
+        let (span, headers) = self.call("/internal/release");
+        let sent = self
             .http
             .post(format!("{}/internal/release", self.base))
+            .headers(headers)
             .json(&ReleaseBody { reservation_id })
             .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .instrument(span.clone())
+            .await;
+        answered(&span, &sent);
+        let response = sent.map_err(|e| e.to_string())?;
         if response.status().is_success() {
             Ok(())
         } else {
             Err(format!("inventory answered {}", response.status()))
+        }
+    }
+}
+
+impl InventoryClient {
+    /// The span of a call to `path` (a child of the request being served)
+    /// and the headers that make inventory's span its child.
+    fn call(&self, path: &'static str) -> (tracing::Span, reqwest::header::HeaderMap) {
+        let span = tracing::info_span!(
+            "inventory",
+            otel.name = %format_args!("POST {path}"),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            "http.request.method" = "POST",
+            "url.full" = %format_args!("{}{path}", self.base),
+            "http.response.status_code" = tracing::field::Empty,
+        );
+        let mut headers = reqwest::header::HeaderMap::new();
+        service_kit::traces::pass_on(&span, &mut headers);
+        (span, headers)
+    }
+}
+
+/// Records a call's outcome on its span.
+fn answered(span: &tracing::Span, sent: &Result<reqwest::Response, reqwest::Error>) {
+    match sent {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            span.record("http.response.status_code", status);
+            if status >= 500 {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        Err(_) => {
+            span.record("otel.status_code", "ERROR");
         }
     }
 }

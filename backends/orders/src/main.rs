@@ -27,6 +27,8 @@ struct Cli {
     inventory_timeout_ms: u64,
     #[command(flatten)]
     events: service_kit::events::EventArgs,
+    #[command(flatten)]
+    traces: service_kit::traces::TraceArgs,
 }
 
 #[tokio::main]
@@ -38,6 +40,7 @@ async fn main() -> ExitCode {
         &cli.listen,
         &cli.database_url,
         &orders::MIGRATIONS,
+        &cli.traces,
         |db| {
             let inventory =
                 InventoryClient::new(&cli.inventory_url, timeout).map_err(|e| e.to_string())?;

@@ -19,6 +19,8 @@ struct Cli {
     database_url: String,
     #[command(flatten)]
     events: service_kit::events::EventArgs,
+    #[command(flatten)]
+    traces: service_kit::traces::TraceArgs,
 }
 
 #[tokio::main]
@@ -29,6 +31,7 @@ async fn main() -> ExitCode {
         &cli.listen,
         &cli.database_url,
         &tasks::MIGRATIONS,
+        &cli.traces,
         |db| {
             let events = service_kit::events::Publisher::from_args(&cli.events)?;
             Ok(tasks::app(tasks::AppState { db, events }))

@@ -12,12 +12,20 @@ struct Cli {
     /// The built page (`npm --prefix web run build` writes web/dist).
     #[arg(long, env = "WEB_DIR", default_value = "web/dist")]
     dir: PathBuf,
+    #[command(flatten)]
+    traces: service_kit::traces::TraceArgs,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    service_kit::telemetry::init();
+    let traces = match service_kit::traces::init("web", &cli.traces) {
+        Ok(traces) => traces,
+        Err(e) => {
+            eprintln!("web: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let shutdown = service_kit::server::shutdown_signal();
     service_kit::supervision::follow_parent();
     let site = web::Site::load(&cli.dir);
@@ -33,7 +41,9 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match web::run(listener, site, shutdown).await {
+    let served = web::run(listener, site, shutdown).await;
+    drop(traces);
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("web: {e}");

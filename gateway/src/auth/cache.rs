@@ -9,6 +9,7 @@ use super::source::{Source, Unavailable};
 use super::users::{ByUser, Identities, lock};
 use super::{Identity, credentials::peek_exp};
 use crate::config::Auth;
+use crate::trace::Span;
 use moka::future::Cache;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -206,15 +207,17 @@ impl Verifier {
     /// proxy goes through [`Verifier::admit`](super::Verifier::admit).
     #[cfg(test)]
     pub async fn verify(&self, token: &str) -> (Result<Verdict, Unavailable>, Outcome) {
-        let (checked, outcome) = self.check(token).await;
+        let (checked, outcome) = self.check(token, None).await;
         (checked.map(|(verdict, _)| verdict), outcome)
     }
 
     /// The verdict for `token` and its `exp`, decoded once per miss and kept
-    /// with the entry, so a hit decodes nothing.
+    /// with the entry, so a hit decodes nothing. A call to the auth service
+    /// is a child of `span`.
     pub(super) async fn check(
         &self,
         token: &str,
+        span: Option<&Span>,
     ) -> (Result<(Verdict, Option<u64>), Unavailable>, Outcome) {
         if self.source.refresh_keys() {
             // A key left the JWKS: grants for tokens it signed must not
@@ -245,7 +248,7 @@ impl Verifier {
                     asked.store(true, Ordering::Relaxed);
                     let verdict = self
                         .source
-                        .ask(token, &self.identities, &self.revoked)
+                        .ask(token, &self.identities, &self.revoked, span)
                         .await?;
                     let ttl = match &verdict {
                         Verdict::Allowed(_) => self

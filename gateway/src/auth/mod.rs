@@ -40,6 +40,7 @@ pub use source::Unavailable;
 
 use crate::metrics;
 use crate::refusal::Refusal;
+use crate::trace::Span;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -128,21 +129,27 @@ impl Verifier {
     /// The one call a protected request makes: the token from
     /// `credentials`, its verdict (cached, shared with a concurrent miss, or
     /// asked), and when the verifier cannot answer, a stale grant within
-    /// `stale_allowance` (stale-if-error), else 503.
+    /// `stale_allowance` (stale-if-error), else 503. With `span`, the
+    /// verdict's origin is its `portcullis.auth.cache` attribute (hit, miss,
+    /// coalesced, expired, stale), and a call to the auth service a child.
     pub async fn admit(
         &self,
         credentials: &Credentials<'_>,
         stale_allowance: Option<Duration>,
         request_id: &str,
+        mut span: Option<&mut Span>,
     ) -> Result<Admitted, Refusal> {
         let token = credentials.token()?;
         // Read before verifying: a revocation during the verification moves
         // it, so a WebSocket admitted now is still checked.
         let epoch = self.revocation_epoch();
         let started = Instant::now();
-        let (checked, outcome) = self.check(token).await;
+        let (checked, outcome) = self.check(token, span.as_deref()).await;
         let m = metrics::get();
         m.verify_result(outcome.label());
+        if let Some(span) = span.as_deref_mut() {
+            span.set("portcullis.auth.cache", outcome.label());
+        }
         if outcome == Outcome::Miss {
             m.verify_latency.observe(started.elapsed().as_secs_f64());
         }
@@ -168,6 +175,9 @@ impl Verifier {
                     return Err(Refusal::AuthUnavailable);
                 };
                 m.verify_stale.inc();
+                if let Some(span) = span {
+                    span.set("portcullis.auth.cache", "stale");
+                }
                 tracing::warn!(request_id, error = %error, user_id = %identity.user_id, "token verification unavailable; serving a stale grant");
                 Ok(Admitted {
                     identity,

@@ -8,6 +8,8 @@ use super::revoked::{Facts, Revoked};
 use super::users::{Identities, role_ok};
 use super::{Identity, Verdict};
 use crate::config::{Auth, AuthMode};
+use crate::trace::Span;
+use opentelemetry::trace::SpanKind;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -130,11 +132,14 @@ impl Source {
         }
     }
 
+    /// The verdict for `token`; a call to the auth service is a child span
+    /// of `span`.
     pub(super) async fn ask(
         &self,
         token: &str,
         identities: &Identities,
         revoked: &Revoked,
+        span: Option<&Span>,
     ) -> Result<Verdict, Unavailable> {
         match self {
             Source::Remote {
@@ -143,56 +148,35 @@ impl Source {
                 in_flight,
                 timeout,
             } => {
-                // The wait for a slot and the call share one deadline, so a
-                // request is answered within auth.timeout either way.
-                let started = Instant::now();
-                let _slot = tokio::time::timeout(*timeout, in_flight.acquire())
-                    .await
-                    .map_err(|_| Unavailable::Saturated)?
-                    .map_err(|_| Unavailable::Saturated)?;
-                let left = timeout.saturating_sub(started.elapsed());
-                if left.is_zero() {
-                    return Err(Unavailable::Saturated);
+                let Some(parent) = span else {
+                    return ask_remote(client, url, in_flight, *timeout, token, identities, None)
+                        .await;
+                };
+                let mut call = parent.child("POST /api/verify", SpanKind::Client);
+                if call.recording() {
+                    call.set("http.request.method", "POST");
+                    call.set("url.full", url.clone());
                 }
-                let body = serde_json::to_vec(&VerifyRequest { access: token })
-                    .map_err(|e| Unavailable::BadAnswer(e.to_string()))?;
-                let response = client
-                    .post(url)
-                    .timeout(left)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        if e.is_timeout() {
-                            Unavailable::Timeout
-                        } else {
-                            Unavailable::Unreachable(e.to_string())
-                        }
-                    })?;
-                match response.status().as_u16() {
-                    200 => {
-                        let answer: VerifyAnswer = response.json().await.map_err(|e| {
-                            if e.is_timeout() {
-                                Unavailable::Timeout
-                            } else {
-                                Unavailable::BadAnswer(e.to_string())
-                            }
-                        })?;
-                        let user_id = match &answer.user_id {
-                            serde_json::Value::Number(n) => n.to_string(),
-                            serde_json::Value::String(s) => s.clone(),
-                            _ => String::new(),
-                        };
-                        identity(&user_id, answer.role.as_deref())
-                            .map(|id| Verdict::Allowed(identities.share(id)))
-                            .ok_or_else(|| {
-                                Unavailable::BadAnswer("200 without a valid user_id".into())
-                            })
-                    }
-                    401 => Ok(Verdict::Denied),
-                    status => Err(Unavailable::BadAnswer(format!("status {status}"))),
+                let mut status = None;
+                let answer = ask_remote(
+                    client,
+                    url,
+                    in_flight,
+                    *timeout,
+                    token,
+                    identities,
+                    Some((&call, &mut status)),
+                )
+                .await;
+                if let Some(status) = status {
+                    call.set("http.response.status_code", i64::from(status));
                 }
+                if let Err(error) = &answer {
+                    call.set("error.type", error.label());
+                    call.fail();
+                }
+                call.end();
+                answer
             }
             Source::Local { key, validation } => {
                 let Ok(data) = jsonwebtoken::decode::<LocalClaims>(token, key, validation) else {
@@ -216,6 +200,74 @@ impl Source {
             }
             Source::Jwks(jwks) => Ok(jwks.verify(token, identities, revoked).await),
         }
+    }
+}
+
+/// `POST /api/verify` within `timeout`, the wait for a slot included.
+/// With `trace`, the call carries its span's `traceparent` and reports the
+/// status it got.
+async fn ask_remote(
+    client: &reqwest::Client,
+    url: &str,
+    in_flight: &tokio::sync::Semaphore,
+    timeout: Duration,
+    token: &str,
+    identities: &Identities,
+    trace: Option<(&Span, &mut Option<u16>)>,
+) -> Result<Verdict, Unavailable> {
+    // The wait for a slot and the call share one deadline, so a
+    // request is answered within auth.timeout either way.
+    let started = Instant::now();
+    let _slot = tokio::time::timeout(timeout, in_flight.acquire())
+        .await
+        .map_err(|_| Unavailable::Saturated)?
+        .map_err(|_| Unavailable::Saturated)?;
+    let left = timeout.saturating_sub(started.elapsed());
+    if left.is_zero() {
+        return Err(Unavailable::Saturated);
+    }
+    let body = serde_json::to_vec(&VerifyRequest { access: token })
+        .map_err(|e| Unavailable::BadAnswer(e.to_string()))?;
+    let mut request = client
+        .post(url)
+        .timeout(left)
+        .header("content-type", "application/json");
+    if let Some((span, _)) = &trace {
+        request = request.header("traceparent", span.traceparent());
+        if let Some(state) = span.tracestate() {
+            request = request.header("tracestate", state);
+        }
+    }
+    let response = request.body(body).send().await.map_err(|e| {
+        if e.is_timeout() {
+            Unavailable::Timeout
+        } else {
+            Unavailable::Unreachable(e.to_string())
+        }
+    })?;
+    if let Some((_, status)) = trace {
+        *status = Some(response.status().as_u16());
+    }
+    match response.status().as_u16() {
+        200 => {
+            let answer: VerifyAnswer = response.json().await.map_err(|e| {
+                if e.is_timeout() {
+                    Unavailable::Timeout
+                } else {
+                    Unavailable::BadAnswer(e.to_string())
+                }
+            })?;
+            let user_id = match &answer.user_id {
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::String(s) => s.clone(),
+                _ => String::new(),
+            };
+            identity(&user_id, answer.role.as_deref())
+                .map(|id| Verdict::Allowed(identities.share(id)))
+                .ok_or_else(|| Unavailable::BadAnswer("200 without a valid user_id".into()))
+        }
+        401 => Ok(Verdict::Denied),
+        status => Err(Unavailable::BadAnswer(format!("status {status}"))),
     }
 }
 

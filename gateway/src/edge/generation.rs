@@ -22,6 +22,9 @@ pub struct Generation {
     pub verifier: Arc<auth::Verifier>,
     /// The HTTPS listener's certificates, read with this generation's file.
     pub certificate: Option<Arc<tls::Certificates>>,
+    /// Request traces (`tracing:`); the export of `previous` is kept when
+    /// the section did not change.
+    pub tracer: Option<Arc<crate::trace::Tracer>>,
     /// 1 for the first table this process loaded, then one more per reload.
     pub number: u64,
     /// When it was built (seconds since the epoch).
@@ -83,6 +86,13 @@ impl Generation {
             .transpose()
             .map_err(|e| format!("tls: {e}"))?
             .map(Arc::new);
+        let tracer = match (&config.tracing, previous.and_then(|p| p.tracer.as_ref())) {
+            (None, _) => None,
+            (Some(wanted), Some(kept)) if kept.serves(wanted) => Some(Arc::clone(kept)),
+            (Some(wanted), _) => {
+                Some(crate::trace::Tracer::start(wanted).map_err(|e| format!("tracing: {e}"))?)
+            }
+        };
         let (stop, _) = watch::channel(false);
         Ok(Generation {
             routes: router::RouteTable::new(&config),
@@ -90,6 +100,7 @@ impl Generation {
             pools,
             verifier,
             certificate,
+            tracer,
             number: previous.map_or(1, |p| p.number + 1),
             loaded_at: crate::auth::unix_now(),
             stop,

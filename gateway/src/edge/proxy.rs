@@ -19,8 +19,10 @@ use crate::request::front::{self, Front, Head};
 use crate::request::{self, Admission, Refused, Request, body, forward};
 use crate::response::{self, Failure, Retry};
 use crate::retries;
+use crate::trace::Span;
 use async_trait::async_trait;
 use bytes::Bytes;
+use opentelemetry::trace::SpanKind;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::compression::ResponseCompression;
 use pingora::prelude::HttpPeer;
@@ -29,7 +31,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 pub struct Proxy {
     pub gateway: Arc<Gateway>,
@@ -48,6 +50,8 @@ pub struct Ctx {
     upstream: Upstream,
     /// The body being read (`server.request_body_timeout`, the route's size).
     body: Option<body::Progress>,
+    /// The request's root span, with `tracing:`.
+    trace: Option<Span>,
 }
 
 /// The upstream side of one request.
@@ -75,6 +79,8 @@ struct Upstream {
     same_attempt: bool,
     /// The pool's limits and budget have counted this request.
     admitted: bool,
+    /// This attempt's span (the upstream's `traceparent`), with `tracing:`.
+    span: Option<Span>,
 }
 
 impl Upstream {
@@ -344,6 +350,7 @@ impl ProxyHttp for Proxy {
             refused: None,
             upstream: Upstream::default(),
             body: None,
+            trace: None,
         }
     }
 
@@ -368,6 +375,11 @@ impl ProxyHttp for Proxy {
             .ok_or_else(|| Error::new(ErrorType::InternalError))?;
         ctx.request_id = front::request_id(&session.req_header().headers);
         ctx.https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        if let Some(tracer) = &generation.tracer {
+            let now = SystemTime::now();
+            let started = now.checked_sub(ctx.start.elapsed()).unwrap_or(now);
+            ctx.trace = Some(tracer.request(&session.req_header().headers, started));
+        }
         let head = head(session, ctx.https);
         let request = plain_request(session);
         let decided = front::check(&request, &head, &generation.config);
@@ -378,7 +390,8 @@ impl ProxyHttp for Proxy {
         }
         let rules = generation.rules();
         let tunnels = &self.gateway.tunnels;
-        match request::admit(&request, &rules, tunnels, &ctx.request_id).await {
+        let trace = ctx.trace.as_ref();
+        match request::admit(&request, &rules, tunnels, &ctx.request_id, trace).await {
             Ok(mut admission) => {
                 if let Some(answered) = admission.answer.take() {
                     let preflight = admission.preflight;
@@ -439,6 +452,20 @@ impl ProxyHttp for Proxy {
             ));
         };
         ctx.upstream.selected = Some(index);
+        if let Some(root) = &ctx.trace {
+            // An earlier attempt that did not get an answer.
+            if let Some(mut earlier) = ctx.upstream.span.take() {
+                earlier.fail();
+                earlier.end();
+            }
+            let mut span = root.child("upstream", SpanKind::Client);
+            if span.recording() {
+                span.set("portcullis.upstream", pool.name.clone());
+                span.set("server.address", server.to_string());
+                span.set("portcullis.attempt", i64::from(ctx.upstream.attempts));
+            }
+            ctx.upstream.span = Some(span);
+        }
         if pool.counts_in_flight() {
             ctx.upstream.on_server = Some(server.load.enter());
         }
@@ -568,6 +595,12 @@ impl ProxyHttp for Proxy {
         if status < 200 && status != 101 {
             return Ok(());
         }
+        if let Some(span) = &mut ctx.upstream.span {
+            span.set("http.response.status_code", i64::from(status));
+            if status >= 500 {
+                span.fail();
+            }
+        }
         ctx.upstream.record(matches!(status, 502..=504));
         let retry_after = upstream_response
             .headers
@@ -617,6 +650,15 @@ impl ProxyHttp for Proxy {
             metrics::get().identity_stripped.inc_by(spoofed as u64);
         }
         write::edits(upstream, edits)?;
+        if let Some(span) = &ctx.upstream.span {
+            // The upstream continues this attempt's span, whatever the
+            // client sent.
+            upstream.insert_header("traceparent", span.traceparent())?;
+            match span.tracestate() {
+                Some(state) => upstream.insert_header("tracestate", state)?,
+                None => drop(upstream.remove_header("tracestate")),
+            }
+        }
         ctx.upstream.started = Some(Instant::now());
         Ok(())
     }
@@ -751,6 +793,36 @@ impl ProxyHttp for Proxy {
             pool.latency.observe(started.elapsed().as_secs_f64());
         }
         let user = admission.and_then(|a| a.user.as_ref());
+        if let Some(mut attempt) = ctx.upstream.span.take() {
+            if error.is_some() {
+                attempt.fail();
+            }
+            attempt.end();
+        }
+        if let Some(mut root) = ctx.trace.take()
+            && root.recording()
+        {
+            let method = &session.req_header().method;
+            root.rename(format!("{method} {route}"));
+            root.set("http.request.method", method.to_string());
+            root.set("url.path", path.to_owned());
+            root.set("http.route", route.to_owned());
+            root.set("http.response.status_code", i64::from(status));
+            root.set("portcullis.request_id", ctx.request_id.clone());
+            if !upstream.is_empty() {
+                root.set("portcullis.upstream", upstream.to_owned());
+            }
+            if let Some(server) = ctx.upstream.server() {
+                root.set("server.address", server.to_string());
+            }
+            if let Some(user) = user {
+                root.set("enduser.id", user.identity.user_id.to_string());
+            }
+            if status >= 500 || status == 0 {
+                root.fail();
+            }
+            root.end();
+        }
         tracing::info!(
             target: "access",
             request_id = %ctx.request_id,

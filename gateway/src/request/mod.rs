@@ -30,7 +30,9 @@ use crate::metrics;
 use crate::refusal::Refusal;
 use crate::router::Route;
 use crate::router::RouteTable;
+use crate::trace::Span;
 use http::{HeaderMap, Method};
+use opentelemetry::trace::SpanKind;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -160,19 +162,35 @@ struct Checked {
 
 /// Decides whether a request goes upstream: `Ok` with what it was admitted
 /// with, or the refusal to answer.
+/// With `trace`, the routing and the verification are spans under it.
 pub async fn admit(
     request: &Request<'_>,
     rules: &Rules<'_>,
     tunnels: &Arc<Counts<String>>,
     request_id: &str,
+    trace: Option<&Span>,
 ) -> Result<Admission, Refused> {
-    let routed = route::resolve(rules.routes, request).map_err(|refusal| Refused {
+    let mut routing = trace.map(|t| t.child("route", SpanKind::Internal));
+    let resolved = route::resolve(rules.routes, request);
+    if let Some(mut span) = routing.take() {
+        match &resolved {
+            Ok(routed) if span.recording() => span.set("http.route", routed.route.label.clone()),
+            Ok(_) => {}
+            Err(refusal) => span.set("portcullis.refusal", refusal.parts().1),
+        }
+        span.end();
+    }
+    let routed = resolved.map_err(|refusal| Refused {
         refusal,
         routed: None,
         stale: false,
     })?;
     let mut stale = false;
-    match check(request, &routed, rules, tunnels, request_id, &mut stale).await {
+    match check(
+        request, &routed, rules, tunnels, request_id, &mut stale, trace,
+    )
+    .await
+    {
         Ok(checked) => Ok(Admission {
             route: routed.route,
             path: routed.path,
@@ -200,6 +218,7 @@ async fn check(
     tunnels: &Arc<Counts<String>>,
     request_id: &str,
     stale_grant: &mut bool,
+    trace: Option<&Span>,
 ) -> Result<Checked, Refusal> {
     route::check_upgrade(routed, request)?;
     let route = &routed.route;
@@ -246,14 +265,34 @@ async fn check(
 
     let mut user = None;
     if route.access == crate::config::Access::Protected {
+        let mut verifying = trace.map(|t| t.child("verify token", SpanKind::Internal));
+        let verified = rules
+            .verifier
+            .admit(
+                &credentials,
+                route.stale_if_error,
+                request_id,
+                verifying.as_mut(),
+            )
+            .await;
+        if let Some(mut span) = verifying {
+            match &verified {
+                Ok(admitted) if span.recording() => {
+                    span.set("enduser.id", admitted.identity.user_id.to_string());
+                }
+                Ok(_) => {}
+                Err(refusal) => {
+                    span.set("portcullis.refusal", refusal.parts().1);
+                    span.fail();
+                }
+            }
+            span.end();
+        }
         let auth::Admitted {
             identity,
             stale,
             grant,
-        } = rules
-            .verifier
-            .admit(&credentials, route.stale_if_error, request_id)
-            .await?;
+        } = verified?;
         *stale_grant = stale;
         if !route.admits(&identity.role) {
             return Err(Refusal::Forbidden);
@@ -365,7 +404,7 @@ routes:
         let headers = header_map(pairs);
         let method = Method::from_bytes(method.as_bytes()).expect("method");
         let request = test_request(&method, path, &headers, upgrade);
-        admit(&request, &fixture.rules(), tunnels, "rid").await
+        admit(&request, &fixture.rules(), tunnels, "rid", None).await
     }
 
     fn refusal(result: Result<Admission, Refused>) -> (Refusal, Option<String>) {

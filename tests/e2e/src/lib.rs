@@ -14,6 +14,7 @@
 //! Every process is killed when the stack is dropped, and a failing test
 //! prints what each one said.
 
+pub mod otlp;
 pub mod sockets;
 
 use serde_json::{Value, json};
@@ -134,6 +135,9 @@ pub struct Options {
     /// than direct calls); each stack gets its own channels and keys on it.
     pub redis: Option<String>,
     pub timings: Timings,
+    /// An OTLP collector's base URL: every service and the gateway export
+    /// their traces there (the gateway through a `tracing:` section).
+    pub traces: Option<String>,
 }
 
 impl Default for Options {
@@ -144,6 +148,7 @@ impl Default for Options {
             notifications_replicas: 1,
             redis: None,
             timings: Timings::default(),
+            traces: None,
         }
     }
 }
@@ -238,9 +243,15 @@ impl Stack {
         // The gateway's admin listener is chosen first: the auth service
         // reports revocations there, as in the one-command stack.
         let admin = format!("127.0.0.1:{}", unused_port());
+        let traced: Vec<(&str, String)> = options
+            .traces
+            .iter()
+            .map(|url| ("OTEL_EXPORTER_OTLP_ENDPOINT", url.clone()))
+            .collect();
         let mut auth_command = Command::new(workspace_binary("auth-service"));
         auth_command
             .args(["--listen", "127.0.0.1:0"])
+            .envs(traced.iter().map(|(k, v)| (*k, v.as_str())))
             .env("DATABASE_URL", &auth_db.url)
             .env("JWT_SECRET_KEY", SECRET)
             .env("JWT_ACCESS_TTL", options.access_ttl.to_string())
@@ -253,6 +264,7 @@ impl Stack {
         // that stacks running side by side never see each other's events
         // or revocations.
         let mut notifications_env = vec![("NOTIFICATIONS_PING_SECONDS", "1".to_owned())];
+        notifications_env.extend(traced.iter().cloned());
         let mut revocation_args = Vec::new();
         if let Some(redis) = &options.redis {
             let namespace = unique_namespace();
@@ -285,8 +297,9 @@ impl Stack {
         if let Some(first) = notifications.first() {
             events_env.push(("NOTIFICATIONS_URL", format!("http://{}", first.addr)));
         }
+        events_env.extend(traced.iter().cloned());
         let tasks = service("tasks", "tasks", &tasks_db, &[], &events_env);
-        let inventory = service("inventory", "inventory", &inventory_db, &[], &[]);
+        let inventory = service("inventory", "inventory", &inventory_db, &[], &traced);
         let inventory_url = format!("http://{}", inventory.addr);
         let orders: Vec<ChildService> = (0..options.orders_replicas)
             .map(|i| {
@@ -302,6 +315,7 @@ impl Stack {
 
         let mut web_command = Command::new(workspace_binary("web"));
         web_command
+            .envs(traced.iter().map(|(k, v)| (*k, v.as_str())))
             .args(["--listen", "127.0.0.1:0", "--dir"])
             .arg(web_dir())
             .env("RUST_LOG", "info,tower_http=debug");
@@ -320,15 +334,15 @@ impl Stack {
         };
         let routes_path = dir.path().join("routes.yaml");
         let upgrade_sock = dir.path().join("upgrade.sock");
-        std::fs::write(
-            &routes_path,
-            routes_for(
-                &addresses,
-                &options.timings,
-                &upgrade_sock.display().to_string(),
-            ),
-        )
-        .expect("write routes.yaml");
+        let mut routes = routes_for(
+            &addresses,
+            &options.timings,
+            &upgrade_sock.display().to_string(),
+        );
+        if let Some(url) = &options.traces {
+            routes.push_str(&format!("\ntracing:\n  otlp_endpoint: {url}\n"));
+        }
+        std::fs::write(&routes_path, routes).expect("write routes.yaml");
         let mut command = Command::new(workspace_binary("gateway"));
         command
             .arg("--config")

@@ -6,3 +6,4 @@ mod browser;
 mod first_tutorial;
 mod notifications;
 mod second_tutorial;
+mod traces;
