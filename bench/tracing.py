@@ -14,8 +14,8 @@ measured on the protected route with one cached token (compare.py's
 interleaved round by round. Every load gets a gateway of its own, started
 afresh, so that its span counters (`portcullis_trace_spans_exported_total`,
 `portcullis_trace_spans_dropped_total`) and the sink's count are that load's;
-they are read once they have stopped moving (SETTLE seconds, default 6: the
-exporter sends the tail of its queue on a timer after the load).
+they are read once they have stopped moving (SETTLE seconds, default 3: the
+exporter sends the tail of its queue on its one-second timer after the load).
 
 Placement as bench/compare.py's `pinned` (PLACEMENT=shared pins nothing):
 the gateway and the services on SERVER_CPUS, oha and the sink on LOAD_CPUS.
@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare as c
 
 SINK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "otlp_sink.py")
-SETTLE = float(os.environ.get("SETTLE", "6"))
+SETTLE = float(os.environ.get("SETTLE", "3"))
 # A ceiling on that wait: exports to a collector that is down may keep
 # failing (and counting) for a while, and the row must end.
 SETTLE_MAX = float(os.environ.get("SETTLE_MAX", "30"))

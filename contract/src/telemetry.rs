@@ -70,6 +70,7 @@ pub fn init_traced(traces: Option<&otlp::Settings>) -> Result<Option<Traces>, St
         .with(stderr_layer(std::io::stderr, false).with_filter(env_filter()))
         .with(spans)
         .try_init();
+    context::EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         endpoint = %settings.traces_url(),
         service = %settings.service_name,

@@ -21,6 +21,7 @@ pub struct Status {
     pub upstreams: Vec<UpstreamRow>,
     pub verdict_cache: CacheRow,
     pub revocations: RevocationRow,
+    pub traces: TracesRow,
     /// Newest first.
     pub reloads: Vec<Reload>,
 }
@@ -79,6 +80,16 @@ pub struct RevocationRow {
     pub redis: &'static str,
     /// Whether the admin listener takes revocations (always, here).
     pub admin_listener: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TracesRow {
+    /// The collector's base URL; none when `tracing:` is absent.
+    pub otlp_endpoint: Option<String>,
+    pub sampling_ratio: Option<f64>,
+    /// Spans the collector took, and spans lost, since start.
+    pub exported: u64,
+    pub dropped: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -175,6 +186,14 @@ th{background:#f0f3f6}.ok{color:#0a7d32;font-weight:600}.bad{color:#c0262d;font-
 .cards{display:flex;flex-wrap:wrap;gap:.6rem}.card{background:#fff;border:1px solid #e3e7eb;\
 border-radius:6px;padding:.5rem .8rem;min-width:9rem}.card b{display:block;font-size:1.3rem}";
 
+/// "off", or the sampling ratio and where spans go.
+fn traces_state(traces: &TracesRow) -> String {
+    match (&traces.otlp_endpoint, traces.sampling_ratio) {
+        (Some(endpoint), Some(ratio)) => format!("{} % to {endpoint}", ratio * 100.0),
+        _ => "off".into(),
+    }
+}
+
 /// The page: the same facts as the JSON, as tables.
 pub fn html(status: &Status) -> String {
     let mut page = String::with_capacity(8 * 1024);
@@ -207,12 +226,18 @@ pub fn html(status: &Status) -> String {
          <div class=\"card\">Healthy servers<b class=\"{}\">{healthy} / {servers}</b></div>\
          <div class=\"card\">Verdict cache<b>{}</b>{} hit ratio</div>\
          <div class=\"card\">Revocations (Redis)<b class=\"{redis_class}\">{}</b></div>\
+         <div class=\"card\">Traces<b>{}</b>{}</div>\
          </section>",
         status.routes.len(),
         if healthy == servers { "ok" } else { "bad" },
         cache.entries,
         escape(&ratio),
         escape(status.revocations.redis),
+        escape(&traces_state(&status.traces)),
+        escape(&format!(
+            "{} exported, {} lost",
+            status.traces.exported, status.traces.dropped
+        )),
     );
 
     page.push_str("<h2>Upstreams</h2><section><table><tr><th>Upstream</th><th>Server</th><th>Health</th></tr>");
@@ -331,6 +356,12 @@ mod tests {
                 redis: "down",
                 admin_listener: true,
             },
+            traces: TracesRow {
+                otlp_endpoint: Some("http://collector:4318/<x>".into()),
+                sampling_ratio: Some(0.01),
+                exported: 5,
+                dropped: 2,
+            },
             reloads: vec![Reload {
                 at: timestamp(0),
                 trigger: "SIGHUP".into(),
@@ -349,6 +380,11 @@ mod tests {
         assert!(page.contains("127.0.0.1:9102</td><td class=\"bad\">unhealthy"));
         assert!(page.contains("75.0 %"));
         assert!(page.contains("1 / 2"));
+        assert!(
+            page.contains("1 % to http://collector:4318/&lt;x&gt;"),
+            "{page}"
+        );
+        assert!(page.contains("5 exported, 2 lost"));
         assert!(!page.contains("<script"), "no script at all");
     }
 

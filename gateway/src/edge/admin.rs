@@ -4,7 +4,9 @@
 
 use super::generation::Gateway;
 use crate::metrics;
-use crate::status::{self, CacheRow, RevocationRow, RouteRow, ServerRow, Status, UpstreamRow};
+use crate::status::{
+    self, CacheRow, RevocationRow, RouteRow, ServerRow, Status, TracesRow, UpstreamRow,
+};
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -68,6 +70,16 @@ fn gather(gateway: &Gateway) -> Status {
                 _ => "down",
             },
             admin_listener: true,
+        },
+        traces: TracesRow {
+            otlp_endpoint: generation
+                .config
+                .tracing
+                .as_ref()
+                .map(|t| t.otlp_endpoint.clone()),
+            sampling_ratio: generation.config.tracing.as_ref().map(|t| t.sampling_ratio),
+            exported: m.trace_spans_exported.get(),
+            dropped: m.trace_spans_dropped.get(),
         },
         reloads: gateway.reloads.newest_first(),
     }

@@ -383,6 +383,10 @@ impl ProxyHttp for Proxy {
         let head = head(session, ctx.https);
         let request = plain_request(session);
         let decided = front::check(&request, &head, &generation.config);
+        if decided == Front::Health {
+            // A load balancer's probes would fill the traces.
+            ctx.trace = None;
+        }
         if decided != Front::Continue {
             return answer_front(session, &ctx.request_id, decided)
                 .await

@@ -217,7 +217,7 @@ pub fn run(options: Launch, hangups: mpsc::UnboundedReceiver<()>) -> Result<(), 
     let control = background_service(
         "control",
         Control {
-            gateway,
+            gateway: Arc::clone(&gateway),
             hangups: Mutex::new(Some(hangups)),
             watch: options.watch,
             revocations: options.revocations,
@@ -244,6 +244,10 @@ pub fn run(options: Launch, hangups: mpsc::UnboundedReceiver<()>) -> Result<(), 
     server.run(pingora::server::RunArgs {
         shutdown_signal: Box::new(Signals),
     });
+    // The spans of the last requests go out before the process ends.
+    if let Some(tracer) = &gateway.current.load().tracer {
+        tracer.shutdown();
+    }
     Ok(())
 }
 

@@ -15,8 +15,9 @@ fn one<'a>(spans: &'a [Span], what: &str, pick: impl Fn(&Span) -> bool) -> &'a S
     found[0]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_order_is_one_trace_from_the_gateway_through_orders_to_inventory() {
+/// A stack whose every process exports to a collector of the test's own,
+/// and a signed-in user.
+async fn traced_stack() -> (Collector, Stack, e2e::User) {
     let collector = Collector::start().await;
     let stack = Stack::with(Options {
         traces: Some(collector.url.clone()),
@@ -24,6 +25,12 @@ async fn an_order_is_one_trace_from_the_gateway_through_orders_to_inventory() {
     })
     .await;
     let alice = stack.register("alice").await;
+    (collector, stack, alice)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_is_one_trace_from_the_gateway_through_orders_to_inventory() {
+    let (collector, stack, alice) = traced_stack().await;
 
     let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
     let placed = alice
@@ -181,13 +188,7 @@ async fn an_order_is_one_trace_from_the_gateway_through_orders_to_inventory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsampled_trace_is_passed_on_and_recorded_nowhere() {
-    let collector = Collector::start().await;
-    let stack = Stack::with(Options {
-        traces: Some(collector.url.clone()),
-        ..Options::default()
-    })
-    .await;
-    let alice = stack.register("alice").await;
+    let (collector, _stack, alice) = traced_stack().await;
     let unsampled = "5bf92f3577b34da6a3ce929d0e0e4736";
     let reply = alice
         .send_with(
