@@ -23,6 +23,12 @@ Writes bench/results/<date>-<machine>-tracing.md (machine: BENCH_MACHINE, or
 <cores>core-<hostname>) and prints it. SETTLE_MAX (30) bounds the wait for
 the counters; CARGO_TARGET_DIR and KEEP_WORK=1 as for compare.py.
 
+MODE=pairs measures each traced configuration against tracing off with both
+gateways running side by side, in PAIRS (8) pairs of DURATION (3s) loads
+alternating, in both start orders (as bench/ab.py), and writes bench/results/<date>-<machine>-tracing-pairs.md: the
+median per-pair ratio and its interquartile range, much less noisy than the
+table's loads on gateways started afresh.
+
 Needs release binaries (cargo build --release -p auth-service -p gateway -p echo),
 oha (bench/compare.sh installs it) and taskset.
 """
@@ -271,6 +277,119 @@ def main():
     report(runs, f"{c.PLACEMENT}, {where}")
 
 
+def pairs_main():
+    """MODE=pairs: each traced configuration against tracing off, both
+    gateways running side by side for the whole comparison, in PAIRS pairs
+    of short loads (the order within a pair alternating): the median of the
+    per-pair ratios and its interquartile range, far less noisy than loads
+    on gateways started afresh."""
+    signal_handlers()
+    c.place(os.environ.get("PLACEMENT", "pinned"))
+    preflight()
+    pairs = int(os.environ.get("PAIRS", "8"))
+    c.DURATION = os.environ.get("DURATION", "3s")
+    secret = secrets.token_hex(32)
+    p = {name: c.free_port() for name in ("echo", "auth", "sink")}
+    where = (f"gateways and services on cpu {c.SERVER_CPUS}, oha and the OTLP sink on cpu {c.LOAD_CPUS}"
+             if c.PLACEMENT == "pinned" else "nothing pinned")
+    c.start("echo", [os.path.join(c.RELEASE, "echo"), "--listen", f"127.0.0.1:{p['echo']}"], p["echo"])
+    auth = c.start("auth", [os.path.join(c.RELEASE, "auth-service"), "--listen", f"127.0.0.1:{p['auth']}"],
+                   p["auth"], env={"JWT_SECRET_KEY": secret, "DATABASE_URL": f"sqlite://{c.WORK}/auth.db",
+                                   "RUST_LOG": "warn"})
+    c.start("otlp-sink", c.pinned([sys.executable, SINK, str(p["sink"])], c.LOAD_CPUS), p["sink"])
+    down = socket.socket()
+    down.bind(("127.0.0.1", 0))
+    endpoints = {"up": f"http://127.0.0.1:{p['sink']}", "down": f"http://127.0.0.1:{down.getsockname()[1]}"}
+    token = c.http("POST", f"http://127.0.0.1:{p['auth']}/api/register",
+                   {"email": "tracing-pairs@example.com", "password": "benchmark password"})["access"]
+    server = [f"threads: {c.workers()}", "grace_period: 1s"]
+    rows = []
+    for config, ratio, collector in CONFIGS[1:]:
+        found = {route: {"ratios": [], "medians": [], "off": [], "on": [], "cpu": []} for _, route, _, _ in ROUTES}
+        spans = [0.0, 0.0]
+        # Twice, the gateways started in one order and then the other: a
+        # process started second was seen to run a few per cent slower
+        # whatever it runs (bench/ab.py), and the geometric mean of the two
+        # passes cancels that out.
+        for on_first in (False, True):
+            ports = {"off": c.free_port(), "on": c.free_port()}
+            metrics = c.free_port()
+            off_routes = c.gateway_routes(p["auth"], p["echo"], capacity=1_000_000, server=server)
+            on_routes = with_tracing(c.gateway_routes(p["auth"], p["echo"], capacity=1_000_000, server=server),
+                                     ratio, endpoints[collector])
+            starts = {"off": lambda: c.start_gateway("gw-off", off_routes, ports["off"]),
+                      "on": lambda: c.start_gateway("gw-on", on_routes, ports["on"],
+                                                    env={"GATEWAY_METRICS_LISTEN": f"127.0.0.1:{metrics}"})}
+            procs = {}
+            for side in (("on", "off") if on_first else ("off", "on")):
+                procs[side] = starts[side]()
+            c.wait_port(metrics, "gw-on", procs["on"])
+            pids = {side: c.tree(proc.pid) + c.tree(auth.pid) for side, proc in procs.items()}
+            for scenario, route, path, needs in ROUTES:
+                ratios, rps, cpu = [], {"off": [], "on": []}, {"off": [], "on": []}
+                for i in range(pairs):
+                    for side in (("off", "on") if i % 2 == 0 else ("on", "off")):
+                        r = c.measure("oha", f"http://127.0.0.1:{ports[side]}{path}", pids[side],
+                                      token=token if needs else None)
+                        if r["errors"]:
+                            raise SystemExit(f"bench: {config}, {route}, {side}: {r['errors']} errors")
+                        rps[side].append(r["rps"])
+                        cpu[side].append(r["cpu_us"])
+                    ratios.append(rps["on"][-1] / rps["off"][-1])
+                    c.log(f"{config}, {route} ({'traced' if on_first else 'off'} started first), pair "
+                          f"{i + 1}/{pairs}: off {rps['off'][-1]:.0f}, on {rps['on'][-1]:.0f} req/s, "
+                          f"on/off {ratios[-1]:.3f}")
+                f = found[route]
+                f["ratios"] += ratios
+                f["medians"].append(statistics.median(ratios))
+                f["off"] += rps["off"]
+                f["on"] += rps["on"]
+                f["cpu"].append(statistics.median(cpu["on"]) - statistics.median(cpu["off"]))
+            exported, dropped, _ = settle(metrics, p["sink"])
+            spans = [spans[0] + exported, spans[1] + dropped]
+            for proc in procs.values():
+                c.stop(proc)
+        for scenario, route, _path, _needs in ROUTES:
+            f = found[route]
+            q = statistics.quantiles(f["ratios"], n=4)
+            combined = (f["medians"][0] * f["medians"][1]) ** 0.5
+            rows.append((scenario, route, config, statistics.median(f["off"]), statistics.median(f["on"]),
+                         f["medians"][0], f["medians"][1], combined, q[0], q[2],
+                         statistics.mean(f["cpu"]), spans[0], spans[1]))
+    down.close()
+    c.stop_all()
+    today = datetime.date.today().isoformat()
+    machine = os.environ.get("BENCH_MACHINE") or f"{c.CPUS}core-{socket.gethostname().split('.')[0]}"
+    lines = [
+        f"# Gateway tracing (OpenTelemetry) cost, paired loads — {today}, {machine}",
+        "",
+        f"`MODE=pairs python3 bench/tracing.py`. Machine: {c.CPUS} cores, {cpu_model()}. Build: {build()}. "
+        f"Placement: {c.PLACEMENT}, {where}. For each configuration, a gateway with it and one without "
+        f"(`tracing:` absent) run side by side; per route, {pairs} pairs of {c.DURATION} oha loads "
+        "(50 connections), the order within a pair alternating, done twice: the gateways started in one order, "
+        "then in the other. Ratio: the median of the per-pair ratios traced ÷ off for each start order, and "
+        "their geometric mean, with the interquartile range of all pairs. CPU: the traced gateway's median "
+        "CPU µs per request minus the other's (gateway and auth service, as in bench/compare.py), averaged "
+        "over the two orders. Spans: the traced gateways' counters, both routes and orders together. "
+        "Collector and *collector down* as in `bench/tracing.py`'s table.",
+        "",
+        "| scenario | route | configuration | off req/s | traced req/s | traced ÷ off, off started first "
+        "| traced ÷ off, traced started first | traced ÷ off (both orders; IQR of all pairs) "
+        "| CPU µs/req added | spans exported | spans dropped |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for scenario, route, config, off, on, first, second, ratio, q1, q3, cpu, exported, dropped in rows:
+        lines.append(f"| {scenario} | {route} | {config} | {c.fmt(off)} | {c.fmt(on)} | {first:.3f} | "
+                     f"{second:.3f} | **{ratio:.3f}** ({q1:.3f} – {q3:.3f}) | {cpu:+.1f} | {c.fmt(exported)} "
+                     f"| {c.fmt(dropped)} |")
+    text = "\n".join(lines) + "\n"
+    path = os.path.join(c.ROOT, "bench", "results", f"{today}-{machine}-tracing-pairs.md")
+    with open(path, "w") as f:
+        f.write(text)
+    print(text)
+    c.log(f"wrote {path}")
+
+
 def signal_handlers():
     # As compare.py: Ctrl-C and SIGTERM stop everything started, then exit.
     signal.signal(signal.SIGINT, c.on_signal)
@@ -279,6 +398,6 @@ def signal_handlers():
 
 if __name__ == "__main__":
     try:
-        main()
+        pairs_main() if os.environ.get("MODE") == "pairs" else main()
     finally:
         c.stop_all()

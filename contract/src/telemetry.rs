@@ -30,8 +30,9 @@ pub fn init() {
         .try_init();
 }
 
-/// As [`init`], and with `traces`, the spans at level `INFO` and above
-/// (never events: log lines may hold what a trace must not) are exported
+/// As [`init`], and with `traces`, the spans at level `INFO` and above that
+/// declare an `otel.kind` (never events: log lines may hold what a trace
+/// must not) are exported
 /// to an OTLP collector ([`otlp`]), each continuing the trace its request
 /// came with ([`context`]). `RUST_LOG` filters the log lines only, so that
 /// a quieter log does not break traces. Keep the returned guard until
@@ -63,8 +64,13 @@ pub fn init_traced(traces: Option<&otlp::Settings>) -> Result<Option<Traces>, St
         .with_threads(false)
         .with_target(false)
         .with_tracked_inactivity(false)
+        // Only spans declared for export (they name their `otel.kind`): a
+        // dependency's span, or an `#[instrument]` that records its
+        // arguments, never reaches the collector.
         .with_filter(filter_fn(|m| {
-            m.is_span() && *m.level() <= tracing::Level::INFO
+            m.is_span()
+                && *m.level() <= tracing::Level::INFO
+                && m.fields().field("otel.kind").is_some()
         }));
     let _ = tracing_subscriber::registry()
         .with(stderr_layer(std::io::stderr, false).with_filter(env_filter()))

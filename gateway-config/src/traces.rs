@@ -35,14 +35,10 @@ fn default_ratio() -> f64 {
 /// Every problem of `tracing:`, as (key, message).
 pub(crate) fn problems(tracing: &Tracing) -> Vec<(String, String)> {
     let mut problems = Vec::new();
-    if !crate::jwks::url_ok(&tracing.otlp_endpoint) {
+    if let Some(problem) = contract::telemetry::otlp::endpoint_problem(&tracing.otlp_endpoint) {
         problems.push((
             "tracing.otlp_endpoint".into(),
-            format!(
-                "{:?} must be an http:// or https:// URL (the collector's OTLP/HTTP base, \
-                 such as http://127.0.0.1:4318)",
-                tracing.otlp_endpoint
-            ),
+            format!("{problem} (the collector's OTLP/HTTP base, such as http://127.0.0.1:4318)"),
         ));
     }
     let name = &tracing.service_name;

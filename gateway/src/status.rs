@@ -189,7 +189,11 @@ border-radius:6px;padding:.5rem .8rem;min-width:9rem}.card b{display:block;font-
 /// "off", or the sampling ratio and where spans go.
 fn traces_state(traces: &TracesRow) -> String {
     match (&traces.otlp_endpoint, traces.sampling_ratio) {
-        (Some(endpoint), Some(ratio)) => format!("{} % to {endpoint}", ratio * 100.0),
+        (Some(endpoint), Some(ratio)) => {
+            // 0.07 × 100 is 7.000000000000001 in binary floating point.
+            let percent = (ratio * 100.0 * 1000.0).round() / 1000.0;
+            format!("{percent} % to {endpoint}")
+        }
         _ => "off".into(),
     }
 }

@@ -90,20 +90,38 @@ fn hex(digits: &[u8]) -> Option<u128> {
     })
 }
 
-/// Every `tracestate` header joined, kept to [`MAX_TRACESTATE`] bytes of
-/// whole entries; `None` when empty or not visible ASCII.
+/// `tracestate` entries passed on, at most (W3C trace context's bound).
+pub const MAX_TRACESTATE_ENTRIES: usize = 32;
+
+/// Every `tracestate` header joined, in order, kept to
+/// [`MAX_TRACESTATE_ENTRIES`] entries and [`MAX_TRACESTATE`] bytes, whole
+/// entries only: the first that would not fit ends it. An entry that is not
+/// `key=value` in visible ASCII is dropped; `None` when nothing is left.
 fn tracestate(headers: &HeaderMap) -> Option<Arc<str>> {
     let mut kept = String::new();
-    for value in headers.get_all("tracestate") {
-        let value = value.to_str().ok()?;
-        for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            if kept.len() + entry.len() + 1 > MAX_TRACESTATE {
-                break;
+    let mut entries = 0;
+    'headers: for value in headers.get_all("tracestate") {
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        for entry in value.split(',').map(|e| e.trim_matches([' ', '\t'])) {
+            let well_formed = entry.split_once('=').is_some_and(|(key, value)| {
+                !key.is_empty()
+                    && !value.is_empty()
+                    && !key.contains(' ')
+                    && entry.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+            });
+            if !well_formed {
+                continue;
+            }
+            if entries == MAX_TRACESTATE_ENTRIES || kept.len() + entry.len() + 1 > MAX_TRACESTATE {
+                break 'headers;
             }
             if !kept.is_empty() {
                 kept.push(',');
             }
             kept.push_str(entry);
+            entries += 1;
         }
     }
     (!kept.is_empty()).then(|| kept.into())
@@ -281,10 +299,16 @@ impl Span {
         self.tracer.is_some()
     }
 
-    /// Sets an attribute (kept only when recording).
+    /// Sets an attribute, replacing an earlier value (kept only when
+    /// recording).
     pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
-        if self.recording() {
-            self.attributes.push(KeyValue::new(key, value));
+        if !self.recording() {
+            return;
+        }
+        let value = value.into();
+        match self.attributes.iter_mut().find(|kv| kv.key.as_str() == key) {
+            Some(kv) => kv.value = value,
+            None => self.attributes.push(KeyValue::new(key, value)),
         }
     }
 
@@ -461,10 +485,33 @@ mod tests {
         let long = header_map(&[("traceparent", VALID), ("tracestate", long.as_str())]);
         let state = incoming(&long).and_then(|i| i.state).expect("state");
         assert!(state.len() <= MAX_TRACESTATE, "{}", state.len());
+        assert!(state.split(',').count() <= MAX_TRACESTATE_ENTRIES);
         assert!(
             state
                 .split(',')
                 .all(|e| e.starts_with('k') && e.ends_with("=v"))
+        );
+        // In order across headers; nothing after the first entry that does
+        // not fit; malformed entries dropped.
+        let many = header_map(&[
+            ("traceparent", VALID),
+            ("tracestate", "a=1,junk,=x,b=2"),
+            ("tracestate", "c=3"),
+        ]);
+        assert_eq!(
+            incoming(&many).and_then(|i| i.state).as_deref(),
+            Some("a=1,b=2,c=3")
+        );
+        let big = format!("a={}", "x".repeat(MAX_TRACESTATE));
+        let cut = header_map(&[
+            ("traceparent", VALID),
+            ("tracestate", "first=1"),
+            ("tracestate", big.as_str()),
+            ("tracestate", "after=2"),
+        ]);
+        assert_eq!(
+            incoming(&cut).and_then(|i| i.state).as_deref(),
+            Some("first=1")
         );
     }
 

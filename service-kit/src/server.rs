@@ -64,21 +64,37 @@ pub fn harden(router: Router) -> Router {
 /// pattern, not the path with its ids), server kind, child of the caller's
 /// trace when it sent one.
 fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    if request.uri().path() == "/healthz" {
+        // The gateway's health checks would fill the traces.
+        return tracing::Span::none();
+    }
+    // A path no route matched is the client's text: it names nothing.
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| request.uri().path(), |m| m.as_str());
-    let method = request.method().as_str();
+        .map_or("", |m| m.as_str());
+    let method = match request.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m,
+        _ => "_OTHER",
+    };
+    let name = if route.is_empty() {
+        method.to_owned()
+    } else {
+        format!("{method} {route}")
+    };
     let span = tracing::info_span!(
         "request",
-        otel.name = %format_args!("{method} {route}"),
+        otel.name = %name,
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
         "http.request.method" = method,
-        "http.route" = route,
+        "http.route" = tracing::field::Empty,
         "url.path" = request.uri().path(),
         "http.response.status_code" = tracing::field::Empty,
     );
+    if !route.is_empty() {
+        span.record("http.route", route);
+    }
     crate::traces::continue_from(&span, request.headers());
     span
 }

@@ -56,14 +56,10 @@ impl TraceArgs {
         let Some(endpoint) = self.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) else {
             return Ok(None);
         };
-        let url_ok = (endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-            && endpoint
-                .parse::<http::Uri>()
-                .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()));
-        if !url_ok {
+        if let Some(problem) = otlp::endpoint_problem(endpoint) {
             return Err(format!(
-                "--otlp-endpoint {endpoint:?} must be an http:// or https:// URL \
-                 (the collector's OTLP/HTTP base, such as http://127.0.0.1:4318)"
+                "--otlp-endpoint {problem} (the collector's OTLP/HTTP base, such as \
+                 http://127.0.0.1:4318)"
             ));
         }
         Ok(Some(otlp::Settings {

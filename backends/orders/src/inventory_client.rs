@@ -103,7 +103,8 @@ impl InventoryClient {
             otel.kind = "client",
             otel.status_code = tracing::field::Empty,
             "http.request.method" = "POST",
-            "url.full" = %format_args!("{}{path}", self.base),
+            // The path, not the base URL, which may carry credentials.
+            "url.path" = path,
             "http.response.status_code" = tracing::field::Empty,
         );
         let mut headers = reqwest::header::HeaderMap::new();

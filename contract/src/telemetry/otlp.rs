@@ -49,6 +49,44 @@ pub struct Settings {
     pub sampling_ratio: f64,
 }
 
+/// Why `endpoint` cannot be a collector's OTLP/HTTP base URL, when it
+/// cannot: http or https, a host and a valid port, no credentials (a
+/// collector's are sent with `OTEL_EXPORTER_OTLP_HEADERS`, so they never
+/// show in a page or a log line), no query or fragment (the path
+/// `/v1/traces` is appended).
+pub fn endpoint_problem(endpoint: &str) -> Option<&'static str> {
+    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+        return Some("must be an http:// or https:// URL");
+    }
+    if endpoint.contains(['?', '#']) {
+        return Some("must not have a query or a fragment");
+    }
+    let Ok(uri) = endpoint.parse::<http::Uri>() else {
+        return Some("is not a valid URL");
+    };
+    let Some(authority) = uri.authority() else {
+        return Some("names no host");
+    };
+    if authority.as_str().contains('@') {
+        return Some("must not carry credentials (give them with OTEL_EXPORTER_OTLP_HEADERS)");
+    }
+    if authority.host().is_empty() {
+        return Some("names no host");
+    }
+    // `Authority::port` is `None` for a port that is not a number, so the
+    // text after the host is read here.
+    let after_host = authority
+        .as_str()
+        .rsplit_once(']')
+        .map_or(authority.as_str(), |(_, rest)| rest);
+    if let Some((_, port)) = after_host.rsplit_once(':')
+        && !port.parse::<u16>().is_ok_and(|p| p != 0)
+    {
+        return Some("has an invalid port");
+    }
+    None
+}
+
 impl Settings {
     /// Where the spans are posted.
     pub fn traces_url(&self) -> String {
@@ -91,12 +129,15 @@ impl Export {
     /// exported or dropped, from the request that dropped one or from the
     /// export thread.
     pub fn start(settings: &Settings, count: fn(Counted, u64)) -> Result<Export, String> {
+        if let Some(problem) = endpoint_problem(&settings.endpoint) {
+            return Err(format!("the OTLP endpoint {problem}"));
+        }
         let url = settings.traces_url();
-        url.parse::<http::Uri>()
-            .map_err(|e| format!("invalid OTLP endpoint {:?}: {e}", settings.endpoint))?;
         let client = reqwest::Client::builder()
             .timeout(TIMEOUT)
             .connect_timeout(TIMEOUT)
+            // Spans go to the collector named, never where it points.
+            .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .build()
             .map_err(|e| format!("OTLP client: {e}"))?;
@@ -270,14 +311,17 @@ impl opentelemetry_http::HttpClient for Client {
             .send()
             .await?;
         let status = response.status();
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_ANSWER as u64)
-        {
-            return Err(format!("collector answer over {MAX_ANSWER} bytes").into());
+        let mut response = response;
+        // Read chunk by chunk, so that an answer without a length cannot
+        // make the gateway hold more than the bound.
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            if body.len() + chunk.len() > MAX_ANSWER {
+                return Err(format!("collector answer over {MAX_ANSWER} bytes").into());
+            }
+            body.extend_from_slice(&chunk);
         }
-        let body = response.bytes().await?;
-        let mut answer = http::Response::new(body.slice(..body.len().min(MAX_ANSWER)));
+        let mut answer = http::Response::new(bytes::Bytes::from(body));
         *answer.status_mut() = status;
         Ok(answer)
     }
@@ -347,6 +391,31 @@ mod tests {
             DROPPED.load(Ordering::Relaxed)
         );
         assert_eq!(EXPORTED.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn endpoints_are_plain_collector_urls() {
+        for ok in [
+            "http://127.0.0.1:4318",
+            "https://collector.example/otlp",
+            "http://[::1]:4318/",
+            "http://collector",
+        ] {
+            assert_eq!(endpoint_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "127.0.0.1:4318",
+            "ftp://c",
+            "http://",
+            "http://c:99999",
+            "http://c:abc",
+            "http://c:0",
+            "http://c/?key=1",
+            "http://c/#f",
+            "http://user:secret@c:4318",
+        ] {
+            assert!(endpoint_problem(bad).is_some(), "{bad}");
+        }
     }
 
     #[test]

@@ -155,7 +155,17 @@ impl Source {
                 let mut call = parent.child("POST /api/verify", SpanKind::Client);
                 if call.recording() {
                     call.set("http.request.method", "POST");
-                    call.set("url.full", url.clone());
+                    // The URL's host and path, never the URL itself: it
+                    // may carry credentials or a query.
+                    if let Ok(uri) = url.parse::<http::Uri>() {
+                        if let Some(authority) = uri.authority() {
+                            call.set("server.address", authority.host().to_owned());
+                            if let Some(port) = authority.port_u16() {
+                                call.set("server.port", i64::from(port));
+                            }
+                        }
+                        call.set("url.path", uri.path().to_owned());
+                    }
                 }
                 let mut status = None;
                 let answer = ask_remote(

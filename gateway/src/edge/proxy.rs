@@ -806,9 +806,18 @@ impl ProxyHttp for Proxy {
         if let Some(mut root) = ctx.trace.take()
             && root.recording()
         {
-            let method = &session.req_header().method;
-            root.rename(format!("{method} {route}"));
-            root.set("http.request.method", method.to_string());
+            // A method the client made up is not a name to keep.
+            let method = match session.req_header().method.as_str() {
+                m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS"
+                | "CONNECT" | "TRACE") => m,
+                _ => "_OTHER",
+            };
+            root.rename(if routed.is_some() {
+                format!("{method} {route}")
+            } else {
+                method.to_owned()
+            });
+            root.set("http.request.method", method.to_owned());
             root.set("url.path", path.to_owned());
             root.set("http.route", route.to_owned());
             root.set("http.response.status_code", i64::from(status));

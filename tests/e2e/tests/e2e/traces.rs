@@ -162,8 +162,17 @@ async fn an_order_is_one_trace_from_the_gateway_through_orders_to_inventory() {
             .any(|s| s.name == "upstream" && s.span_id == orders_span.parent_id)
     );
 
-    // No span anywhere holds a credential.
+    // No span anywhere holds a credential: not in an attribute, a name or
+    // the trace state.
     for span in collector.spans() {
+        for secret in [alice.access.as_str(), alice.refresh.as_str(), "Bearer"] {
+            assert!(
+                !span.name.contains(secret) && !span.trace_state.contains(secret),
+                "{} {} holds a credential",
+                span.service,
+                span.name
+            );
+        }
         for (key, value) in &span.attributes {
             for secret in [alice.access.as_str(), alice.refresh.as_str(), "Bearer"] {
                 assert!(
