@@ -184,6 +184,15 @@ async fn an_order_is_one_trace_from_the_gateway_through_orders_to_inventory() {
             }
         }
     }
+    // The gateway checks every service's health all along: none of it is
+    // traced.
+    assert!(
+        !collector
+            .spans()
+            .iter()
+            .any(|s| s.attribute("url.path") == Some("/healthz")),
+        "health checks were traced"
+    );
     assert_eq!(*collector.malformed.lock().expect("count"), 0);
     let exported = stack
         .metric("portcullis_trace_spans_exported_total")
