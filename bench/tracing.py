@@ -214,13 +214,12 @@ def report(runs, placement_note):
     c.log(f"wrote {path}")
 
 
-def main():
-    signal_handlers()
-    c.place(os.environ.get("PLACEMENT", "pinned"))
-    preflight()
+def start_services():
+    """The echo backend, the auth service and the OTLP sink, a collector
+    address that refuses connections, and one user's token."""
     secret = secrets.token_hex(32)
     p = {name: c.free_port() for name in ("echo", "auth", "sink")}
-    where = (f"gateway and services on cpu {c.SERVER_CPUS}, oha and the OTLP sink on cpu {c.LOAD_CPUS}"
+    where = (f"gateways and services on cpu {c.SERVER_CPUS}, oha and the OTLP sink on cpu {c.LOAD_CPUS}"
              if c.PLACEMENT == "pinned" else "nothing pinned")
     c.log(f"work directory {c.WORK}; placement {c.PLACEMENT}: {where}")
     c.start("echo", [os.path.join(c.RELEASE, "echo"), "--listen", f"127.0.0.1:{p['echo']}"], p["echo"])
@@ -238,7 +237,14 @@ def main():
     endpoints = {"up": f"http://127.0.0.1:{p['sink']}", "down": f"http://127.0.0.1:{down.getsockname()[1]}"}
     reply = c.http("POST", f"http://127.0.0.1:{p['auth']}/api/register",
                    {"email": "tracing-bench@example.com", "password": "benchmark password"})
-    token = reply["access"]
+    return p, auth, endpoints, down, reply["access"], where
+
+
+def main():
+    signal_handlers()
+    c.place(os.environ.get("PLACEMENT", "pinned"))
+    preflight()
+    p, auth, endpoints, down, token, where = start_services()
 
     server = [f"threads: {c.workers()}",
               # Stopping a gateway between loads then takes a second, not
@@ -288,20 +294,7 @@ def pairs_main():
     preflight()
     pairs = int(os.environ.get("PAIRS", "8"))
     c.DURATION = os.environ.get("DURATION", "3s")
-    secret = secrets.token_hex(32)
-    p = {name: c.free_port() for name in ("echo", "auth", "sink")}
-    where = (f"gateways and services on cpu {c.SERVER_CPUS}, oha and the OTLP sink on cpu {c.LOAD_CPUS}"
-             if c.PLACEMENT == "pinned" else "nothing pinned")
-    c.start("echo", [os.path.join(c.RELEASE, "echo"), "--listen", f"127.0.0.1:{p['echo']}"], p["echo"])
-    auth = c.start("auth", [os.path.join(c.RELEASE, "auth-service"), "--listen", f"127.0.0.1:{p['auth']}"],
-                   p["auth"], env={"JWT_SECRET_KEY": secret, "DATABASE_URL": f"sqlite://{c.WORK}/auth.db",
-                                   "RUST_LOG": "warn"})
-    c.start("otlp-sink", c.pinned([sys.executable, SINK, str(p["sink"])], c.LOAD_CPUS), p["sink"])
-    down = socket.socket()
-    down.bind(("127.0.0.1", 0))
-    endpoints = {"up": f"http://127.0.0.1:{p['sink']}", "down": f"http://127.0.0.1:{down.getsockname()[1]}"}
-    token = c.http("POST", f"http://127.0.0.1:{p['auth']}/api/register",
-                   {"email": "tracing-pairs@example.com", "password": "benchmark password"})["access"]
+    p, auth, endpoints, down, token, where = start_services()
     server = [f"threads: {c.workers()}", "grace_period: 1s"]
     rows = []
     for config, ratio, collector in CONFIGS[1:]:
