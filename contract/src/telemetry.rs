@@ -30,6 +30,17 @@ pub fn init() {
         .try_init();
 }
 
+/// A request method as a span names it: one of HTTP's own (RFC 9110), or
+/// `_OTHER` for one a client made up, which is no name to keep.
+pub fn span_method(method: &str) -> &str {
+    match method {
+        "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" | "CONNECT" | "TRACE" => {
+            method
+        }
+        _ => "_OTHER",
+    }
+}
+
 /// As [`init`], and with `traces`, the spans at level `INFO` and above that
 /// declare an `otel.kind` (never events: log lines may hold what a trace
 /// must not) are exported

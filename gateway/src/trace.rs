@@ -227,7 +227,6 @@ impl Tracer {
             span_id: id(rand::random::<u64>),
             parent: parent.as_ref().map_or(0, |p| p.span_id),
             remote_parent: parent.is_some(),
-            sampled: recorded,
             state: parent.and_then(|p| p.state),
             name: Cow::Borrowed("request"),
             kind: SpanKind::Server,
@@ -250,14 +249,14 @@ fn count(counted: Counted, n: u64) {
 /// One span of a request, recorded (and exported when it ends) only when
 /// its trace is sampled.
 pub struct Span {
-    /// `None`: not recorded; the ids are still passed on.
+    /// `None`: not recorded (the trace is not sampled); the ids are still
+    /// passed on.
     tracer: Option<Arc<Tracer>>,
     trace_id: u128,
     span_id: u64,
     /// 0: a root.
     parent: u64,
     remote_parent: bool,
-    sampled: bool,
     state: Option<Arc<str>>,
     name: Cow<'static, str>,
     kind: SpanKind,
@@ -284,7 +283,6 @@ impl Span {
             span_id: id(rand::random::<u64>),
             parent: self.span_id,
             remote_parent: false,
-            sampled: self.sampled,
             state: self.state.clone(),
             name: Cow::Borrowed(name),
             kind,
@@ -326,7 +324,7 @@ impl Span {
 
     /// The `traceparent` that makes this span the parent of a call.
     pub fn traceparent(&self) -> String {
-        traceparent(self.trace_id, self.span_id, self.sampled)
+        traceparent(self.trace_id, self.span_id, self.recording())
     }
 
     /// The `tracestate` the trace arrived with.
@@ -544,7 +542,6 @@ mod tests {
             span_id: 9,
             parent: 0,
             remote_parent: false,
-            sampled: false,
             state: Some("a=1".into()),
             name: Cow::Borrowed("request"),
             kind: SpanKind::Server,

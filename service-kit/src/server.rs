@@ -47,11 +47,7 @@ pub fn harden(router: Router) -> Router {
                 .make_span_with(request_span)
                 .on_response(
                     |response: &Response, latency: std::time::Duration, span: &tracing::Span| {
-                        let status = response.status().as_u16();
-                        span.record("http.response.status_code", status);
-                        if status >= 500 {
-                            span.record("otel.status_code", "ERROR");
-                        }
+                        crate::traces::answered(span, Some(response.status().as_u16()));
                         DefaultOnResponse::new()
                             .level(tracing::Level::DEBUG)
                             .on_response(response, latency, span);
@@ -74,10 +70,7 @@ fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or("", |m| m.as_str());
-    let method = match request.method().as_str() {
-        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m,
-        _ => "_OTHER",
-    };
+    let method = contract::telemetry::span_method(request.method().as_str());
     let name = if route.is_empty() {
         method.to_owned()
     } else {

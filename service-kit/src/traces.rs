@@ -74,6 +74,17 @@ impl TraceArgs {
     }
 }
 
+/// Records on `span` the status its exchange got, or with `None` that it
+/// got no answer; a 5xx or no answer is OpenTelemetry's error status.
+pub fn answered(span: &tracing::Span, status: Option<u16>) {
+    if let Some(status) = status {
+        span.record("http.response.status_code", status);
+    }
+    if status.is_none_or(|s| s >= 500) {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
 /// Logging, and with an endpoint, trace export; keep the guard until exit.
 pub fn init(service: &str, args: &TraceArgs) -> Result<Option<Traces>, String> {
     let settings = args.settings(service)?;

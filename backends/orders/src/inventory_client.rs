@@ -60,7 +60,7 @@ impl InventoryClient {
             .send()
             .instrument(span.clone())
             .await;
-        answered(&span, &sent);
+        service_kit::traces::answered(&span, sent.as_ref().ok().map(|r| r.status().as_u16()));
         match sent {
             Ok(response) => match response.status().as_u16() {
                 200 => Reservation::Reserved,
@@ -83,7 +83,7 @@ impl InventoryClient {
             .send()
             .instrument(span.clone())
             .await;
-        answered(&span, &sent);
+        service_kit::traces::answered(&span, sent.as_ref().ok().map(|r| r.status().as_u16()));
         let response = sent.map_err(|e| e.to_string())?;
         if response.status().is_success() {
             Ok(())
@@ -110,21 +110,5 @@ impl InventoryClient {
         let mut headers = reqwest::header::HeaderMap::new();
         service_kit::traces::pass_on(&span, &mut headers);
         (span, headers)
-    }
-}
-
-/// Records a call's outcome on its span.
-fn answered(span: &tracing::Span, sent: &Result<reqwest::Response, reqwest::Error>) {
-    match sent {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            span.record("http.response.status_code", status);
-            if status >= 500 {
-                span.record("otel.status_code", "ERROR");
-            }
-        }
-        Err(_) => {
-            span.record("otel.status_code", "ERROR");
-        }
     }
 }

@@ -45,6 +45,10 @@ pub(super) enum Source {
         url: String,
         in_flight: tokio::sync::Semaphore,
         timeout: Duration,
+        /// What a traced call records of `url`, made once: its host, port
+        /// and path, never the URL itself (it may carry credentials or a
+        /// query).
+        called: Vec<(&'static str, opentelemetry::Value)>,
     },
     Local {
         key: Box<jsonwebtoken::DecodingKey>,
@@ -72,6 +76,7 @@ impl Source {
                     .build()
                     .map_err(|e| format!("cannot build the verify client: {e}"))?;
                 Source::Remote {
+                    called: called(&url),
                     client,
                     url,
                     in_flight: tokio::sync::Semaphore::new(auth.max_in_flight as usize),
@@ -147,27 +152,15 @@ impl Source {
                 url,
                 in_flight,
                 timeout,
+                called,
             } => {
-                let Some(parent) = span else {
-                    return ask_remote(client, url, in_flight, *timeout, token, identities, None)
-                        .await;
-                };
-                let mut call = parent.child("POST /api/verify", SpanKind::Client);
-                if call.recording() {
-                    call.set("http.request.method", "POST");
-                    // The URL's host and path, never the URL itself: it
-                    // may carry credentials or a query.
-                    if let Ok(uri) = url.parse::<http::Uri>() {
-                        if let Some(authority) = uri.authority() {
-                            call.set("server.address", authority.host().to_owned());
-                            if let Some(port) = authority.port_u16() {
-                                call.set("server.port", i64::from(port));
-                            }
-                        }
-                        call.set("url.path", uri.path().to_owned());
+                let mut call = span.map(|parent| {
+                    let mut call = parent.child("POST /api/verify", SpanKind::Client);
+                    for (key, value) in called {
+                        call.set(key, value.clone());
                     }
-                }
-                let mut status = None;
+                    call
+                });
                 let answer = ask_remote(
                     client,
                     url,
@@ -175,17 +168,16 @@ impl Source {
                     *timeout,
                     token,
                     identities,
-                    Some((&call, &mut status)),
+                    call.as_mut(),
                 )
                 .await;
-                if let Some(status) = status {
-                    call.set("http.response.status_code", i64::from(status));
+                if let Some(mut call) = call {
+                    if let Err(error) = &answer {
+                        call.set("error.type", error.label());
+                        call.fail();
+                    }
+                    call.end();
                 }
-                if let Err(error) = &answer {
-                    call.set("error.type", error.label());
-                    call.fail();
-                }
-                call.end();
                 answer
             }
             Source::Local { key, validation } => {
@@ -213,9 +205,24 @@ impl Source {
     }
 }
 
+/// The attributes of a traced call to `url`: host, port and path.
+fn called(url: &str) -> Vec<(&'static str, opentelemetry::Value)> {
+    let mut attributes = vec![("http.request.method", "POST".into())];
+    if let Ok(uri) = url.parse::<http::Uri>() {
+        if let Some(authority) = uri.authority() {
+            attributes.push(("server.address", authority.host().to_owned().into()));
+            if let Some(port) = authority.port_u16() {
+                attributes.push(("server.port", i64::from(port).into()));
+            }
+        }
+        attributes.push(("url.path", uri.path().to_owned().into()));
+    }
+    attributes
+}
+
 /// `POST /api/verify` within `timeout`, the wait for a slot included.
-/// With `trace`, the call carries its span's `traceparent` and reports the
-/// status it got.
+/// With `call`, the request carries its span's `traceparent`, and the span
+/// the status it got.
 async fn ask_remote(
     client: &reqwest::Client,
     url: &str,
@@ -223,7 +230,7 @@ async fn ask_remote(
     timeout: Duration,
     token: &str,
     identities: &Identities,
-    trace: Option<(&Span, &mut Option<u16>)>,
+    call: Option<&mut Span>,
 ) -> Result<Verdict, Unavailable> {
     // The wait for a slot and the call share one deadline, so a
     // request is answered within auth.timeout either way.
@@ -242,7 +249,7 @@ async fn ask_remote(
         .post(url)
         .timeout(left)
         .header("content-type", "application/json");
-    if let Some((span, _)) = &trace {
+    if let Some(span) = call.as_deref() {
         request = request.header("traceparent", span.traceparent());
         if let Some(state) = span.tracestate() {
             request = request.header("tracestate", state);
@@ -255,8 +262,11 @@ async fn ask_remote(
             Unavailable::Unreachable(e.to_string())
         }
     })?;
-    if let Some((_, status)) = trace {
-        *status = Some(response.status().as_u16());
+    if let Some(span) = call {
+        span.set(
+            "http.response.status_code",
+            i64::from(response.status().as_u16()),
+        );
     }
     match response.status().as_u16() {
         200 => {

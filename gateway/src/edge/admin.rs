@@ -57,6 +57,7 @@ fn gather(gateway: &Gateway) -> Status {
     upstreams.sort_by(|a, b| a.name.cmp(&b.name));
     let m = metrics::get();
     let (hits, misses) = m.verify_counts();
+    let tracing = generation.config.tracing.as_ref();
     Status {
         generation: generation.number,
         loaded_at: status::timestamp(generation.loaded_at),
@@ -72,12 +73,8 @@ fn gather(gateway: &Gateway) -> Status {
             admin_listener: true,
         },
         traces: TracesRow {
-            otlp_endpoint: generation
-                .config
-                .tracing
-                .as_ref()
-                .map(|t| t.otlp_endpoint.clone()),
-            sampling_ratio: generation.config.tracing.as_ref().map(|t| t.sampling_ratio),
+            otlp_endpoint: tracing.map(|t| t.otlp_endpoint.clone()),
+            sampling_ratio: tracing.map(|t| t.sampling_ratio),
             exported: m.trace_spans_exported.get(),
             dropped: m.trace_spans_dropped.get(),
         },

@@ -806,20 +806,15 @@ impl ProxyHttp for Proxy {
         if let Some(mut root) = ctx.trace.take()
             && root.recording()
         {
-            // A method the client made up is not a name to keep.
-            let method = match session.req_header().method.as_str() {
-                m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS"
-                | "CONNECT" | "TRACE") => m,
-                _ => "_OTHER",
-            };
-            root.rename(if routed.is_some() {
-                format!("{method} {route}")
+            let method = contract::telemetry::span_method(session.req_header().method.as_str());
+            if routed.is_some() {
+                root.rename(format!("{method} {route}"));
+                root.set("http.route", route.to_owned());
             } else {
-                method.to_owned()
-            });
+                root.rename(method.to_owned());
+            }
             root.set("http.request.method", method.to_owned());
             root.set("url.path", path.to_owned());
-            root.set("http.route", route.to_owned());
             root.set("http.response.status_code", i64::from(status));
             root.set("portcullis.request_id", ctx.request_id.clone());
             if !upstream.is_empty() {

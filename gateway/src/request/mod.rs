@@ -170,9 +170,9 @@ pub async fn admit(
     request_id: &str,
     trace: Option<&Span>,
 ) -> Result<Admission, Refused> {
-    let mut routing = trace.map(|t| t.child("route", SpanKind::Internal));
+    let routing = trace.map(|t| t.child("route", SpanKind::Internal));
     let resolved = route::resolve(rules.routes, request);
-    if let Some(mut span) = routing.take() {
+    if let Some(mut span) = routing {
         match &resolved {
             Ok(routed) if span.recording() => span.set("http.route", routed.route.label.clone()),
             Ok(_) => {}
