@@ -45,9 +45,10 @@ pub fn span_method(method: &str) -> &str {
 /// declare an `otel.kind` (never events: log lines may hold what a trace
 /// must not) are exported
 /// to an OTLP collector ([`otlp`]), each continuing the trace its request
-/// came with ([`context`]). `RUST_LOG` filters the log lines only, so that
-/// a quieter log does not break traces. Keep the returned guard until
-/// exit: dropping it sends the spans still queued.
+/// came with ([`context`]). `RUST_LOG` filters spans as well as log lines:
+/// the request spans are `INFO`, so a filter above it (`warn`) turns traces
+/// off. Keep the returned guard until exit: dropping it sends the spans
+/// still queued.
 pub fn init_traced(traces: Option<&otlp::Settings>) -> Result<Option<Traces>, String> {
     let Some(settings) = traces else {
         init();
@@ -83,8 +84,12 @@ pub fn init_traced(traces: Option<&otlp::Settings>) -> Result<Option<Traces>, St
                 && *m.level() <= tracing::Level::INFO
                 && m.fields().field("otel.kind").is_some()
         }));
+    // `RUST_LOG` filters for both layers, globally: with it as a filter of
+    // the log layer alone, the spans of requests that queried PostgreSQL
+    // were seen never to close, and so never to be exported.
     let _ = tracing_subscriber::registry()
-        .with(stderr_layer(std::io::stderr, false).with_filter(env_filter()))
+        .with(env_filter())
+        .with(stderr_layer(std::io::stderr, false))
         .with(spans)
         .try_init();
     context::EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
